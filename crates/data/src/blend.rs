@@ -1,0 +1,272 @@
+//! NeMo `PreTrainingDataModule` over Megatron corpora: the blend list (`[p]`, `[p1, p2]` or weighted
+//! `["30", p1, "70", p2]`), the train/valid/test split, the sample counts a run needs, and
+//! megatron-core's blending index (each next sample comes from the dataset furthest below its weight).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::batch::{Sample, SampleSource};
+use crate::error::{DataError, Result};
+use crate::gpt::{parse_split, split_ranges, GptConfig, GptDataset, Split};
+use crate::indexed::IndexedDataset;
+
+/// Extra samples requested from each member of a weighted blend (Megatron `mid_level_dataset_surplus`).
+pub const BLEND_SURPLUS: f64 = 0.005;
+
+/// Parsed blend: dataset prefixes and, for the weighted form, normalized weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blend {
+    pub prefixes: Vec<PathBuf>,
+    pub weights: Option<Vec<f64>>,
+}
+
+impl Blend {
+    /// Parse NeMo's `paths` list: an even-length list is zipped `weight, prefix` pairs.
+    pub fn parse(items: &[String]) -> Result<Blend> {
+        if items.is_empty() {
+            return Err(DataError::Config("the data paths list is empty".into()));
+        }
+        if items.len() % 2 == 1 {
+            return Ok(Blend {
+                prefixes: items.iter().map(PathBuf::from).collect(),
+                weights: None,
+            });
+        }
+        let mut prefixes = Vec::new();
+        let mut weights = Vec::new();
+        for pair in items.chunks(2) {
+            let w: f64 = pair[0].trim().parse().map_err(|_| {
+                DataError::Config(format!(
+                    "blend weight {:?} is not a number (an even-length paths list is read as [\"weight\", prefix, ...])",
+                    pair[0]
+                ))
+            })?;
+            if !(w >= 0.0 && w.is_finite()) {
+                return Err(DataError::Config(format!("blend weight {w} must be >= 0")));
+            }
+            weights.push(w);
+            prefixes.push(PathBuf::from(&pair[1]));
+        }
+        let sum: f64 = weights.iter().sum();
+        if sum <= 0.0 {
+            return Err(DataError::Config("blend weights sum to zero".into()));
+        }
+        Ok(Blend {
+            prefixes,
+            weights: Some(weights.iter().map(|w| w / sum).collect()),
+        })
+    }
+}
+
+/// Samples per split for a NeMo run: train `max_steps*gbs`, validation
+/// `(max_steps//val_check_interval + 1)*limit_val_batches*gbs`, test `limit_test_batches*gbs`.
+pub fn pretrain_sample_counts(
+    max_steps: usize,
+    global_batch_size: usize,
+    val_check_interval: usize,
+    limit_val_batches: usize,
+    limit_test_batches: usize,
+) -> [usize; 3] {
+    let evals = max_steps / val_check_interval.max(1) + 1;
+    [
+        max_steps * global_batch_size,
+        evals * limit_val_batches * global_batch_size,
+        limit_test_batches * global_batch_size,
+    ]
+}
+
+/// Several GPT datasets interleaved by weight.
+pub struct BlendedDataset {
+    datasets: Vec<GptDataset>,
+    dataset_index: Vec<i16>,
+    dataset_sample_index: Vec<i64>,
+}
+
+impl BlendedDataset {
+    /// Interleave `datasets` so that after every prefix of `size` samples each member's share is as close
+    /// to its weight as possible (megatron-core `build_blending_indices`).
+    pub fn new(datasets: Vec<GptDataset>, weights: &[f64], size: usize) -> Result<Self> {
+        if datasets.len() != weights.len()
+            || datasets.is_empty()
+            || datasets.len() > i16::MAX as usize
+        {
+            return Err(DataError::Config(
+                "blend needs one weight per dataset".into(),
+            ));
+        }
+        let (dataset_index, dataset_sample_index) = blending_indices(weights, size);
+        for (&d, &s) in dataset_index.iter().zip(&dataset_sample_index) {
+            let len = datasets[d as usize].len();
+            if s as usize >= len {
+                return Err(DataError::Config(format!(
+                    "blend member {d} has only {len} samples but the blend needs more"
+                )));
+            }
+        }
+        Ok(Self {
+            datasets,
+            dataset_index,
+            dataset_sample_index,
+        })
+    }
+    /// Which member each sample comes from.
+    pub fn dataset_index(&self) -> &[i16] {
+        &self.dataset_index
+    }
+    /// The sample id within that member.
+    pub fn dataset_sample_index(&self) -> &[i64] {
+        &self.dataset_sample_index
+    }
+    /// The members.
+    pub fn datasets(&self) -> &[GptDataset] {
+        &self.datasets
+    }
+}
+
+impl SampleSource for BlendedDataset {
+    fn len(&self) -> usize {
+        self.dataset_index.len()
+    }
+    fn sample(&self, idx: usize) -> Result<Sample> {
+        let d = *self.dataset_index.get(idx).ok_or(DataError::OutOfRange {
+            index: idx,
+            len: self.len(),
+        })?;
+        self.datasets[d as usize].sample(self.dataset_sample_index[idx] as usize)
+    }
+}
+
+/// megatron-core's greedy blending: each sample goes to the member with the largest
+/// `weight * max(i, 1) - taken` (first one on ties).
+pub fn blending_indices(weights: &[f64], size: usize) -> (Vec<i16>, Vec<i64>) {
+    let mut taken = vec![0i64; weights.len()];
+    let mut di = Vec::with_capacity(size);
+    let mut dsi = Vec::with_capacity(size);
+    for i in 0..size {
+        let x = (i as f64).max(1.0);
+        let mut best = 0;
+        let mut best_err = weights[0] * x - taken[0] as f64;
+        for (d, w) in weights.iter().enumerate().skip(1) {
+            let err = w * x - taken[d] as f64;
+            if err > best_err {
+                best_err = err;
+                best = d;
+            }
+        }
+        di.push(best as i16);
+        dsi.push(taken[best]);
+        taken[best] += 1;
+    }
+    (di, dsi)
+}
+
+/// What a split of a pretraining run samples from: one dataset or a blend.
+pub enum PretrainDataset {
+    Single(GptDataset),
+    Blended(BlendedDataset),
+}
+
+impl SampleSource for PretrainDataset {
+    fn len(&self) -> usize {
+        match self {
+            PretrainDataset::Single(d) => d.len(),
+            PretrainDataset::Blended(d) => d.len(),
+        }
+    }
+    fn sample(&self, idx: usize) -> Result<Sample> {
+        match self {
+            PretrainDataset::Single(d) => d.sample(idx),
+            PretrainDataset::Blended(d) => d.sample(idx),
+        }
+    }
+}
+
+/// Build train/valid/test the way NeMo's `PreTrainingDataModule` (megatron-core's
+/// `BlendedMegatronDatasetBuilder`) does: `paths` as in [`Blend::parse`], `split` like "900,50,50",
+/// `sizes` from [`pretrain_sample_counts`].
+pub fn build_pretraining_datasets(
+    paths: &[String],
+    split: &str,
+    sizes: [Option<usize>; 3],
+    config: &GptConfig,
+) -> Result<[Option<PretrainDataset>; 3]> {
+    let blend = Blend::parse(paths)?;
+    let split = parse_split(split)?;
+    let opened = blend
+        .prefixes
+        .iter()
+        .map(|p| IndexedDataset::open(p).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let build_member =
+        |ds: &Arc<IndexedDataset>, sizes: [Option<usize>; 3]| -> Result<[Option<GptDataset>; 3]> {
+            let ranges = split_ranges(split, ds.len());
+            let mut out: [Option<GptDataset>; 3] = [None, None, None];
+            for s in Split::ALL {
+                if let Some(r) = ranges[s as usize].clone() {
+                    out[s as usize] = Some(GptDataset::build(
+                        ds.clone(),
+                        s,
+                        r,
+                        sizes[s as usize],
+                        config,
+                    )?);
+                }
+            }
+            Ok(out)
+        };
+    if opened.len() == 1 && blend.weights.is_none() {
+        let [a, b, c] = build_member(&opened[0], sizes)?;
+        return Ok([
+            a.map(PretrainDataset::Single),
+            b.map(PretrainDataset::Single),
+            c.map(PretrainDataset::Single),
+        ]);
+    }
+    // Per-member targets: ceil(size * w) for the blend, with a small surplus requested from each member.
+    let weights = blend.weights.clone();
+    let mut members: Vec<[Option<GptDataset>; 3]> = Vec::new();
+    for (d, ds) in opened.iter().enumerate() {
+        let member_sizes = match &weights {
+            Some(w) => sizes.map(|s| {
+                s.map(|s| ((s as f64 * w[d]).ceil() * (1.0 + BLEND_SURPLUS)).ceil() as usize)
+            }),
+            None => [None; 3],
+        };
+        members.push(build_member(ds, member_sizes)?);
+    }
+    let mut out: [Option<PretrainDataset>; 3] = [None, None, None];
+    for s in Split::ALL {
+        let i = s as usize;
+        let parts: Vec<GptDataset> = members.iter_mut().filter_map(|m| m[i].take()).collect();
+        if parts.is_empty() {
+            continue;
+        }
+        if parts.len() != opened.len() {
+            return Err(DataError::Config(format!(
+                "split {} is empty for some but not all blended datasets",
+                s.name()
+            )));
+        }
+        let (w, size) = match (&weights, sizes[i]) {
+            (Some(w), Some(target)) => (
+                w.clone(),
+                w.iter().map(|w| (target as f64 * w).ceil() as usize).sum(),
+            ),
+            (Some(_), None) => {
+                return Err(DataError::Config(
+                    "a weighted blend needs sample counts for every split".into(),
+                ))
+            }
+            (None, target) => {
+                let lens: Vec<f64> = parts.iter().map(|p| p.len() as f64).collect();
+                let total: f64 = lens.iter().sum();
+                let size = target.map_or(total as usize, |t| t.min(total as usize));
+                (lens.iter().map(|l| l / total).collect(), size)
+            }
+        };
+        out[i] = Some(PretrainDataset::Blended(BlendedDataset::new(
+            parts, &w, size,
+        )?));
+    }
+    Ok(out)
+}

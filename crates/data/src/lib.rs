@@ -1,0 +1,30 @@
+//! coil-data owns everything between text on disk and the integer batches the trainer consumes:
+//! tokenizers, Megatron `.bin/.idx` corpora (read and write, byte-identical to megatron-core), GPT
+//! pretraining sampling with splits and blends, SQuAD-style fine-tuning data with packing, mock data, and
+//! the embedded Shakespeare demo corpus.
+//!
+//! Key design decision: every index that decides *which* tokens a step sees (document shuffle, sample
+//! index, shuffle index, blend index) is computed with the same algorithms and random streams as
+//! megatron-core (MT19937 with numpy's legacy shuffle), so a Coil run and a NeMo run over the same corpus
+//! and seed see the same samples in the same order. Batches are plain `Vec`s; this crate knows no tensors.
+
+pub mod atomic;
+pub mod error;
+pub mod indexed;
+
+pub use error::{DataError, Result};
+pub use indexed::{DType, IndexedDataset, IndexedDatasetWriter};
+pub mod batch;
+pub mod blend;
+pub mod gpt;
+pub mod npy;
+pub mod numpy_rng;
+
+pub use batch::{Batch, DataCursor, Loader, Sample, SampleSource};
+pub use blend::{
+    build_pretraining_datasets, pretrain_sample_counts, Blend, BlendedDataset, PretrainDataset,
+};
+pub use gpt::{parse_split, split_ranges, GptConfig, GptDataset, Split};
+pub mod tokenizer;
+
+pub use tokenizer::{load_tokenizer, padded_vocab_size, Tokenizer};
