@@ -138,6 +138,7 @@ pub struct Loader<S: SampleSource> {
     dp_rank: usize,
     dp_size: usize,
     cursor: DataCursor,
+    padding: Option<(i64, usize, usize)>,
 }
 
 impl<S: SampleSource> Loader<S> {
@@ -160,7 +161,14 @@ impl<S: SampleSource> Loader<S> {
             dp_rank,
             dp_size,
             cursor,
+            padding: None,
         })
+    }
+    /// Pad each micro-batch to its longest sample rounded up to `multiple` (capped at `max_len`) with
+    /// `pad_id`, for variable-length sources such as unpacked SFT data.
+    pub fn with_padding(mut self, pad_id: i64, multiple: usize, max_len: usize) -> Self {
+        self.padding = Some((pad_id, multiple, max_len));
+        self
     }
     /// Position to save in a checkpoint.
     pub fn cursor(&self) -> DataCursor {
@@ -186,7 +194,12 @@ impl<S: SampleSource> Loader<S> {
             .map(|i| self.source.sample(i))
             .collect::<Result<Vec<_>>>()?;
         self.cursor.consumed_samples += global;
-        Batch::stack(&samples).map(Some)
+        match self.padding {
+            Some((pad, multiple, max_len)) => {
+                crate::sft::pad_batch(&samples, pad, multiple, max_len).map(Some)
+            }
+            None => Batch::stack(&samples).map(Some),
+        }
     }
 }
 

@@ -28,3 +28,11 @@ pub use gpt::{parse_split, split_ranges, GptConfig, GptDataset, Split};
 pub mod tokenizer;
 
 pub use tokenizer::{load_tokenizer, padded_vocab_size, Tokenizer};
+pub mod corpus;
+pub mod mock;
+pub mod preprocess;
+pub mod sft;
+
+pub use mock::MockDataset;
+pub use preprocess::{preprocess_jsonl, PreprocessConfig, PreprocessProgress};
+pub use sft::{PackedSftDataset, SftConfig, SftDataset, SftExample};
