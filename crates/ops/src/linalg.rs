@@ -1,0 +1,116 @@
+//! A bounds-checked view over the `gemm` crate for the small dense products inside the ops.
+
+/// A strided, read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major contiguous view.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of this view (no copy).
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst[m, n] = alpha * dst + a[m, k] · b[k, n]` with `dst` row-major contiguous; `alpha = None` overwrites.
+pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, alpha: Option<f32>) {
+    a.check();
+    b.check();
+    assert_eq!(a.cols, b.rows, "matmul inner dimensions");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    assert!(dst.len() >= m * n, "matmul destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        match alpha {
+            None => dst[..m * n].fill(0.0),
+            Some(s) => dst[..m * n].iter_mut().for_each(|v| *v *= s),
+        }
+        return;
+    }
+    // SAFETY: every view was bounds-checked above, `dst` holds m*n elements, and the views do not alias `dst`
+    // (it is borrowed mutably while they are shared borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            alpha.is_some(),
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            alpha.unwrap_or(0.0),
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_loops_with_transposes_and_accumulate() {
+        let a: Vec<f32> = (0..12).map(|v| v as f32 * 0.5 - 2.0).collect(); // 3x4
+        let b: Vec<f32> = (0..8).map(|v| 1.0 - v as f32 * 0.25).collect(); // 4x2
+        let mut want = [0f32; 6];
+        for i in 0..3 {
+            for j in 0..2 {
+                want[i * 2 + j] = (0..4).map(|k| a[i * 4 + k] * b[k * 2 + j]).sum();
+            }
+        }
+        let mut got = [1f32; 6];
+        matmul(&mut got, Mat::rows(&a, 3, 4), Mat::rows(&b, 4, 2), None);
+        assert_eq!(got, want);
+        // bᵀ stored as 2x4, used through a transposed view; accumulate onto 2·dst.
+        let bt: Vec<f32> = (0..8).map(|i| b[(i % 4) * 2 + i / 4]).collect();
+        let mut acc = [1f32; 6];
+        matmul(
+            &mut acc,
+            Mat::rows(&a, 3, 4),
+            Mat::rows(&bt, 2, 4).t(),
+            Some(2.0),
+        );
+        for i in 0..6 {
+            assert!((acc[i] - (2.0 + want[i])).abs() < 1e-5);
+        }
+    }
+}
