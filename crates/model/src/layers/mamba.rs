@@ -1,0 +1,104 @@
+//! The Mamba2 mixer (`M`): in_proj → causal conv + SiLU on xBC → dt softplus → SSD → gated RMSNorm → out_proj.
+//!
+//! in_proj is one fused matrix whose rows are the segments `[z | x | B | C | dt]` ([`MixerDims::in_proj_segments`]);
+//! a tensor-parallel rank takes its rows of each segment ([`MixerDims::in_proj_shard`]) and its heads of the
+//! per-head tensors, so sharding never needs a different layer.
+
+use super::Linear;
+use crate::config::{MixerDims, ModelConfig};
+use crate::error::Result;
+use crate::lm::Trace;
+use crate::weights::Loader;
+use candle_core::{DType, Tensor};
+use coil_ops::tensor as ops;
+
+#[derive(Clone, Debug)]
+pub struct Mamba2Mixer {
+    pub dims: MixerDims,
+    pub in_proj: Linear,
+    /// [C, K] (the checkpoint's [C, 1, K] without the middle axis).
+    pub conv_weight: Tensor,
+    pub conv_bias: Option<Tensor>,
+    pub dt_bias: Tensor,
+    pub a_log: Tensor,
+    pub d: Tensor,
+    pub norm_weight: Tensor,
+    pub out_proj: Linear,
+    pub chunk_size: usize,
+    pub eps: f64,
+    pub dt_limit: (f32, f32),
+}
+
+impl Mamba2Mixer {
+    pub fn load(l: &Loader, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
+        let m = &cfg.mamba;
+        let dims = cfg.mixer_dims();
+        let (d_model, h, conv) = (cfg.hidden_size, dims.heads, dims.conv_dim());
+        let p = |s: &str| format!("{prefix}.{s}");
+        Ok(Mamba2Mixer {
+            dims,
+            in_proj: Linear::load(l, &p("in_proj"), dims.in_proj_dim(), d_model, m.proj_bias)?,
+            conv_weight: l
+                .tensor(&p("conv1d.weight"), &[conv, 1, m.conv_kernel])?
+                .reshape((conv, m.conv_kernel))?,
+            conv_bias: if m.conv_bias {
+                Some(l.tensor(&p("conv1d.bias"), &[conv])?)
+            } else {
+                None
+            },
+            dt_bias: l.tensor(&p("dt_bias"), &[h])?,
+            a_log: l.tensor(&p("A_log"), &[h])?,
+            d: l.tensor(&p("D"), &[h])?,
+            norm_weight: l.tensor(&p("norm.weight"), &[dims.d_inner()])?,
+            out_proj: Linear::load(l, &p("out_proj"), d_model, dims.d_inner(), m.proj_bias)?,
+            chunk_size: m.chunk_size,
+            eps: cfg.norm_eps,
+            dt_limit: cfg.dt_limit(),
+        })
+    }
+
+    /// `x` [B,T,D] → [B,T,D]. Records `in_proj`, `y` and `gated_norm` under `prefix` when tracing.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        trace: &mut Option<&mut Trace>,
+        prefix: &str,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let MixerDims {
+            heads,
+            head_dim,
+            groups,
+            state,
+            ..
+        } = self.dims;
+        let (inner, conv, gn) = (self.dims.d_inner(), self.dims.conv_dim(), groups * state);
+        let zxbcdt = self.in_proj.forward(x)?.to_dtype(DType::F32)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.record(format!("{prefix}.in_proj"), &zxbcdt);
+        }
+        let z = zxbcdt.narrow(2, 0, inner)?;
+        let xbc = zxbcdt.narrow(2, inner, conv)?;
+        let dt_raw = zxbcdt.narrow(2, inner + conv, heads)?;
+
+        let xbc = ops::causal_conv1d_silu(&xbc, &self.conv_weight, self.conv_bias.as_ref(), None)?;
+        let xs = xbc.narrow(2, 0, inner)?.reshape((b, t, heads, head_dim))?;
+        let bm = xbc.narrow(2, inner, gn)?.reshape((b, t, groups, state))?;
+        let cm = xbc
+            .narrow(2, inner + gn, gn)?
+            .reshape((b, t, groups, state))?;
+        let dt = ops::dt_softplus(&dt_raw, &self.dt_bias, self.dt_limit)?;
+        let a = self.a_log.to_dtype(DType::F32)?.exp()?.neg()?;
+        let (y, _final_state) = ops::ssd(&xs, &dt, &a, &bm, &cm, &self.d, None, self.chunk_size)?;
+        let y = y.reshape((b, t, inner))?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.record(format!("{prefix}.y"), &y);
+        }
+        let g = ops::gated_rmsnorm(&y, &z, &self.norm_weight, groups, self.eps)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.record(format!("{prefix}.gated_norm"), &g);
+        }
+        self.out_proj
+            .forward(&g.to_dtype(self.out_proj.weight.dtype())?)
+    }
+}

@@ -1,0 +1,271 @@
+//! The hybrid language model: embedding → blocks (`r = r + mixer(rms_norm(r))`) → final norm → LM head.
+
+use crate::config::{LayerKind, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::layers::{attention::Attention, mamba::Mamba2Mixer, mlp::Mlp, rms_norm, Linear};
+use crate::params::param_specs;
+use crate::weights::{Loader, WeightSource};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Intermediate activations by name (`act.embeddings`, `act.layers.{i}.out`, `act.layers.{i}.mixer.*`,
+/// `act.norm_f`), the names the HF fixtures use.
+#[derive(Default, Debug)]
+pub struct Trace(pub BTreeMap<String, Tensor>);
+
+impl Trace {
+    pub fn record(&mut self, name: impl Into<String>, t: &Tensor) {
+        self.0.insert(name.into(), t.clone());
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Mixer {
+    Mamba(Mamba2Mixer),
+    Attention(Attention),
+    Mlp(Mlp),
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub kind: LayerKind,
+    pub norm: Tensor,
+    pub mixer: Mixer,
+}
+
+#[derive(Clone, Debug)]
+pub struct HybridLm {
+    pub config: ModelConfig,
+    pub embeddings: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm_f: Tensor,
+    /// `None` when tied to the embeddings.
+    pub lm_head: Option<Tensor>,
+    pub dtype: DType,
+}
+
+impl HybridLm {
+    /// Builds the model from named tensors, checking every name and shape against the config.
+    pub fn load(
+        config: &ModelConfig,
+        src: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        config.validate()?;
+        let l = Loader {
+            src,
+            device: device.clone(),
+            dtype,
+        };
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let mut blocks = Vec::new();
+        for (i, kind) in config.layers()?.into_iter().enumerate() {
+            let prefix = format!("backbone.layers.{i}");
+            let mixer_prefix = format!("{prefix}.mixer");
+            let mixer = match kind {
+                LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(&l, &mixer_prefix, config)?),
+                LayerKind::Attention => {
+                    Mixer::Attention(Attention::load(&l, &mixer_prefix, config)?)
+                }
+                LayerKind::Mlp => Mixer::Mlp(Mlp::load(&l, &mixer_prefix, config)?),
+            };
+            blocks.push(Block {
+                kind,
+                norm: l.tensor(&format!("{prefix}.norm.weight"), &[d])?,
+                mixer,
+            });
+        }
+        Ok(HybridLm {
+            config: config.clone(),
+            embeddings: l.tensor("backbone.embeddings.weight", &[v, d])?,
+            blocks,
+            norm_f: l.tensor("backbone.norm_f.weight", &[d])?,
+            lm_head: if config.tie_word_embeddings {
+                None
+            } else {
+                Some(l.tensor("lm_head.weight", &[v, d])?)
+            },
+            dtype,
+        })
+    }
+
+    /// Loads `dir/config.json` and the weights next to it (HF, sharded HF, or state-spaces layout).
+    pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config = crate::hf_config::read_config(dir)?;
+        let src = crate::weights::open_dir(dir)?;
+        Self::load(&config, src.as_ref(), device, dtype)
+    }
+
+    /// Fresh Megatron-style initialisation, seeded.
+    pub fn init(config: &ModelConfig, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+        let params = crate::params::init_params(config, seed, device, dtype)?;
+        Self::load(config, &params, device, dtype)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embeddings.device()
+    }
+
+    /// Checks `ids` [B,T] are integer token ids below the vocabulary size.
+    pub fn check_ids(&self, ids: &Tensor) -> Result<()> {
+        let (b, t) = ids.dims2().map_err(|_| {
+            ModelError::Invalid(format!(
+                "input ids must be [batch, time], got shape {:?}",
+                ids.dims()
+            ))
+        })?;
+        if b == 0 || t == 0 {
+            return Err(ModelError::Invalid(format!(
+                "input ids are empty (shape [{b}, {t}])"
+            )));
+        }
+        let flat = ids.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        if let Some((pos, &bad)) = flat
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v as usize >= self.config.vocab_size)
+        {
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} at [{}, {}] is outside the vocabulary [0, {})",
+                pos / t,
+                pos % t,
+                self.config.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// `ids` [B,T] → logits [B,T,V] in f32. Fills `trace` with intermediate activations when given.
+    pub fn forward(&self, ids: &Tensor, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        let (b, t) = ids.dims2()?;
+        let resid_dtype = if self.config.residual_in_fp32 {
+            DType::F32
+        } else {
+            self.dtype
+        };
+        let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let mut r =
+            self.embeddings
+                .index_select(&flat, 0)?
+                .reshape((b, t, self.config.hidden_size))?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.record("act.embeddings", &r);
+        }
+        r = r.to_dtype(resid_dtype)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&r.to_dtype(self.dtype)?, &block.norm, self.config.norm_eps)?;
+            let prefix = format!("act.layers.{i}.mixer");
+            let out = match &block.mixer {
+                Mixer::Mamba(m) => m.forward(&h, &mut trace, &prefix)?,
+                Mixer::Attention(a) => a.forward(&h)?,
+                Mixer::Mlp(m) => m.forward(&h)?,
+            };
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.record(format!("{prefix}.out"), &out);
+            }
+            r = (r + out.to_dtype(resid_dtype)?)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.record(format!("act.layers.{i}.out"), &r);
+            }
+        }
+        let h = rms_norm(&r.to_dtype(self.dtype)?, &self.norm_f, self.config.norm_eps)?;
+        if let Some(tr) = trace {
+            tr.record("act.norm_f", &h);
+        }
+        let head = Linear {
+            weight: self
+                .lm_head
+                .clone()
+                .unwrap_or_else(|| self.embeddings.clone()),
+            bias: None,
+        };
+        Ok(head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+
+    /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`].
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+        by_name.insert("backbone.embeddings.weight".into(), self.embeddings.clone());
+        by_name.insert("backbone.norm_f.weight".into(), self.norm_f.clone());
+        if let Some(h) = &self.lm_head {
+            by_name.insert("lm_head.weight".into(), h.clone());
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut put = |s: &str, t: &Tensor| {
+                by_name.insert(format!("backbone.layers.{i}.{s}"), t.clone());
+            };
+            put("norm.weight", &block.norm);
+            let mut lin = |s: &str, l: &Linear| {
+                by_name.insert(
+                    format!("backbone.layers.{i}.mixer.{s}.weight"),
+                    l.weight.clone(),
+                );
+                if let Some(b) = &l.bias {
+                    by_name.insert(format!("backbone.layers.{i}.mixer.{s}.bias"), b.clone());
+                }
+            };
+            match &block.mixer {
+                Mixer::Mamba(m) => {
+                    lin("in_proj", &m.in_proj);
+                    lin("out_proj", &m.out_proj);
+                    let k = m.dims.conv_kernel;
+                    let mut put = |s: &str, t: Tensor| {
+                        by_name.insert(format!("backbone.layers.{i}.mixer.{s}"), t);
+                    };
+                    put(
+                        "conv1d.weight",
+                        m.conv_weight.reshape((m.dims.conv_dim(), 1, k))?,
+                    );
+                    if let Some(b) = &m.conv_bias {
+                        put("conv1d.bias", b.clone());
+                    }
+                    put("dt_bias", m.dt_bias.clone());
+                    put("A_log", m.a_log.clone());
+                    put("D", m.d.clone());
+                    put("norm.weight", m.norm_weight.clone());
+                }
+                Mixer::Attention(a) => {
+                    lin("q_proj", &a.q_proj);
+                    lin("k_proj", &a.k_proj);
+                    lin("v_proj", &a.v_proj);
+                    lin("o_proj", &a.o_proj);
+                }
+                Mixer::Mlp(m) => {
+                    lin("up_proj", &m.up_proj);
+                    lin("down_proj", &m.down_proj);
+                }
+            }
+        }
+        param_specs(&self.config)?
+            .into_iter()
+            .map(|s| {
+                by_name
+                    .remove(&s.name)
+                    .map(|t| (s.name.clone(), t))
+                    .ok_or(ModelError::Invalid(format!("model lacks {}", s.name)))
+            })
+            .collect()
+    }
+}
+
+/// Mean next-token cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` (f32 scalar tensor).
+pub fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    if t < 2 {
+        return Err(ModelError::Invalid(format!(
+            "the loss needs at least 2 tokens per sequence, got {t}"
+        )));
+    }
+    let pred = logits
+        .narrow(1, 0, t - 1)?
+        .to_dtype(DType::F32)?
+        .reshape((b * (t - 1), v))?;
+    let target = ids
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::U32)?
+        .flatten_all()?;
+    Ok(candle_nn::loss::cross_entropy(&pred, &target)?)
+}

@@ -1,0 +1,238 @@
+//! The parameter table: every tensor of a model, by checkpoint name, with its shape and initialisation.
+//!
+//! This list is the single source of truth for names and shapes: the loader checks checkpoints against it,
+//! the parameter count sums it and random initialisation (Megatron's rules, nemo_spec.md §1.5) walks it.
+
+use crate::config::{LayerKind, ModelConfig};
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use std::collections::BTreeMap;
+
+/// How a parameter is initialised from scratch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Normal(f64),
+    Ones,
+    Zeros,
+    /// U(−b, b).
+    Uniform(f64),
+    /// Mamba dt_bias: inverse softplus of a log-uniform dt in [min, max], floored.
+    DtBias {
+        min: f64,
+        max: f64,
+        floor: f64,
+    },
+    /// Mamba A_log: log U(1, 16).
+    ALog,
+}
+
+/// One tensor of the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+impl ParamSpec {
+    fn new(name: String, shape: &[usize], init: Init) -> Self {
+        ParamSpec {
+            name,
+            shape: shape.to_vec(),
+            init,
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// All parameters of `cfg`, in checkpoint (HF) names. The LM head is absent when embeddings are tied.
+pub fn param_specs(cfg: &ModelConfig) -> Result<Vec<ParamSpec>> {
+    let kinds = cfg.layers()?;
+    let (v, d, std) = (cfg.vocab_size, cfg.hidden_size, cfg.init_std);
+    let n_layers = kinds.len() as f64;
+    // Output projections of every block are scaled by 1/sqrt(num_layers) (Megatron, hybrid models: m = 1).
+    let out_std = std / n_layers.sqrt();
+    let mut specs = vec![ParamSpec::new(
+        "backbone.embeddings.weight".into(),
+        &[v, d],
+        Init::Normal(std),
+    )];
+    for (i, kind) in kinds.iter().enumerate() {
+        let p = |s: &str| format!("backbone.layers.{i}.{s}");
+        specs.push(ParamSpec::new(p("norm.weight"), &[d], Init::Ones));
+        match kind {
+            LayerKind::Mamba => {
+                let m = &cfg.mamba;
+                let md = cfg.mixer_dims();
+                let (h, inner, conv) = (md.heads, md.d_inner(), md.conv_dim());
+                let k = m.conv_kernel;
+                let conv_bound = 1.0 / (k as f64).sqrt(); // kaiming_uniform(a=√5), fan_in = K (depthwise)
+                specs.push(ParamSpec::new(
+                    p("mixer.in_proj.weight"),
+                    &[md.in_proj_dim(), d],
+                    Init::Normal(0.02),
+                ));
+                if m.proj_bias {
+                    specs.push(ParamSpec::new(
+                        p("mixer.in_proj.bias"),
+                        &[md.in_proj_dim()],
+                        Init::Zeros,
+                    ));
+                }
+                specs.push(ParamSpec::new(
+                    p("mixer.conv1d.weight"),
+                    &[conv, 1, k],
+                    Init::Uniform(conv_bound),
+                ));
+                if m.conv_bias {
+                    specs.push(ParamSpec::new(
+                        p("mixer.conv1d.bias"),
+                        &[conv],
+                        Init::Uniform(conv_bound),
+                    ));
+                }
+                let dt = Init::DtBias {
+                    min: m.dt_init_min,
+                    max: m.dt_init_max,
+                    floor: m.dt_init_floor,
+                };
+                specs.push(ParamSpec::new(p("mixer.dt_bias"), &[h], dt));
+                specs.push(ParamSpec::new(p("mixer.A_log"), &[h], Init::ALog));
+                specs.push(ParamSpec::new(p("mixer.D"), &[h], Init::Ones));
+                specs.push(ParamSpec::new(p("mixer.norm.weight"), &[inner], Init::Ones));
+                specs.push(ParamSpec::new(
+                    p("mixer.out_proj.weight"),
+                    &[d, inner],
+                    Init::Normal(0.02 / n_layers.sqrt()),
+                ));
+                if m.proj_bias {
+                    specs.push(ParamSpec::new(p("mixer.out_proj.bias"), &[d], Init::Zeros));
+                }
+            }
+            LayerKind::Attention => {
+                let a = &cfg.attention;
+                let (q, kv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+                specs.push(ParamSpec::new(
+                    p("mixer.q_proj.weight"),
+                    &[q, d],
+                    Init::Normal(std),
+                ));
+                specs.push(ParamSpec::new(
+                    p("mixer.k_proj.weight"),
+                    &[kv, d],
+                    Init::Normal(std),
+                ));
+                specs.push(ParamSpec::new(
+                    p("mixer.v_proj.weight"),
+                    &[kv, d],
+                    Init::Normal(std),
+                ));
+                specs.push(ParamSpec::new(
+                    p("mixer.o_proj.weight"),
+                    &[d, q],
+                    Init::Normal(out_std),
+                ));
+            }
+            LayerKind::Mlp => {
+                let f = cfg.mlp.intermediate_size;
+                specs.push(ParamSpec::new(
+                    p("mixer.up_proj.weight"),
+                    &[f, d],
+                    Init::Normal(std),
+                ));
+                if cfg.mlp.bias {
+                    specs.push(ParamSpec::new(p("mixer.up_proj.bias"), &[f], Init::Zeros));
+                }
+                specs.push(ParamSpec::new(
+                    p("mixer.down_proj.weight"),
+                    &[d, f],
+                    Init::Normal(out_std),
+                ));
+                if cfg.mlp.bias {
+                    specs.push(ParamSpec::new(p("mixer.down_proj.bias"), &[d], Init::Zeros));
+                }
+            }
+        }
+    }
+    specs.push(ParamSpec::new(
+        "backbone.norm_f.weight".into(),
+        &[d],
+        Init::Ones,
+    ));
+    if !cfg.tie_word_embeddings {
+        specs.push(ParamSpec::new(
+            "lm_head.weight".into(),
+            &[v, d],
+            Init::Normal(std),
+        ));
+    }
+    Ok(specs)
+}
+
+/// Number of parameters of `cfg` (a tied LM head counts once).
+pub fn num_parameters(cfg: &ModelConfig) -> Result<u64> {
+    Ok(param_specs(cfg)?.iter().map(|s| s.numel() as u64).sum())
+}
+
+/// Draws values for one spec.
+fn draw(spec: &ParamSpec, rng: &mut rand::rngs::StdRng) -> Result<Vec<f32>> {
+    let n = spec.numel();
+    Ok(match spec.init {
+        Init::Ones => vec![1.0; n],
+        Init::Zeros => vec![0.0; n],
+        Init::Normal(std) => {
+            let dist = Normal::new(0.0f64, std).map_err(|_| {
+                ModelError::Invalid(format!(
+                    "{}: init std must be finite and >= 0, got {std}",
+                    spec.name
+                ))
+            })?;
+            (0..n).map(|_| dist.sample(rng) as f32).collect()
+        }
+        Init::Uniform(b) => (0..n)
+            .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * b) as f32)
+            .collect(),
+        Init::DtBias { min, max, floor } => {
+            if !(min > 0.0 && max >= min) {
+                return Err(ModelError::Invalid(format!(
+                    "{}: dt init range [{min}, {max}] must be positive and ordered",
+                    spec.name
+                )));
+            }
+            (0..n)
+                .map(|_| {
+                    let u: f64 = rng.random();
+                    let dt = (u * (max.ln() - min.ln()) + min.ln()).exp().max(floor);
+                    (dt + (-(-dt).exp_m1()).ln()) as f32 // inverse softplus
+                })
+                .collect()
+        }
+        Init::ALog => (0..n)
+            .map(|_| (1.0 + 15.0 * rng.random::<f64>()).ln() as f32)
+            .collect(),
+    })
+}
+
+/// Fresh parameters for `cfg`, seeded; one RNG stream per tensor so a tensor's values do not depend on the
+/// order or presence of others.
+pub fn init_params(
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (i, spec) in param_specs(cfg)?.iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let t = Tensor::from_vec(draw(spec, &mut rng)?, spec.shape.as_slice(), device)?
+            .to_dtype(dtype)?;
+        out.insert(spec.name.clone(), t);
+    }
+    Ok(out)
+}
