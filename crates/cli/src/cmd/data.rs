@@ -1,0 +1,131 @@
+//! `coil preprocess` and `coil data ...`: Megatron corpora from the command line. The library work lives
+//! in `coil-data`; this module parses flags and prints.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use coil_data::{load_tokenizer, preprocess_jsonl_with_bar, IndexedDataset, PreprocessConfig};
+
+/// Tokenize a JSONL corpus into a Megatron `.bin/.idx` pair.
+#[derive(Args, Debug)]
+pub struct PreprocessArgs {
+    /// Input JSONL file, one document per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSON field holding the text (a string, or a list of strings = one sequence each).
+    #[arg(long, default_value = "text")]
+    pub json_key: String,
+    /// Tokenizer: `gpt2` (embedded), a tokenizer.json, a NeMo tiktoken vocab .json, or a SentencePiece .model.
+    #[arg(long, default_value = "gpt2")]
+    pub tokenizer: String,
+    /// Output path prefix: writes exactly PREFIX.bin and PREFIX.idx.
+    #[arg(long)]
+    pub output_prefix: PathBuf,
+    /// Append the tokenizer's end-of-document token to every document.
+    #[arg(long)]
+    pub append_eod: bool,
+    /// Tokenizer threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Describe a Megatron indexed dataset.
+    Inspect {
+        /// Path prefix of the dataset (PREFIX.bin / PREFIX.idx).
+        prefix: PathBuf,
+        /// Print exactly one JSON object: dtype, num_sequences, num_documents, num_tokens,
+        /// sequence_lengths, document_indices (and sequences with --dump-tokens).
+        #[arg(long)]
+        json: bool,
+        /// Also print the token ids of the first N sequences.
+        #[arg(long, value_name = "N")]
+        dump_tokens: Option<usize>,
+    },
+}
+
+pub fn run_preprocess(args: PreprocessArgs) -> anyhow::Result<()> {
+    let tokenizer = load_tokenizer(&args.tokenizer)?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = PreprocessConfig {
+        input: args.input,
+        json_key: args.json_key,
+        output_prefix: args.output_prefix,
+        append_eod: args.append_eod,
+        workers,
+        dtype: None,
+    };
+    let stats = preprocess_jsonl_with_bar(&config, tokenizer.as_ref())?;
+    eprintln!(
+        "wrote {p}.bin and {p}.idx: {} documents, {} tokens in {:.2}s ({:.0} tokens/s, tokenizer {})",
+        stats.documents,
+        stats.tokens,
+        stats.seconds,
+        stats.tokens_per_second(),
+        tokenizer.describe(),
+        p = config.output_prefix.display(),
+    );
+    Ok(())
+}
+
+pub fn run_data(cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Inspect {
+            prefix,
+            json,
+            dump_tokens,
+        } => inspect(&prefix, json, dump_tokens),
+    }
+}
+
+fn inspect(prefix: &std::path::Path, json: bool, dump_tokens: Option<usize>) -> anyhow::Result<()> {
+    let ds = IndexedDataset::open(prefix)?;
+    let sequences = match dump_tokens {
+        Some(n) => Some(
+            (0..n.min(ds.len()))
+                .map(|i| ds.get(i))
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("reading tokens of {}", prefix.display()))?,
+        ),
+        None => None,
+    };
+    if json {
+        let mut obj = serde_json::json!({
+            "dtype": ds.dtype().name(),
+            "num_sequences": ds.len(),
+            "num_documents": ds.num_documents(),
+            "num_tokens": ds.num_tokens(),
+            "sequence_lengths": ds.sequence_lengths(),
+            "document_indices": ds.document_indices(),
+        });
+        if let Some(seqs) = sequences {
+            obj["sequences"] = serde_json::json!(seqs);
+        }
+        println!("{obj}");
+        return Ok(());
+    }
+    let lengths = ds.sequence_lengths();
+    let (min, max) = (
+        lengths.iter().min().copied().unwrap_or(0),
+        lengths.iter().max().copied().unwrap_or(0),
+    );
+    println!("{}", ds.prefix().display());
+    println!("  dtype          {}", ds.dtype().name());
+    println!("  sequences      {}", ds.len());
+    println!("  documents      {}", ds.num_documents());
+    println!("  tokens         {}", ds.num_tokens());
+    println!(
+        "  lengths        min {min}, max {max}, mean {:.1}",
+        ds.num_tokens() as f64 / ds.len().max(1) as f64
+    );
+    if let Some(seqs) = sequences {
+        for (i, s) in seqs.iter().enumerate() {
+            println!("  [{i}] {s:?}");
+        }
+    }
+    Ok(())
+}
