@@ -132,7 +132,11 @@ impl MixerDims {
     /// The in_proj rows tensor-parallel rank `rank` of `tp` holds: each segment split on its own (heads for
     /// z/x/dt, groups for B/C), as Megatron shards it. Concatenating the ranges gives that rank's in_proj.
     pub fn in_proj_shard(&self, rank: usize, tp: usize) -> Result<Vec<Range<usize>>> {
-        if tp == 0 || rank >= tp || !self.heads.is_multiple_of(tp) || !self.groups.is_multiple_of(tp) {
+        if tp == 0
+            || rank >= tp
+            || !self.heads.is_multiple_of(tp)
+            || !self.groups.is_multiple_of(tp)
+        {
             return Err(ModelError::Invalid(format!(
                 "tensor parallel size {tp} must divide the {} heads and {} groups (rank {rank})",
                 self.heads, self.groups

@@ -2,7 +2,9 @@
 
 use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::{attention::Attention, mamba::Mamba2Mixer, mlp::Mlp, rms_norm, Linear};
+use crate::layers::attention::{Attention, KvCache};
+use crate::layers::mamba::{Mamba2Mixer, MambaState};
+use crate::layers::{mlp::Mlp, rms_norm, Linear};
 use crate::params::param_specs;
 use crate::weights::{Loader, WeightSource};
 use candle_core::{DType, Device, Tensor};
@@ -18,6 +20,31 @@ impl Trace {
     pub fn record(&mut self, name: impl Into<String>, t: &Tensor) {
         self.0.insert(name.into(), t.clone());
     }
+}
+
+/// What one layer carries from token to token.
+#[derive(Clone, Debug)]
+pub enum LayerState {
+    Mamba(MambaState),
+    Attention(KvCache),
+    /// MLP layers carry nothing.
+    Stateless,
+}
+
+impl LayerState {
+    pub fn as_mamba(&self) -> Option<&MambaState> {
+        match self {
+            LayerState::Mamba(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The decode state of the whole stack: constant size per sequence for Mamba layers, a growing KV cache for
+/// the few attention layers.
+#[derive(Clone, Debug)]
+pub struct ModelState {
+    pub layers: Vec<LayerState>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,9 +165,31 @@ impl HybridLm {
     }
 
     /// `ids` [B,T] → logits [B,T,V] in f32. Fills `trace` with intermediate activations when given.
-    pub fn forward(&self, ids: &Tensor, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
+        Ok(self.forward_with_state(ids, None, trace, false)?.0)
+    }
+
+    /// `ids` [B,T] → (logits, state after the last token). With `state`, the sequences continue from it (the
+    /// Mamba conv window and SSM state, the attention KV cache); without, they start fresh. `last_only` computes
+    /// logits for the last position alone ([B,1,V]).
+    pub fn forward_with_state(
+        &self,
+        ids: &Tensor,
+        state: Option<&ModelState>,
+        mut trace: Option<&mut Trace>,
+        last_only: bool,
+    ) -> Result<(Tensor, ModelState)> {
         self.check_ids(ids)?;
         let (b, t) = ids.dims2()?;
+        if let Some(s) = state {
+            if s.layers.len() != self.blocks.len() {
+                return Err(ModelError::Invalid(format!(
+                    "state has {} layers, the model {}",
+                    s.layers.len(),
+                    self.blocks.len()
+                )));
+            }
+        }
         let resid_dtype = if self.config.residual_in_fp32 {
             DType::F32
         } else {
@@ -155,14 +204,36 @@ impl HybridLm {
             tr.record("act.embeddings", &r);
         }
         r = r.to_dtype(resid_dtype)?;
+        let mut layers = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&r.to_dtype(self.dtype)?, &block.norm, self.config.norm_eps)?;
             let prefix = format!("act.layers.{i}.mixer");
-            let out = match &block.mixer {
-                Mixer::Mamba(m) => m.forward(&h, &mut trace, &prefix)?,
-                Mixer::Attention(a) => a.forward(&h)?,
-                Mixer::Mlp(m) => m.forward(&h)?,
+            let prev = state.map(|s| &s.layers[i]);
+            let (out, next) = match (&block.mixer, prev) {
+                (Mixer::Mamba(m), None | Some(LayerState::Mamba(_))) => {
+                    let prev = prev.and_then(LayerState::as_mamba);
+                    let (o, s) = m.forward_with_state(&h, prev, &mut trace, &prefix)?;
+                    (o, LayerState::Mamba(s))
+                }
+                (Mixer::Attention(a), None | Some(LayerState::Attention(_))) => {
+                    let prev = match prev {
+                        Some(LayerState::Attention(c)) => Some(c),
+                        _ => None,
+                    };
+                    let (o, c) = a.forward_with_cache(&h, prev)?;
+                    (o, LayerState::Attention(c))
+                }
+                (Mixer::Mlp(m), None | Some(LayerState::Stateless)) => {
+                    (m.forward(&h)?, LayerState::Stateless)
+                }
+                _ => {
+                    return Err(ModelError::Invalid(format!(
+                        "state of layer {i} does not match its kind {:?}",
+                        block.kind
+                    )))
+                }
             };
+            layers.push(next);
             if let Some(tr) = trace.as_deref_mut() {
                 tr.record(format!("{prefix}.out"), &out);
             }
@@ -171,8 +242,11 @@ impl HybridLm {
                 tr.record(format!("act.layers.{i}.out"), &r);
             }
         }
+        if last_only {
+            r = r.narrow(1, t - 1, 1)?;
+        }
         let h = rms_norm(&r.to_dtype(self.dtype)?, &self.norm_f, self.config.norm_eps)?;
-        if let Some(tr) = trace {
+        if let Some(tr) = trace.as_deref_mut() {
             tr.record("act.norm_f", &h);
         }
         let head = Linear {
@@ -182,7 +256,10 @@ impl HybridLm {
                 .unwrap_or_else(|| self.embeddings.clone()),
             bias: None,
         };
-        Ok(head.forward(&h)?.to_dtype(DType::F32)?)
+        Ok((
+            head.forward(&h)?.to_dtype(DType::F32)?,
+            ModelState { layers },
+        ))
     }
 
     /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`].

@@ -6,6 +6,13 @@ use crate::error::Result;
 use crate::weights::Loader;
 use candle_core::{DType, Device, Tensor};
 
+/// Keys and values of the positions seen so far: [B, n_kv, S, hd] each (HF `DynamicLayer` semantics).
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
 #[derive(Clone, Debug)]
 pub struct Attention {
     pub q_proj: Linear,
@@ -37,27 +44,46 @@ impl Attention {
         })
     }
 
-    /// `x` [B,T,D] → [B,T,D].
+    /// `x` [B,T,D] → [B,T,D] (causal, no cache).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_cache(x, None)?.0)
+    }
+
+    /// `x` [B,T,D] → ([B,T,D], cache extended by these T positions). With `cache` holding S earlier positions,
+    /// query i (absolute position S+i) attends to keys 0..=S+i.
+    pub fn forward_with_cache(
+        &self,
+        x: &Tensor,
+        cache: Option<&KvCache>,
+    ) -> Result<(Tensor, KvCache)> {
         let (b, t, _) = x.dims3()?;
         let (nq, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = heads(self.q_proj.forward(x)?, nq)?;
-        let k = repeat_kv(heads(self.k_proj.forward(x)?, nkv)?, nq / nkv)?;
-        let v = repeat_kv(heads(self.v_proj.forward(x)?, nkv)?, nq / nkv)?;
+        let mut k = heads(self.k_proj.forward(x)?, nkv)?;
+        let mut v = heads(self.v_proj.forward(x)?, nkv)?;
+        if let Some(c) = cache {
+            k = Tensor::cat(&[&c.k, &k], 2)?;
+            v = Tensor::cat(&[&c.v, &v], 2)?;
+        }
+        let past = k.dim(2)? - t;
+        let (kr, vr) = (
+            repeat_kv(k.clone(), nq / nkv)?,
+            repeat_kv(v.clone(), nq / nkv)?,
+        );
         let scores = (q
             .to_dtype(DType::F32)?
-            .matmul(&k.to_dtype(DType::F32)?.t()?)?
+            .matmul(&kr.to_dtype(DType::F32)?.t()?)?
             * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.broadcast_add(&causal_mask(t, x.device())?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let scores = scores.broadcast_add(&causal_mask(t, past, x.device())?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vr.dtype())?;
         let out = probs
-            .matmul(&v)?
+            .matmul(&vr)?
             .transpose(1, 2)?
             .reshape((b, t, nq * hd))?;
-        self.o_proj.forward(&out)
+        Ok((self.o_proj.forward(&out)?, KvCache { k, v }))
     }
 }
 
@@ -72,16 +98,17 @@ pub fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
         .reshape((b, n * rep, t, hd))?)
 }
 
-/// [T, T] additive mask: 0 on and below the diagonal, −∞ above.
-fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t * t)
+/// [T, S+T] additive mask for T new queries after S cached positions: query i sees keys 0..=S+i.
+fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let width = past + t;
+    let mask: Vec<f32> = (0..t * width)
         .map(|i| {
-            if i % t > i / t {
+            if i % width > past + i / width {
                 f32::NEG_INFINITY
             } else {
                 0.0
             }
         })
         .collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?)
+    Ok(Tensor::from_vec(mask, (t, width), device)?)
 }

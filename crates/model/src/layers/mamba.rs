@@ -12,6 +12,15 @@ use crate::weights::Loader;
 use candle_core::{DType, Tensor};
 use coil_ops::tensor as ops;
 
+/// The decode state of one Mamba layer for a batch of sequences (HF cache semantics, numerics.md §1.6).
+#[derive(Clone, Debug)]
+pub struct MambaState {
+    /// [B, C, K]: the last K raw (pre-conv) xBC columns, oldest first, zero-padded on the left.
+    pub conv: Tensor,
+    /// [B, H, P, N], f32: the SSM state after the last token.
+    pub ssm: Tensor,
+}
+
 #[derive(Clone, Debug)]
 pub struct Mamba2Mixer {
     pub dims: MixerDims,
@@ -57,39 +66,64 @@ impl Mamba2Mixer {
         })
     }
 
-    /// `x` [B,T,D] → [B,T,D]. Records `in_proj`, `y` and `gated_norm` under `prefix` when tracing.
+    /// `x` [B,T,D] → [B,T,D], starting from zero state.
     pub fn forward(
         &self,
         x: &Tensor,
         trace: &mut Option<&mut Trace>,
         prefix: &str,
     ) -> Result<Tensor> {
+        Ok(self.forward_with_state(x, None, trace, prefix)?.0)
+    }
+
+    /// `x` [B,T,D] → ([B,T,D], state after the last token). With `state`, the conv window and the SSM continue
+    /// from it (prefill continuation or, with T = 1, one decode step); without, they start from zero.
+    /// Records `in_proj`, `y` and `gated_norm` under `prefix` when tracing.
+    pub fn forward_with_state(
+        &self,
+        x: &Tensor,
+        state: Option<&MambaState>,
+        trace: &mut Option<&mut Trace>,
+        prefix: &str,
+    ) -> Result<(Tensor, MambaState)> {
         let (b, t, _) = x.dims3()?;
         let MixerDims {
             heads,
             head_dim,
             groups,
-            state,
-            ..
+            state: n,
+            conv_kernel: k,
         } = self.dims;
-        let (inner, conv, gn) = (self.dims.d_inner(), self.dims.conv_dim(), groups * state);
+        let (inner, conv, gn) = (self.dims.d_inner(), self.dims.conv_dim(), groups * n);
         let zxbcdt = self.in_proj.forward(x)?.to_dtype(DType::F32)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.record(format!("{prefix}.in_proj"), &zxbcdt);
         }
         let z = zxbcdt.narrow(2, 0, inner)?;
-        let xbc = zxbcdt.narrow(2, inner, conv)?;
+        let xbc_raw = zxbcdt.narrow(2, inner, conv)?;
         let dt_raw = zxbcdt.narrow(2, inner + conv, heads)?;
 
-        let xbc = ops::causal_conv1d_silu(&xbc, &self.conv_weight, self.conv_bias.as_ref(), None)?;
+        // The K−1 raw columns before this call, oldest first; zeros at the start of a sequence.
+        let history = match state {
+            Some(s) => s.conv.narrow(2, 1, k - 1)?.to_dtype(DType::F32)?,
+            None => Tensor::zeros((b, conv, k - 1), DType::F32, x.device())?,
+        };
+        let new_conv =
+            Tensor::cat(&[&history, &xbc_raw.transpose(1, 2)?], 2)?.narrow(2, t - 1, k)?;
+        let hist = if state.is_some() {
+            Some(&history)
+        } else {
+            None
+        };
+        let xbc =
+            ops::causal_conv1d_silu(&xbc_raw, &self.conv_weight, self.conv_bias.as_ref(), hist)?;
         let xs = xbc.narrow(2, 0, inner)?.reshape((b, t, heads, head_dim))?;
-        let bm = xbc.narrow(2, inner, gn)?.reshape((b, t, groups, state))?;
-        let cm = xbc
-            .narrow(2, inner + gn, gn)?
-            .reshape((b, t, groups, state))?;
+        let bm = xbc.narrow(2, inner, gn)?.reshape((b, t, groups, n))?;
+        let cm = xbc.narrow(2, inner + gn, gn)?.reshape((b, t, groups, n))?;
         let dt = ops::dt_softplus(&dt_raw, &self.dt_bias, self.dt_limit)?;
         let a = self.a_log.to_dtype(DType::F32)?.exp()?.neg()?;
-        let (y, _final_state) = ops::ssd(&xs, &dt, &a, &bm, &cm, &self.d, None, self.chunk_size)?;
+        let init = state.map(|s| &s.ssm);
+        let (y, ssm) = ops::ssd(&xs, &dt, &a, &bm, &cm, &self.d, init, self.chunk_size)?;
         let y = y.reshape((b, t, inner))?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.record(format!("{prefix}.y"), &y);
@@ -98,7 +132,15 @@ impl Mamba2Mixer {
         if let Some(tr) = trace.as_deref_mut() {
             tr.record(format!("{prefix}.gated_norm"), &g);
         }
-        self.out_proj
-            .forward(&g.to_dtype(self.out_proj.weight.dtype())?)
+        let out = self
+            .out_proj
+            .forward(&g.to_dtype(self.out_proj.weight.dtype())?)?;
+        Ok((
+            out,
+            MambaState {
+                conv: new_conv.contiguous()?,
+                ssm,
+            },
+        ))
     }
 }
