@@ -55,6 +55,11 @@ pub fn parse_config(text: &str) -> std::result::Result<ModelConfig, String> {
             "no `model_type` field, and not a state-spaces config (no `d_model`/`n_layer`)".into(),
         );
     };
+    let mut cfg = cfg;
+    if let Some((lo, hi)) = Fields(obj).limit(&[COIL_DT_CLAMP_KEY])? {
+        cfg.mamba.dt_clamp_min = lo;
+        cfg.mamba.dt_clamp_max = hi;
+    }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
@@ -308,7 +313,9 @@ fn nemotron_h(f: &Fields) -> std::result::Result<ModelConfig, String> {
         pattern,
         norm_eps: f.f64_or(&["layer_norm_epsilon"], 1e-5)?,
         tie_word_embeddings: f.bool_or(&["tie_word_embeddings"], false)?,
-        residual_in_fp32: false,
+        // Dead in native HF Nemotron-H; honoured for configs Coil wrote.
+        residual_in_fp32: f.find(&[COIL_DT_CLAMP_KEY]).is_some()
+            && f.bool_or(&["residual_in_fp32"], false)?,
         init_std: f.f64_or(&["initializer_range"], 0.02)?,
         mamba: MambaConfig {
             num_heads: f.usize_or(&["mamba_num_heads"], Some(128))?,
@@ -436,4 +443,93 @@ fn state_spaces(f: &Fields) -> std::result::Result<ModelConfig, String> {
             pad: Some(1),
         },
     })
+}
+
+/// Key under which Coil records its exact dt clamp in an exported `config.json` (HF ignores unknown keys;
+/// Coil's reader prefers it, so a Coil checkpoint reloads with the clamp it was trained with).
+pub const COIL_DT_CLAMP_KEY: &str = "coil_dt_clamp";
+
+/// An HF `config.json` for `cfg`: `model_type` `mamba2` or `nemotron_h` by family. Reading it back with
+/// [`parse_config`] gives `cfg` again.
+pub fn to_hf_config(cfg: &ModelConfig) -> Value {
+    let m = &cfg.mamba;
+    let hi = m
+        .dt_clamp_max
+        .map_or(serde_json::json!({"__float__": "Infinity"}), Value::from);
+    let mut v = match cfg.family {
+        Family::Mamba2 => serde_json::json!({
+            "architectures": ["Mamba2ForCausalLM"],
+            "model_type": "mamba2",
+            "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": cfg.num_layers(),
+            "num_heads": m.num_heads,
+            "head_dim": m.head_dim,
+            "expand": m.num_heads * m.head_dim / cfg.hidden_size.max(1),
+            "n_groups": m.n_groups,
+            "state_size": m.state_size,
+            "conv_kernel": m.conv_kernel,
+            "chunk_size": m.chunk_size,
+            "use_conv_bias": m.conv_bias,
+            "use_bias": m.proj_bias,
+            "hidden_act": "silu",
+            "residual_in_fp32": cfg.residual_in_fp32,
+            "time_step_limit": [m.dt_clamp_min, hi.clone()],
+        }),
+        Family::NemotronH => {
+            let blocks: Vec<&str> = cfg
+                .pattern
+                .chars()
+                .map(|c| match c {
+                    'M' => "mamba",
+                    '*' => "attention",
+                    _ => "mlp",
+                })
+                .collect();
+            serde_json::json!({
+                "architectures": ["NemotronHForCausalLM"],
+                "model_type": "nemotron_h",
+                "hidden_size": cfg.hidden_size,
+                "num_hidden_layers": cfg.num_layers(),
+                "layers_block_type": blocks,
+                "hybrid_override_pattern": cfg.pattern,
+                "mamba_num_heads": m.num_heads,
+                "mamba_head_dim": m.head_dim,
+                "n_groups": m.n_groups,
+                "ssm_state_size": m.state_size,
+                "conv_kernel": m.conv_kernel,
+                "chunk_size": m.chunk_size,
+                "use_conv_bias": m.conv_bias,
+                "use_bias": m.proj_bias,
+                "mamba_hidden_act": "silu",
+                "num_attention_heads": cfg.attention.num_heads,
+                "num_key_value_heads": cfg.attention.num_kv_heads,
+                "head_dim": cfg.attention.head_dim,
+                "intermediate_size": cfg.mlp.intermediate_size,
+                "mlp_hidden_act": match cfg.mlp.activation { MlpActivation::Relu2 => "relu2", MlpActivation::Gelu => "gelu" },
+                "mlp_bias": cfg.mlp.bias,
+                "attention_bias": false,
+                "residual_in_fp32": cfg.residual_in_fp32,
+                "time_step_limit": [0.0, {"__float__": "Infinity"}],
+            })
+        }
+    };
+    let o = v.as_object_mut().expect("object literal");
+    let common = serde_json::json!({
+        "vocab_size": cfg.vocab_size,
+        "layer_norm_epsilon": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "initializer_range": cfg.init_std,
+        "time_step_min": m.dt_init_min,
+        "time_step_max": m.dt_init_max,
+        "time_step_floor": m.dt_init_floor,
+        "bos_token_id": cfg.tokens.bos,
+        "eos_token_id": cfg.tokens.eos,
+        "pad_token_id": cfg.tokens.pad,
+        "torch_dtype": "float32",
+        COIL_DT_CLAMP_KEY: [m.dt_clamp_min, hi],
+    });
+    for (k, val) in common.as_object().expect("object literal") {
+        o.insert(k.clone(), val.clone());
+    }
+    v
 }

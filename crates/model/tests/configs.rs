@@ -283,3 +283,39 @@ fn tensor_parallel_shards_cover_each_segment() {
     assert_eq!(r1[2], 2 * 8192 + 128..2 * 8192 + 256); // B rows of group 1
     assert!(d.in_proj_shard(0, 3).is_err());
 }
+
+#[test]
+fn hf_config_export_round_trips_every_preset_and_fixture() {
+    use coil_model::hf_config::{read_config, to_hf_config};
+    let mut configs: Vec<ModelConfig> = PRESET_NAMES
+        .iter()
+        .map(|n| preset(n).unwrap().config)
+        .collect();
+    for f in [
+        "mamba2_tiny",
+        "mamba2_tied_limit",
+        "nemotron_h_tiny",
+        "nemotron_h_gelu",
+    ] {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(f);
+        configs.push(read_config(&dir).unwrap());
+    }
+    for cfg in configs {
+        let text = serde_json::to_string_pretty(&to_hf_config(&cfg)).unwrap();
+        let back = parse_config(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", cfg.pattern));
+        // Sections of layer kinds the pattern does not use are not exported (pure Mamba2 presets carry
+        // NeMo's unused attention/FFN values).
+        let used = |mut c: ModelConfig| {
+            if !c.pattern.contains('*') {
+                c.attention = back.attention.clone();
+            }
+            if !c.pattern.contains('-') {
+                c.mlp = back.mlp.clone();
+            }
+            c
+        };
+        assert_eq!(back, used(cfg), "{text}");
+    }
+}
