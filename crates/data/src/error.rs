@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 /// Everything that can go wrong reading, writing or sampling data.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path}: bad magic {found:02x?}: not a Megatron MMIDIDX index (write one with `coil preprocess`)"
@@ -62,7 +61,7 @@ impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
     pub(crate) fn file(path: &Path, detail: impl Into<String>) -> Self {

@@ -34,5 +34,7 @@ pub mod preprocess;
 pub mod sft;
 
 pub use mock::MockDataset;
-pub use preprocess::{preprocess_jsonl, PreprocessConfig, PreprocessProgress};
+pub use preprocess::{
+    preprocess_jsonl, preprocess_jsonl_with_bar, PreprocessConfig, PreprocessProgress,
+};
 pub use sft::{PackedSftDataset, SftConfig, SftDataset, SftExample};

@@ -170,3 +170,29 @@ fn encode_line(
     }
     Ok(seqs)
 }
+
+/// [`preprocess_jsonl`] with a progress bar on stderr (bytes read, tokens/s), as `coil preprocess` shows.
+pub fn preprocess_jsonl_with_bar(
+    config: &PreprocessConfig,
+    tokenizer: &dyn Tokenizer,
+) -> Result<PreprocessProgress> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let out = preprocess_jsonl(config, tokenizer, &mut |p| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.bytes_read);
+        bar.set_message(format!(
+            "{} docs, {} tokens, {:.0} tokens/s",
+            p.documents,
+            p.tokens,
+            p.tokens_per_second()
+        ));
+    });
+    bar.finish_and_clear();
+    out
+}

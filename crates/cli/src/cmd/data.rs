@@ -1,6 +1,7 @@
 //! `coil preprocess` and `coil data ...`: Megatron corpora from the command line. The library work lives
 //! in `coil-data`; this module parses flags and prints.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -78,11 +79,28 @@ pub fn run_data(cmd: DataCommand) -> anyhow::Result<()> {
             prefix,
             json,
             dump_tokens,
-        } => inspect(&prefix, json, dump_tokens),
+        } => {
+            let mut out = std::io::stdout().lock();
+            match inspect(&mut out, &prefix, json, dump_tokens) {
+                // A closed pipe (`coil data inspect ... | head`) is not an error.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            }
+        }
     }
 }
 
-fn inspect(prefix: &std::path::Path, json: bool, dump_tokens: Option<usize>) -> anyhow::Result<()> {
+fn inspect(
+    out: &mut impl Write,
+    prefix: &std::path::Path,
+    json: bool,
+    dump_tokens: Option<usize>,
+) -> anyhow::Result<()> {
     let ds = IndexedDataset::open(prefix)?;
     let sequences = match dump_tokens {
         Some(n) => Some(
@@ -105,7 +123,7 @@ fn inspect(prefix: &std::path::Path, json: bool, dump_tokens: Option<usize>) -> 
         if let Some(seqs) = sequences {
             obj["sequences"] = serde_json::json!(seqs);
         }
-        println!("{obj}");
+        writeln!(out, "{obj}")?;
         return Ok(());
     }
     let lengths = ds.sequence_lengths();
@@ -113,18 +131,19 @@ fn inspect(prefix: &std::path::Path, json: bool, dump_tokens: Option<usize>) -> 
         lengths.iter().min().copied().unwrap_or(0),
         lengths.iter().max().copied().unwrap_or(0),
     );
-    println!("{}", ds.prefix().display());
-    println!("  dtype          {}", ds.dtype().name());
-    println!("  sequences      {}", ds.len());
-    println!("  documents      {}", ds.num_documents());
-    println!("  tokens         {}", ds.num_tokens());
-    println!(
+    writeln!(out, "{}", ds.prefix().display())?;
+    writeln!(out, "  dtype          {}", ds.dtype().name())?;
+    writeln!(out, "  sequences      {}", ds.len())?;
+    writeln!(out, "  documents      {}", ds.num_documents())?;
+    writeln!(out, "  tokens         {}", ds.num_tokens())?;
+    writeln!(
+        out,
         "  lengths        min {min}, max {max}, mean {:.1}",
         ds.num_tokens() as f64 / ds.len().max(1) as f64
-    );
+    )?;
     if let Some(seqs) = sequences {
         for (i, s) in seqs.iter().enumerate() {
-            println!("  [{i}] {s:?}");
+            writeln!(out, "  [{i}] {s:?}")?;
         }
     }
     Ok(())
