@@ -15,6 +15,7 @@ pub mod indexed;
 pub use error::{DataError, Result};
 pub use indexed::{DType, IndexedDataset, IndexedDatasetWriter};
 pub mod batch;
+pub mod bench;
 pub mod blend;
 pub mod gpt;
 pub mod npy;

@@ -148,3 +148,50 @@ fn inspect(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coil_data::{DType, IndexedDatasetWriter};
+
+    #[test]
+    fn inspect_json_is_one_object_with_the_contract_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("tiny");
+        let mut w = IndexedDatasetWriter::create(&prefix, DType::U16).unwrap();
+        w.add_document(&[5, 6, 7, 8, 9], &[2, 3]).unwrap();
+        w.add_item(&[1]).unwrap();
+        w.end_document();
+        w.finalize().unwrap();
+        let mut out = Vec::new();
+        inspect(&mut out, &prefix, true, Some(2)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "document_indices",
+                "dtype",
+                "num_documents",
+                "num_sequences",
+                "num_tokens",
+                "sequence_lengths",
+                "sequences"
+            ]
+        );
+        assert_eq!(v["dtype"], "uint16");
+        assert_eq!(v["num_sequences"], 3);
+        assert_eq!(v["num_documents"], 2);
+        assert_eq!(v["num_tokens"], 6);
+        assert_eq!(v["sequence_lengths"], serde_json::json!([2, 3, 1]));
+        assert_eq!(v["document_indices"], serde_json::json!([0, 2, 3]));
+        assert_eq!(v["sequences"], serde_json::json!([[5, 6], [7, 8, 9]]));
+        let mut out = Vec::new();
+        inspect(&mut out, &prefix, true, None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v.get("sequences").is_none());
+    }
+}
