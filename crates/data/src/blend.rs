@@ -95,6 +95,14 @@ impl BlendedDataset {
             ));
         }
         let (dataset_index, dataset_sample_index) = blending_indices(weights, size);
+        Self::from_indices(datasets, dataset_index, dataset_sample_index)
+    }
+
+    fn from_indices(
+        datasets: Vec<GptDataset>,
+        dataset_index: Vec<i16>,
+        dataset_sample_index: Vec<i64>,
+    ) -> Result<Self> {
         for (&d, &s) in dataset_index.iter().zip(&dataset_sample_index) {
             let len = datasets[d as usize].len();
             if s as usize >= len {
@@ -156,6 +164,37 @@ pub fn blending_indices(weights: &[f64], size: usize) -> (Vec<i16>, Vec<i64>) {
         di.push(best as i16);
         dsi.push(taken[best]);
         taken[best] += 1;
+    }
+    (di, dsi)
+}
+
+/// megatron-core's exhaustive blending (unweighted blend without a target size): every sample of every
+/// member exactly once, interleaved in proportion to the member sizes; exhausted members drop out.
+pub fn exhaustive_blending_indices(sizes: &[usize]) -> (Vec<i16>, Vec<i64>) {
+    let total: usize = sizes.iter().sum();
+    let weights: Vec<f64> = sizes.iter().map(|&s| s as f64 / total as f64).collect();
+    let mut taken = vec![0usize; sizes.len()];
+    let mut unspent: Vec<usize> = (0..sizes.len()).filter(|&d| sizes[d] > 0).collect();
+    let (mut di, mut dsi) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let mut i = 0usize;
+    while !unspent.is_empty() {
+        let x = (i as f64).max(1.0);
+        let mut best = unspent[0];
+        let mut best_err = f64::MIN;
+        for &d in &unspent {
+            let err = weights[d] * x - taken[d] as f64;
+            if err > best_err {
+                best_err = err;
+                best = d;
+            }
+        }
+        di.push(best as i16);
+        dsi.push(taken[best] as i64);
+        taken[best] += 1;
+        if taken[best] == sizes[best] {
+            unspent.retain(|&d| d != best);
+        }
+        i += 1;
     }
     (di, dsi)
 }

@@ -42,11 +42,11 @@ fn run_case(case: &Value, cache: &std::path::Path) {
             .collect(),
         None => prefixes,
     };
-    let sizes: Vec<usize> = case["sizes"]
+    let sizes: Vec<Option<usize>> = case["sizes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
+        .map(|x| x.as_u64().map(|v| v as usize))
         .collect();
     let mut cfg = GptConfig::new(case["seq_length"].as_u64().unwrap() as usize);
     cfg.seed = case["seed"].as_u64().unwrap() as u32;
@@ -56,7 +56,7 @@ fn run_case(case: &Value, cache: &std::path::Path) {
     let built = build_pretraining_datasets(
         &paths,
         case["split"].as_str().unwrap(),
-        [Some(sizes[0]), Some(sizes[1]), Some(sizes[2])],
+        [sizes[0], sizes[1], sizes[2]],
         &cfg,
     )
     .unwrap();

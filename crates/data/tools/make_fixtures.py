@@ -120,6 +120,10 @@ def gpt_fixtures():
         ("single", [str(OUT / "gpt_a")], None, "900,50,50", [60, 12, 5], 16, 1234),
         ("single_multi_epoch", [str(OUT / "gpt_a")], None, "80,20,0", [200, 40, 0], 8, 42),
         ("blend", [str(OUT / "gpt_a"), str(OUT / "gpt_b")], [30.0, 70.0], "900,50,50", [50, 10, 4], 16, 1234),
+        ("blend_unweighted", [str(OUT / "gpt_a"), str(OUT / "gpt_b"), str(OUT / "gpt_a")], None, "900,50,50",
+         [30, 6, 3], 16, 5),
+        ("blend_unweighted_all", [str(OUT / "gpt_a"), str(OUT / "gpt_b"), str(OUT / "gpt_a")], None, "900,50,50",
+         [None, None, None], 16, 5),
     ]
     for label, prefixes, weights, split, sizes, seq, seed in configs:
         cache = tempfile.mkdtemp()
@@ -143,7 +147,7 @@ def gpt_fixtures():
                 case["splits"][sname] = None
                 continue
             entry = {"len": len(ds)}
-            if weights is None:
+            if len(prefixes) == 1:
                 entry["indices_range"] = [int(ds.indices[0]), int(ds.indices[-1]) + 1]
                 entry["document_index"] = numpy.asarray(ds.document_index).tolist()
                 entry["sample_index"] = numpy.asarray(ds.sample_index).tolist()
