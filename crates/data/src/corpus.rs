@@ -46,3 +46,55 @@ pub fn shakespeare_documents(min_chars: usize) -> Vec<String> {
 pub fn shakespeare_bytes() -> usize {
     SHAKESPEARE.iter().map(|(_, t)| t.len()).sum()
 }
+
+/// Tokenize the corpus (documents of at least 2000 characters, EOD after each) into a Megatron dataset
+/// at `prefix` unless one is already there; returns the prefix. Train on it with
+/// [`crate::build_pretraining_datasets`] like any other corpus.
+pub fn prepare_shakespeare(
+    prefix: &std::path::Path,
+    tokenizer: &dyn crate::Tokenizer,
+) -> crate::Result<std::path::PathBuf> {
+    let (base, bin, idx) = crate::indexed::dataset_paths(prefix);
+    if bin.exists() && idx.exists() && crate::IndexedDataset::open(&base).is_ok() {
+        return Ok(base);
+    }
+    let eod = tokenizer.eos_id().map(i64::from);
+    let dtype = crate::DType::optimal_for_vocab(tokenizer.vocab_size());
+    let mut w = crate::IndexedDatasetWriter::create(&base, dtype)?;
+    for doc in shakespeare_documents(2000) {
+        let mut ids: Vec<i64> = tokenizer.encode(&doc)?.into_iter().map(i64::from).collect();
+        ids.extend(eod);
+        w.add_item(&ids)?;
+        w.end_document();
+    }
+    w.finalize()?;
+    Ok(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_is_clean_and_prepares_once() {
+        assert!(shakespeare_bytes() > 900_000 && shakespeare_bytes() < 3_000_000);
+        for (name, text) in SHAKESPEARE {
+            let lower = text.to_lowercase();
+            assert!(
+                !lower.contains("gutenberg") && !lower.contains("copyright"),
+                "{name} has a licence header"
+            );
+        }
+        let docs = shakespeare_documents(2000);
+        assert!(docs.len() > 400);
+        let tok = crate::load_tokenizer("gpt2").unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = prepare_shakespeare(&dir.path().join("shk"), tok.as_ref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ds = crate::IndexedDataset::open(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ds.num_documents(), docs.len());
+        assert!(ds.num_tokens() > 250_000);
+        let again = prepare_shakespeare(&p, tok.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, p);
+    }
+}

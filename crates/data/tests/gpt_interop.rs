@@ -53,6 +53,12 @@ fn run_case(case: &Value, cache: &std::path::Path) {
     cfg.pad = Some(0);
     cfg.eod = Some(2);
     cfg.cache_dir = Some(cache.to_path_buf());
+    if let Some(v) = case.get("eod_mask_loss") {
+        cfg.eod_mask_loss = v.as_bool().unwrap();
+    }
+    if let Some(v) = case.get("drop_last_partial_validation_sequence") {
+        cfg.drop_last_partial_validation_sequence = v.as_bool().unwrap();
+    }
     let built = build_pretraining_datasets(
         &paths,
         case["split"].as_str().unwrap(),

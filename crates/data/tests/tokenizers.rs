@@ -76,7 +76,7 @@ fn nemo_tiktoken_matches_tiktoken_with_nemo_pattern() {
 #[test]
 fn sentencepiece_bpe_and_unigram_match_sentencepiece() {
     let exp = expected("tiny_spm_expected.json");
-    for kind in ["bpe", "unigram"] {
+    for kind in ["bpe", "unigram", "bpe_nfkc"] {
         let spec = fixture(&format!("tiny_spm_{kind}.model"))
             .to_string_lossy()
             .into_owned();

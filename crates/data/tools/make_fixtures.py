@@ -122,10 +122,13 @@ def gpt_fixtures():
         ("blend", [str(OUT / "gpt_a"), str(OUT / "gpt_b")], [30.0, 70.0], "900,50,50", [50, 10, 4], 16, 1234),
         ("blend_unweighted", [str(OUT / "gpt_a"), str(OUT / "gpt_b"), str(OUT / "gpt_a")], None, "900,50,50",
          [30, 6, 3], 16, 5),
+        ("valid_partial_eod_mask", [str(OUT / "gpt_b")], None, "70,30,0", [10, 3, 0], 16, 3,
+         {"drop_last_partial_validation_sequence": False, "eod_mask_loss": True}),
         ("blend_unweighted_all", [str(OUT / "gpt_a"), str(OUT / "gpt_b"), str(OUT / "gpt_a")], None, "900,50,50",
          [None, None, None], 16, 5),
     ]
-    for label, prefixes, weights, split, sizes, seq, seed in configs:
+    for label, prefixes, weights, split, sizes, seq, seed, *extra in configs:
+        extra = extra[0] if extra else {}
         cache = tempfile.mkdtemp()
         cfg = GPTDatasetConfig(
             random_seed=seed,
@@ -135,13 +138,14 @@ def gpt_fixtures():
             tokenizer=Tok(),
             reset_position_ids=False,
             reset_attention_mask=False,
-            eod_mask_loss=False,
+            eod_mask_loss=extra.get("eod_mask_loss", False),
+            drop_last_partial_validation_sequence=extra.get("drop_last_partial_validation_sequence", True),
             path_to_cache=cache,
             mmap_bin_files=True,
         )
         train, valid, test = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, cfg).build()
         case = {"label": label, "prefixes": [Path(p).name for p in prefixes], "weights": weights,
-                "split": split, "sizes": sizes, "seq_length": seq, "seed": seed, "splits": {}}
+                "split": split, "sizes": sizes, "seq_length": seq, "seed": seed, "splits": {}, **extra}
         for sname, ds in (("train", train), ("valid", valid), ("test", test)):
             if ds is None:
                 case["splits"][sname] = None
@@ -228,16 +232,18 @@ def spm_fixture():
     src.write(training_text())
     src.close()
     out = {}
-    for kind, vocab in (("bpe", 400), ("unigram", 400)):
+    nfkc_texts = SAMPLE_TEXTS + ["\uff21\uff22\uff23 full width, \u2460 circled, \ufb01 ligature",
+                                 "non\u00a0breaking\u3000ideographic  spaces\tand\u200bzero width"]
+    for kind, vocab, rule in (("bpe", 400, "identity"), ("unigram", 400, "identity"), ("bpe_nfkc", 400, "nmt_nfkc")):
         prefix = str(OUT / f"tiny_spm_{kind}")
-        spm.SentencePieceTrainer.train(input=src.name, model_prefix=prefix, vocab_size=vocab, model_type=kind,
-                                       byte_fallback=True, character_coverage=1.0, minloglevel=2,
-                                       normalization_rule_name="identity")
+        spm.SentencePieceTrainer.train(input=src.name, model_prefix=prefix, vocab_size=vocab,
+                                       model_type=kind.split("_")[0], byte_fallback=True, character_coverage=1.0,
+                                       minloglevel=2, normalization_rule_name=rule)
         os.remove(prefix + ".vocab")
         sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
         out[kind] = {"vocab_size": sp.get_piece_size(), "bos": sp.bos_id(), "eos": sp.eos_id(),
                      "unk": sp.unk_id(), "pad": sp.pad_id(),
-                     "cases": [{"text": t, "ids": sp.encode(t)} for t in SAMPLE_TEXTS]}
+                     "cases": [{"text": t, "ids": sp.encode(t)} for t in (nfkc_texts if rule != "identity" else SAMPLE_TEXTS)]}
     os.remove(src.name)
     dump("tiny_spm_expected.json", out)
 
