@@ -26,39 +26,8 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
         state: n_dim,
     } = dims;
     let n_chunks = seqlen.div_ceil(chunk);
-    let gn = groups * n_dim;
 
-    // C·Bᵀ per (b, g, chunk): [L, L], lower triangle used.
-    let cb: Vec<Vec<f32>> = (0..batch * groups * n_chunks)
-        .into_par_iter()
-        .map(|i| {
-            let (b, g, c) = (
-                i / (groups * n_chunks),
-                (i / n_chunks) % groups,
-                i % n_chunks,
-            );
-            let t0 = c * chunk;
-            let len = chunk.min(seqlen - t0);
-            let off = (b * seqlen + t0) * gn + g * n_dim;
-            let cm = Mat {
-                data: &inp.c[off..],
-                rows: len,
-                cols: n_dim,
-                rs: gn,
-                cs: 1,
-            };
-            let bm = Mat {
-                data: &inp.b[off..],
-                rows: len,
-                cols: n_dim,
-                rs: gn,
-                cs: 1,
-            };
-            let mut out = vec![0f32; len * len];
-            matmul(&mut out, cm, bm.t(), None);
-            out
-        })
-        .collect();
+    let cb = chunk_cb(dims, inp, chunk);
 
     let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * heads)
         .into_par_iter()
@@ -167,4 +136,48 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
         final_state[i * p_dim * n_dim..(i + 1) * p_dim * n_dim].copy_from_slice(&st);
     }
     SsdOutput { y, final_state }
+}
+
+/// `C·Bᵀ` per (b, g, chunk), indexed `(b·G + g)·n_chunks + c`: [L, L] row-major with `L` the chunk's length
+/// (only the lower triangle is used). Shared by the forward and the backward.
+pub(super) fn chunk_cb(dims: SsdDims, inp: SsdInputs, chunk: usize) -> Vec<Vec<f32>> {
+    let SsdDims {
+        batch,
+        seqlen,
+        groups,
+        state: n_dim,
+        ..
+    } = dims;
+    let n_chunks = seqlen.div_ceil(chunk);
+    let gn = groups * n_dim;
+    (0..batch * groups * n_chunks)
+        .into_par_iter()
+        .map(|i| {
+            let (b, g, c) = (
+                i / (groups * n_chunks),
+                (i / n_chunks) % groups,
+                i % n_chunks,
+            );
+            let t0 = c * chunk;
+            let len = chunk.min(seqlen - t0);
+            let off = (b * seqlen + t0) * gn + g * n_dim;
+            let cm = Mat {
+                data: &inp.c[off..],
+                rows: len,
+                cols: n_dim,
+                rs: gn,
+                cs: 1,
+            };
+            let bm = Mat {
+                data: &inp.b[off..],
+                rows: len,
+                cols: n_dim,
+                rs: gn,
+                cs: 1,
+            };
+            let mut out = vec![0f32; len * len];
+            matmul(&mut out, cm, bm.t(), None);
+            out
+        })
+        .collect()
 }

@@ -5,13 +5,16 @@
 //!
 //! [`ssd_reference`] runs that recurrence step by step (in f64); [`ssd_chunked`] is the matmul-based chunked
 //! algorithm used for prefill and training. Both take an initial state and return the final state.
+//! [`ssd_reference_backward`] and [`ssd_chunked_backward`] are their gradients (numerics.md §2.4).
 //!
 //! Layouts (row-major): x [B,T,H,P], dt [B,T,H] (already softplus'd and clamped), A [H] (negative), B and C
 //! [B,T,G,N], D [H], states [B,H,P,N], y [B,T,H,P].
 
+mod backward;
 mod chunked;
 mod reference;
 
+pub use backward::{ssd_chunked_backward, ssd_reference_backward, SsdGrads, HEADS_PER_TASK};
 pub use chunked::ssd_chunked;
 pub use reference::{ssd_reference, ssd_step};
 
@@ -85,5 +88,7 @@ pub struct SsdOutput {
     pub final_state: Vec<f32>,
 }
 
+#[cfg(test)]
+mod backward_tests;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,46 @@ use super::{SsdDims, SsdInputs, SsdOutput};
 /// Runs the recurrence one time step at a time, accumulating in f64.
 pub fn ssd_reference(dims: SsdDims, inp: SsdInputs) -> SsdOutput {
     inp.check(&dims);
+    let (y, final_state) = forward64(dims, &Inputs64::from_f32(inp));
+    SsdOutput {
+        y: y.iter().map(|&v| v as f32).collect(),
+        final_state: final_state.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+/// The SSD inputs widened to f64 (same layouts as [`SsdInputs`]); the reference forward and backward run on
+/// these so that finite-difference checks can work in f64 end to end.
+#[derive(Clone, Debug)]
+pub(crate) struct Inputs64 {
+    pub x: Vec<f64>,
+    pub dt: Vec<f64>,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+    pub c: Vec<f64>,
+    pub d: Vec<f64>,
+    pub init: Option<Vec<f64>>,
+}
+
+pub(crate) fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+impl Inputs64 {
+    pub fn from_f32(inp: SsdInputs) -> Self {
+        Inputs64 {
+            x: widen(inp.x),
+            dt: widen(inp.dt),
+            a: widen(inp.a),
+            b: widen(inp.b),
+            c: widen(inp.c),
+            d: widen(inp.d),
+            init: inp.initial_state.map(widen),
+        }
+    }
+}
+
+/// The sequential recurrence in f64: returns (y [B,T,H,P], final state [B,H,P,N]).
+pub(crate) fn forward64(dims: SsdDims, inp: &Inputs64) -> (Vec<f64>, Vec<f64>) {
     let SsdDims {
         batch,
         seqlen,
@@ -13,22 +53,19 @@ pub fn ssd_reference(dims: SsdDims, inp: SsdInputs) -> SsdOutput {
         groups,
         state: n_dim,
     } = dims;
-    let mut y = vec![0f32; dims.x_len()];
-    let mut final_state = vec![0f32; dims.state_len()];
+    let mut y = vec![0f64; dims.x_len()];
+    let mut final_state = vec![0f64; dims.state_len()];
     for b in 0..batch {
         for h in 0..heads {
             let g = dims.group_of(h);
             let s_off = (b * heads + h) * p_dim * n_dim;
-            let mut s: Vec<f64> = match inp.initial_state {
-                Some(init) => init[s_off..s_off + p_dim * n_dim]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .collect(),
-                None => vec![0.0; p_dim * n_dim],
-            };
+            let s = &mut final_state[s_off..s_off + p_dim * n_dim];
+            if let Some(init) = &inp.init {
+                s.copy_from_slice(&init[s_off..s_off + p_dim * n_dim]);
+            }
             for t in 0..seqlen {
-                let dt = inp.dt[(b * seqlen + t) * heads + h] as f64;
-                let decay = (dt * inp.a[h] as f64).exp();
+                let dt = inp.dt[(b * seqlen + t) * heads + h];
+                let decay = (dt * inp.a[h]).exp();
                 let x = &inp.x[((b * seqlen + t) * heads + h) * p_dim..][..p_dim];
                 let bc_off = ((b * seqlen + t) * groups + g) * n_dim;
                 let bv = &inp.b[bc_off..bc_off + n_dim];
@@ -38,18 +75,15 @@ pub fn ssd_reference(dims: SsdDims, inp: SsdInputs) -> SsdOutput {
                     let row = &mut s[p * n_dim..(p + 1) * n_dim];
                     let mut acc = 0.0;
                     for n in 0..n_dim {
-                        row[n] = decay * row[n] + dt * x[p] as f64 * bv[n] as f64;
-                        acc += row[n] * cv[n] as f64;
+                        row[n] = decay * row[n] + dt * x[p] * bv[n];
+                        acc += row[n] * cv[n];
                     }
-                    yo[p] = (acc + inp.d[h] as f64 * x[p] as f64) as f32;
+                    yo[p] = acc + inp.d[h] * x[p];
                 }
-            }
-            for (o, v) in final_state[s_off..s_off + p_dim * n_dim].iter_mut().zip(&s) {
-                *o = *v as f32;
             }
         }
     }
-    SsdOutput { y, final_state }
+    (y, final_state)
 }
 
 /// One decode step in place: `state` [B,H,P,N] is advanced by one token and y [B,H,P] is returned.

@@ -38,7 +38,7 @@ impl Case {
     }
 }
 
-fn dims(
+pub(crate) fn dims(
     batch: usize,
     seqlen: usize,
     heads: usize,
@@ -67,6 +67,20 @@ pub(crate) fn case_table() -> Vec<(SsdDims, usize, bool)> {
         (dims(1, 100, 4, 8, 4, 8), 7, false),   // odd chunk, G = H
         (dims(1, 300, 8, 16, 1, 32), 64, true), // several chunks, G = 1
     ]
+}
+
+/// The backward case table: (dims, chunk, with initial state, with a gradient into the final state). Every
+/// forward case both with and without `d_final_state`, plus head counts that leave the last backward task of a
+/// group part-full (heads per group not a multiple of `HEADS_PER_TASK`) and a chunk of 1.
+pub(crate) fn backward_case_table() -> Vec<(SsdDims, usize, bool, bool)> {
+    let mut v: Vec<_> = case_table()
+        .into_iter()
+        .flat_map(|(d, q, init)| [(d, q, init, true), (d, q, init, false)])
+        .collect();
+    v.push((dims(1, 20, 12, 4, 2, 4), 8, true, true)); // 6 heads per group: blocks of 4 + 2
+    v.push((dims(2, 9, 5, 3, 1, 2), 4, false, true)); // 5 heads, G = 1
+    v.push((dims(1, 6, 2, 2, 1, 3), 1, true, true)); // Q = 1
+    v
 }
 
 #[test]
