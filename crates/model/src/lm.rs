@@ -246,7 +246,7 @@ impl HybridLm {
             r = r.narrow(1, t - 1, 1)?;
         }
         let h = rms_norm(&r.to_dtype(self.dtype)?, &self.norm_f, self.config.norm_eps)?;
-        if let Some(tr) = trace.as_deref_mut() {
+        if let Some(tr) = trace {
             tr.record("act.norm_f", &h);
         }
         let head = Linear {

@@ -1,0 +1,31 @@
+//! The training crate's error type.
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid training setup: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Model(#[from] coil_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] coil_data::DataError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

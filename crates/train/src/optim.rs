@@ -1,0 +1,310 @@
+//! AdamW with fp32 master weights and fp32 gradient accumulation (Megatron/NeMo settings, nemo_spec.md §1.5,
+//! §2.3): β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1 except on 1-D parameters and biases,
+//! global-norm gradient clipping.
+//!
+//! The compute copy of each parameter (f32, or bf16 for mixed precision) is a candle `Var` the model reads;
+//! the optimizer owns the f32 master, the moments and the f32 gradient accumulator, and writes the master
+//! back into the `Var` after each step.
+
+use crate::error::{Result, TrainError};
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub clip_grad: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-5,
+            weight_decay: 0.1,
+            clip_grad: 1.0,
+        }
+    }
+}
+
+/// Megatron's rule: no weight decay on 1-D tensors (norm weights, A_log, D, dt_bias, conv bias) or biases.
+pub fn decays(name: &str, shape: &[usize]) -> bool {
+    shape.len() > 1 && !name.ends_with(".bias")
+}
+
+/// One trained tensor.
+pub struct Param {
+    pub name: String,
+    /// What the model computes with (f32 or bf16).
+    pub var: Var,
+    /// f32 master copy.
+    pub master: Tensor,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    /// f32 gradient accumulated over micro-batches.
+    pub grad: Tensor,
+    pub decay: bool,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub params: Vec<Param>,
+    /// Optimizer steps taken.
+    pub step: u64,
+}
+
+impl AdamW {
+    /// Takes f32 masters by name; the compute copies are made in `dtype`.
+    pub fn new(config: AdamWConfig, masters: Vec<(String, Tensor)>, dtype: DType) -> Result<Self> {
+        let params = masters
+            .into_iter()
+            .map(|(name, t)| {
+                let master = t.to_dtype(DType::F32)?;
+                let decay = decays(&name, master.dims());
+                Ok(Param {
+                    var: Var::from_tensor(&master.to_dtype(dtype)?)?,
+                    exp_avg: master.zeros_like()?,
+                    exp_avg_sq: master.zeros_like()?,
+                    grad: master.zeros_like()?,
+                    master,
+                    decay,
+                    name,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
+            config,
+            params,
+            step: 0,
+        })
+    }
+
+    /// The compute tensors by name, for building the model.
+    pub fn compute_tensors(&self) -> std::collections::BTreeMap<String, Tensor> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Adds `scale ·` the gradients of one backward pass to the f32 accumulators.
+    pub fn accumulate(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        scale: f64,
+    ) -> Result<()> {
+        for p in &mut self.params {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                p.grad = (&p.grad + (g.to_dtype(DType::F32)? * scale)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn zero_grad(&mut self) -> Result<()> {
+        for p in &mut self.params {
+            p.grad = p.grad.zeros_like()?;
+        }
+        Ok(())
+    }
+
+    /// Global L2 norm of the accumulated gradients.
+    pub fn grad_norm(&self) -> Result<f64> {
+        let mut sq = 0f64;
+        for p in &self.params {
+            sq += p
+                .grad
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// Clips, then applies one AdamW update with learning rate `lr`; returns the pre-clip gradient norm.
+    pub fn step(&mut self, lr: f64) -> Result<f64> {
+        let norm = self.grad_norm()?;
+        if !norm.is_finite() {
+            let bad = self.params.iter().find(|p| {
+                p.grad
+                    .sqr()
+                    .and_then(|s| s.sum_all())
+                    .and_then(|s| s.to_scalar::<f32>())
+                    .map_or(true, |v| !v.is_finite())
+            });
+            return Err(TrainError::NonFinite(format!(
+                "gradient norm is {norm} (first non-finite gradient: {})",
+                bad.map_or("?", |p| p.name.as_str())
+            )));
+        }
+        let c = &self.config;
+        let clip = if c.clip_grad > 0.0 {
+            (c.clip_grad / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let t = self.step as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        for p in &mut self.params {
+            let g = if clip < 1.0 {
+                (&p.grad * clip)?
+            } else {
+                p.grad.clone()
+            };
+            p.exp_avg = ((&p.exp_avg * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            p.exp_avg_sq = ((&p.exp_avg_sq * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let mut master = p.master.clone();
+            if p.decay && c.weight_decay > 0.0 {
+                master = (master * (1.0 - lr * c.weight_decay))?;
+            }
+            let denom = ((p.exp_avg_sq.sqrt()? / bc2.sqrt())? + c.eps)?;
+            let update = ((&p.exp_avg / denom)? * (lr / bc1))?;
+            p.master = (master - update)?;
+            p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(norm)
+    }
+
+    /// Moments by name (`exp_avg.<name>`, `exp_avg_sq.<name>`) for checkpoints.
+    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for p in &self.params {
+            out.insert(format!("exp_avg.{}", p.name), p.exp_avg.clone());
+            out.insert(format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone());
+        }
+        out
+    }
+
+    /// Restores moments saved by [`state_tensors`](Self::state_tensors); every parameter must be present.
+    pub fn load_state(
+        &mut self,
+        state: &HashMap<String, Tensor>,
+        step: u64,
+        what: &str,
+    ) -> Result<()> {
+        for p in &mut self.params {
+            for (key, slot) in [
+                ("exp_avg", &mut p.exp_avg),
+                ("exp_avg_sq", &mut p.exp_avg_sq),
+            ] {
+                let k = format!("{key}.{}", p.name);
+                let t = state.get(&k).ok_or_else(|| {
+                    TrainError::Checkpoint(format!("{what}: missing optimizer tensor `{k}`"))
+                })?;
+                if t.dims() != p.master.dims() {
+                    return Err(TrainError::Checkpoint(format!(
+                        "{what}: optimizer tensor `{k}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        p.master.dims()
+                    )));
+                }
+                *slot = t.to_dtype(DType::F32)?.to_device(p.master.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// f32 masters by name.
+    pub fn masters(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.master.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// One AdamW step by hand, in f64, for a single scalar.
+    fn by_hand(p: f64, g: f64, lr: f64, wd: f64) -> f64 {
+        let (b1, b2, eps) = (0.9, 0.95, 1e-5);
+        let m = (1.0 - b1) * g;
+        let v = (1.0 - b2) * g * g;
+        let p = p * (1.0 - lr * wd);
+        p - lr * (m / (1.0 - b1)) / ((v / (1.0 - b2)).sqrt() + eps)
+    }
+
+    #[test]
+    fn decay_rule() {
+        assert!(decays("backbone.layers.0.mixer.in_proj.weight", &[8, 4]));
+        assert!(decays("backbone.layers.0.mixer.conv1d.weight", &[8, 1, 4]));
+        assert!(!decays("backbone.layers.0.mixer.A_log", &[8]));
+        assert!(!decays("backbone.layers.0.mixer.in_proj.bias", &[8]));
+    }
+
+    #[test]
+    fn first_step_matches_the_formula_and_clipping_scales() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
+        let b = Tensor::new(&[0.25f32], &dev).unwrap();
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            vec![("w".into(), w), ("x.bias".into(), b)],
+            DType::F32,
+        )
+        .unwrap();
+        opt.params[0].grad = Tensor::new(&[[0.1f32, -0.2]], &dev).unwrap();
+        opt.params[1].grad = Tensor::new(&[0.3f32], &dev).unwrap();
+        let norm = opt.step(1e-2).unwrap();
+        assert!((norm - (0.01f64 + 0.04 + 0.09).sqrt()).abs() < 1e-6);
+        let w1 = opt.params[0].master.to_vec2::<f32>().unwrap()[0].clone();
+        let b1 = opt.params[1].master.to_vec1::<f32>().unwrap()[0];
+        assert!((w1[0] as f64 - by_hand(0.5, 0.1, 1e-2, 0.1)).abs() < 1e-6);
+        assert!((w1[1] as f64 - by_hand(-1.0, -0.2, 1e-2, 0.1)).abs() < 1e-6);
+        assert!(
+            (b1 as f64 - by_hand(0.25, 0.3, 1e-2, 0.0)).abs() < 1e-6,
+            "no decay on biases"
+        );
+        // the compute copy follows the master
+        assert_eq!(
+            opt.params[0].var.as_tensor().to_vec2::<f32>().unwrap()[0],
+            w1
+        );
+
+        // clipping: a gradient of norm 10 is scaled to norm 1 before the moments see it
+        let w = Tensor::new(&[3f32, 4.0], &dev).unwrap();
+        let mut opt = AdamW::new(
+            AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            vec![("v".into(), w)],
+            DType::F32,
+        )
+        .unwrap();
+        opt.params[0].grad = Tensor::new(&[6f32, 8.0], &dev).unwrap();
+        assert!((opt.step(1e-3).unwrap() - 10.0).abs() < 1e-5);
+        let m = opt.params[0].exp_avg.to_vec1::<f32>().unwrap();
+        assert!((m[0] - 0.1 * 0.6).abs() < 1e-6 && (m[1] - 0.1 * 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_gradient_is_an_error_naming_the_tensor() {
+        let dev = Device::Cpu;
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            vec![
+                ("good".into(), Tensor::new(&[1f32], &dev).unwrap()),
+                ("bad".into(), Tensor::new(&[1f32], &dev).unwrap()),
+            ],
+            DType::F32,
+        )
+        .unwrap();
+        opt.params[1].grad = Tensor::new(&[f32::NAN], &dev).unwrap();
+        let e = opt.step(1e-3).unwrap_err().to_string();
+        assert!(e.contains("bad"), "{e}");
+    }
+}

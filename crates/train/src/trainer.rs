@@ -1,0 +1,380 @@
+//! The training loop: micro-batches accumulated into a global batch, masked next-token loss, AdamW with fp32
+//! masters, LR schedule, validation, checkpoints with resume, metrics and a progress bar.
+//!
+//! Loss as NeMo computes it: each micro-batch yields (Σ ce·mask, Σ mask); the gradient is the mean over
+//! micro-batches of the per-micro-batch token means; the logged loss is Σ loss / Σ tokens over the step.
+
+use crate::checkpoint::{self, TrainerState};
+use crate::error::{io, Result, TrainError};
+use crate::metrics::{JsonlWriter, TensorBoardWriter};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::schedule::LrSchedule;
+use candle_core::{DType, Device, Tensor, D};
+use coil_data::{Batch, DataCursor, Loader, SampleSource};
+use coil_model::{HybridLm, ModelConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Numeric precision of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    /// f32 everywhere (the CPU default).
+    #[serde(rename = "32")]
+    F32,
+    /// bf16 compute copies of the parameters, f32 masters, f32 gradient accumulation (NeMo's bf16-mixed).
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+}
+
+impl Precision {
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16Mixed => DType::BF16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    pub max_steps: u64,
+    pub micro_batch_size: usize,
+    pub global_batch_size: usize,
+    /// Validate (and checkpoint) every this many steps.
+    pub val_check_interval: u64,
+    pub limit_val_batches: usize,
+    pub log_every_n_steps: u64,
+    /// Checkpoints kept by validation loss (-1 keeps all).
+    pub save_top_k: i64,
+    pub save_last: bool,
+    pub precision: Precision,
+    pub seed: u64,
+}
+
+/// Where the weights of a new run come from.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Megatron-style random initialisation with this seed.
+    Random,
+    /// A model directory (HF layout, state-spaces, or a Coil checkpoint) to fine-tune.
+    Pretrained(PathBuf),
+}
+
+pub struct TrainRun {
+    /// `<dir>/<name>`: metrics, TensorBoard files and checkpoints go here.
+    pub run_dir: PathBuf,
+    pub model: ModelConfig,
+    pub trainer: TrainerConfig,
+    pub optim: AdamWConfig,
+    pub schedule: LrSchedule,
+    pub start: Start,
+    /// The resolved recipe, stored with the run and in every checkpoint.
+    pub recipe_toml: String,
+    pub device: Device,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainSummary {
+    /// (step, training loss) for every step run in this process.
+    pub losses: Vec<(u64, f64)>,
+    pub val_losses: Vec<(u64, f64)>,
+    pub final_step: u64,
+    pub resumed_from: Option<u64>,
+    /// Mean training throughput of this process.
+    pub tokens_per_s: f64,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Σ ce·mask and Σ mask of one micro-batch.
+pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
+    let [b, t] = batch.shape;
+    let tokens = Tensor::from_vec(batch.tokens.clone(), (b, t), device)?;
+    let labels = Tensor::from_vec(
+        batch.labels.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+        (b, t, 1),
+        device,
+    )?;
+    let mask = Tensor::from_vec(batch.loss_mask.clone(), (b, t), device)?;
+    let logits = model.forward(&tokens, None)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let ce = logp.gather(&labels, 2)?.squeeze(2)?.neg()?;
+    let sum = (ce * &mask)?.sum_all()?;
+    Ok((sum, batch.num_loss_tokens() as f64))
+}
+
+fn next_batch<S: SampleSource>(loader: &mut Loader<S>, what: &str, step: u64) -> Result<Batch> {
+    loader.next_batch()?.ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "the {what} data ran out at step {step} ({} samples consumed); provide more samples or lower max_steps",
+            loader.cursor().consumed_samples
+        ))
+    })
+}
+
+/// Runs (or resumes) training. Resumes from the newest complete checkpoint in `run.run_dir` when one exists.
+pub fn train<S: SampleSource, V: SampleSource>(
+    run: &TrainRun,
+    train_data: S,
+    val_data: Option<V>,
+) -> Result<TrainSummary> {
+    let tc = &run.trainer;
+    let dp = 1usize;
+    if tc.micro_batch_size == 0
+        || !tc.global_batch_size.is_multiple_of(tc.micro_batch_size * dp)
+        || tc.global_batch_size == 0
+    {
+        return Err(TrainError::Invalid(format!(
+            "global_batch_size ({}) must be a positive multiple of micro_batch_size ({}) x data-parallel size ({dp})",
+            tc.global_batch_size, tc.micro_batch_size
+        )));
+    }
+    let accum = tc.global_batch_size / (tc.micro_batch_size * dp);
+    let dtype = tc.precision.compute_dtype();
+    std::fs::create_dir_all(&run.run_dir).map_err(io(&run.run_dir))?;
+    checkpoint::remove_stale_temporaries(&run.run_dir)?;
+    let recipe_path = run.run_dir.join("recipe.toml");
+    std::fs::write(&recipe_path, &run.recipe_toml).map_err(io(&recipe_path))?;
+
+    // Weights and optimizer state: newest checkpoint, else the start.
+    let latest = checkpoint::list_checkpoints(&run.run_dir)?.pop();
+    let (mut opt, mut state, resumed_from) = match &latest {
+        Some((step, dir)) => {
+            let ck = checkpoint::load(dir, &run.device)?;
+            if ck.config != run.model {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: its model config differs from this run's; use a new run name or the same model settings",
+                    dir.display()
+                )));
+            }
+            let specs = coil_model::params::param_specs(&run.model)?;
+            let masters = specs
+                .iter()
+                .map(|s| {
+                    ck.weights
+                        .get(&s.name)
+                        .cloned()
+                        .map(|t| (s.name.clone(), t))
+                        .ok_or_else(|| {
+                            TrainError::Checkpoint(format!(
+                                "{}: model.safetensors lacks `{}`",
+                                dir.display(),
+                                s.name
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut opt = AdamW::new(run.optim.clone(), masters, dtype)?;
+            opt.load_state(&ck.optimizer, ck.state.step, &dir.display().to_string())?;
+            (opt, ck.state, Some(*step))
+        }
+        None => {
+            let masters: Vec<(String, Tensor)> = match &run.start {
+                Start::Random => {
+                    coil_model::params::init_params(&run.model, tc.seed, &run.device, DType::F32)?
+                        .into_iter()
+                        .collect()
+                }
+                Start::Pretrained(dir) => {
+                    let m = HybridLm::from_dir(dir, &run.device, DType::F32)?;
+                    if m.config.layers()? != run.model.layers()?
+                        || m.config.hidden_size != run.model.hidden_size
+                        || m.config.vocab_size != run.model.vocab_size
+                    {
+                        return Err(TrainError::Invalid(format!(
+                            "{}: the pretrained model's shape differs from the recipe's model",
+                            dir.display()
+                        )));
+                    }
+                    m.named_tensors()?
+                }
+            };
+            let opt = AdamW::new(run.optim.clone(), masters, dtype)?;
+            let state = TrainerState {
+                step: 0,
+                consumed_samples: 0,
+                seed: tc.seed,
+                train_loss: None,
+                val_loss: None,
+            };
+            (opt, state, None)
+        }
+    };
+
+    let model = HybridLm::load(&run.model, &opt.compute_tensors(), &run.device, dtype)?;
+    // The evaluation copy reads the same storage without recording a graph.
+    let detached: BTreeMap<String, Tensor> = opt
+        .compute_tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach()))
+        .collect();
+    let eval_model = HybridLm::load(&run.model, &detached, &run.device, dtype)?;
+
+    let mut loader = Loader::new(
+        train_data,
+        tc.micro_batch_size,
+        0,
+        dp,
+        DataCursor {
+            consumed_samples: state.consumed_samples,
+        },
+    )?;
+    let mut metrics = JsonlWriter::open(&run.run_dir.join("metrics.jsonl"))?;
+    let mut tb = TensorBoardWriter::create(&run.run_dir.join("tb"))?;
+    let tty = run.progress && std::io::stderr().is_terminal();
+    let bar = if tty {
+        indicatif::ProgressBar::new(tc.max_steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(state.step);
+    let say = |line: String| {
+        if tty {
+            bar.println(line);
+        } else if run.progress {
+            eprintln!("{line}");
+        }
+    };
+    if let Some(s) = resumed_from {
+        say(format!(
+            "resuming from step {s} ({})",
+            run.run_dir.display()
+        ));
+    }
+
+    let mut summary = TrainSummary {
+        resumed_from,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut tokens_total = 0f64;
+    let val_data = val_data.map(std::sync::Arc::new);
+    while state.step < tc.max_steps {
+        let t0 = Instant::now();
+        let step = state.step + 1; // 1-based number of the step being taken
+        opt.zero_grad()?;
+        let (mut loss_sum, mut loss_tokens, mut seen_tokens) = (0f64, 0f64, 0f64);
+        for _ in 0..accum {
+            let batch = next_batch(&mut loader, "training", step)?;
+            seen_tokens += (batch.shape[0] * batch.shape[1]) as f64;
+            let (sum, count) = masked_loss(&model, &batch, &run.device)?;
+            let mb = (sum.clone() / (count.max(1.0) * accum as f64))?;
+            let grads = mb.backward()?;
+            opt.accumulate(&grads, 1.0)?;
+            loss_sum += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            loss_tokens += count;
+        }
+        let loss = loss_sum / loss_tokens.max(1.0);
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite(format!("step {step}: training loss is {loss}; stopping (lower the learning rate or check the data)")));
+        }
+        let lr = run.schedule.lr_at(state.step);
+        let grad_norm = opt.step(lr).map_err(|e| match e {
+            TrainError::NonFinite(m) => {
+                TrainError::NonFinite(format!("step {step}: {m}; stopping"))
+            }
+            other => other,
+        })?;
+        state.step = step;
+        state.consumed_samples = loader.cursor().consumed_samples;
+        state.train_loss = Some(loss);
+        let dt = t0.elapsed().as_secs_f64();
+        tokens_total += seen_tokens;
+        let tok_s = seen_tokens / dt.max(1e-9);
+        summary.losses.push((step, loss));
+
+        let validate = val_data.is_some()
+            && tc.val_check_interval > 0
+            && (step % tc.val_check_interval == 0 || step == tc.max_steps);
+        let mut last_val = None;
+        if validate {
+            if let Some(v) = &val_data {
+                let vl = validation_loss(&eval_model, v, tc, &run.device)?;
+                summary.val_losses.push((step, vl));
+                last_val = Some(vl);
+            }
+        }
+        state.val_loss = last_val;
+        let log =
+            tc.log_every_n_steps > 0 && (step % tc.log_every_n_steps == 0 || step == tc.max_steps);
+        if log || last_val.is_some() {
+            let mut m = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s, "consumed_samples": state.consumed_samples});
+            let mut scalars = vec![
+                ("train/loss", loss as f32),
+                ("train/lr", lr as f32),
+                ("train/grad_norm", grad_norm as f32),
+                ("train/tokens_per_s", tok_s as f32),
+            ];
+            if let Some(vl) = last_val {
+                m["val_loss"] = serde_json::json!(vl);
+                scalars.push(("val/loss", vl as f32));
+            }
+            metrics.write(&m)?;
+            tb.scalars(step, &scalars)?;
+            let val = last_val.map_or(String::new(), |v| format!(" val_loss {v:.4}"));
+            say(format!("step {step}/{} loss {loss:.4}{val} lr {lr:.3e} grad_norm {grad_norm:.3} {tok_s:.0} tok/s", tc.max_steps));
+        }
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s"));
+
+        let ckpt_now = (tc.val_check_interval > 0 && step % tc.val_check_interval == 0)
+            || step == tc.max_steps;
+        if ckpt_now {
+            let dir = checkpoint::save(
+                &run.run_dir,
+                &run.model,
+                &opt.masters(),
+                &opt.state_tensors(),
+                &state,
+                &run.recipe_toml,
+            )?;
+            checkpoint::apply_retention(&run.run_dir, tc.save_top_k, tc.save_last)?;
+            summary.last_checkpoint = Some(dir);
+        }
+    }
+    bar.finish_and_clear();
+    summary.final_step = state.step;
+    summary.tokens_per_s = tokens_total / started.elapsed().as_secs_f64().max(1e-9);
+    Ok(summary)
+}
+
+/// Mean masked loss over the first `limit_val_batches` micro-batches of the validation data.
+fn validation_loss<V: SampleSource>(
+    model: &HybridLm,
+    data: &std::sync::Arc<V>,
+    tc: &TrainerConfig,
+    device: &Device,
+) -> Result<f64> {
+    let mut loader = Loader::new(
+        std::sync::Arc::clone(data),
+        tc.micro_batch_size,
+        0,
+        1,
+        DataCursor::default(),
+    )?;
+    let (mut sum, mut count) = (0f64, 0f64);
+    for _ in 0..tc.limit_val_batches.max(1) {
+        let Some(batch) = loader.next_batch()? else {
+            break;
+        };
+        let (s, c) = masked_loss(model, &batch, device)?;
+        sum += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        count += c;
+    }
+    if count == 0.0 {
+        return Err(TrainError::Invalid(
+            "the validation data yielded no batch".into(),
+        ));
+    }
+    Ok(sum / count)
+}
