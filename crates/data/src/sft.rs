@@ -62,9 +62,10 @@ struct SquadLine {
     output: String,
 }
 
-/// Render and tokenize one example. The answer keeps its leading space only for space-sensitive
-/// tokenizers (NeMo drops it otherwise); if prompt + answer + EOS exceed `seq_length`, the prompt is cut
-/// from the right, and only if the answer alone is too long is the answer cut too (EOS is kept).
+/// Render and tokenize one example as NeMo's `GPTSFTDataset` does: both fields stripped of spaces, the
+/// template pieces tokenized separately, the answer keeping the template's space before it only for
+/// space-sensitive tokenizers. If prompt + answer + EOS exceed `seq_length`, the prompt is cut from the
+/// right; if the answer alone is too long, the answer is cut from the right too (EOS is kept).
 pub fn build_example(
     input: &str,
     output: &str,

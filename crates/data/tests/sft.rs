@@ -153,3 +153,40 @@ fn packed_rows_reproduce_each_example_in_its_segment() {
     assert!(plan_packing(packed.examples(), 4).is_err());
     let _ = Tokenizer::vocab_size(tok.as_ref());
 }
+
+#[test]
+fn answer_space_follows_nemo_space_sensitivity() {
+    let fx = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (spec, sensitive) in [
+        ("gpt2".to_string(), true),
+        (
+            fx.join("tiny_spm_bpe.model").to_string_lossy().into_owned(),
+            false,
+        ),
+        (
+            fx.join("tiny_tiktoken_vocab.json")
+                .to_string_lossy()
+                .into_owned(),
+            false,
+        ),
+    ] {
+        let tok = load_tokenizer(&spec).unwrap();
+        assert_eq!(tok.space_sensitive(), sensitive, "{spec}");
+        let ex = build_example(
+            " Q: why? Answer: ",
+            "  blue ",
+            tok.as_ref(),
+            &SftConfig::new(256),
+        )
+        .unwrap();
+        let enc =
+            |t: &str| -> Vec<i64> { tok.encode(t).unwrap().into_iter().map(i64::from).collect() };
+        let answer = if sensitive { enc(" blue") } else { enc("blue") };
+        let eos = tok.eos_id().unwrap() as i64;
+        assert_eq!(
+            ex.ids,
+            [enc("Q: why? Answer:"), answer, vec![eos]].concat(),
+            "{spec}"
+        );
+    }
+}

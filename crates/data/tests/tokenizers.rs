@@ -42,6 +42,7 @@ fn hf_tokenizer_json_matches_hf_tokenizers() {
     assert_eq!(tok.vocab_size() as u64, exp["vocab_size"].as_u64().unwrap());
     assert_eq!(tok.eos_id(), Some(0));
     assert_eq!(tok.pad_id(), Some(1));
+    assert!(tok.space_sensitive());
     let text = "To be, or not to be";
     assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
 }
@@ -105,6 +106,7 @@ fn embedded_gpt2_needs_no_files() {
     assert_eq!(tok.encode("Hello world").unwrap(), vec![15496, 995]);
     assert_eq!(tok.vocab_size(), 50257);
     assert_eq!(tok.eos_id(), Some(50256));
+    assert!(tok.space_sensitive());
     assert_eq!(tok.decode(&[15496, 995, 50256]).unwrap(), "Hello world");
     assert!(tok.decode(&[60000]).is_err());
 }

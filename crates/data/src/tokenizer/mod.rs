@@ -28,9 +28,13 @@ pub trait Tokenizer: Send + Sync {
     fn eos_id(&self) -> Option<u32>;
     /// Padding id, when the vocabulary has one.
     fn pad_id(&self) -> Option<u32>;
-    /// Whether a leading space changes the encoding (byte-level BPE: yes; SentencePiece: no).
+    /// NeMo's `space_sensitive`: whether `encode("x y") != encode("x") ++ encode("y")` (byte-level BPE:
+    /// yes; SentencePiece: no). SFT templates keep the space before a field only when this is true.
     fn space_sensitive(&self) -> bool {
-        true
+        match (self.encode("x y"), self.encode("x"), self.encode("y")) {
+            (Ok(xy), Ok(x), Ok(y)) => xy != [x, y].concat(),
+            _ => true,
+        }
     }
     /// A short human-readable description ("gpt2 (embedded)", "hf:/path/tokenizer.json", ...).
     fn describe(&self) -> String;

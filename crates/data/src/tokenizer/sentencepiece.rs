@@ -458,9 +458,6 @@ impl Tokenizer for SentencePieceTokenizer {
     fn pad_id(&self) -> Option<u32> {
         self.pad
     }
-    fn space_sensitive(&self) -> bool {
-        false
-    }
     fn describe(&self) -> String {
         format!("spm:{}", self.source)
     }

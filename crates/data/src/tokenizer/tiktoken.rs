@@ -127,6 +127,11 @@ impl Tokenizer for NemoTiktokenTokenizer {
     fn pad_id(&self) -> Option<u32> {
         Some(4)
     }
+    /// NeMo's `TiktokenTokenizer` has no `space_sensitive` attribute and the SFT dataset reads it with a
+    /// default of false, so the space before `{output}` is dropped for Nemotron-H. Kept for fidelity.
+    fn space_sensitive(&self) -> bool {
+        false
+    }
     fn describe(&self) -> String {
         format!("tiktoken:{}", self.source)
     }
