@@ -78,6 +78,7 @@ pub fn build_example(
             tokenizer.describe()
         ))
     })?;
+    let (input, output) = (input.trim_matches(' '), output.trim_matches(' '));
     let answer_text = if tokenizer.space_sensitive() {
         format!(" {output}")
     } else {
