@@ -1,0 +1,61 @@
+//! Helpers shared by the inference tests: the model crate's HF fixtures, read in place.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use coil_infer::{DecodeDtClamp, Engine, EngineOptions, WeightDtype};
+use coil_model::HybridLm;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub const FIXTURES: [&str; 5] = [
+    "mamba2_tiny",
+    "mamba2_g1_chunk64",
+    "mamba2_tied_limit",
+    "nemotron_h_tiny",
+    "nemotron_h_gelu",
+];
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures")
+        .join(name)
+}
+
+pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture_dir(name).join("fixture.safetensors"), &Device::Cpu)
+        .expect("fixture readable")
+}
+
+pub fn load_model(name: &str) -> HybridLm {
+    HybridLm::from_dir(&fixture_dir(name), &Device::Cpu, DType::F32).expect("model loads")
+}
+
+pub fn engine(name: &str, weights: WeightDtype, dt_clamp: DecodeDtClamp) -> Engine {
+    Engine::new(load_model(name), EngineOptions { weights, dt_clamp }).expect("engine builds")
+}
+
+/// Row `b` of an integer [B, T] tensor as token ids.
+pub fn row_u32(t: &Tensor, b: usize) -> Vec<u32> {
+    t.get(b)
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+/// `t[b, i, :]` of a [B, N, V] tensor.
+pub fn logits_at(t: &Tensor, b: usize, i: usize) -> Vec<f32> {
+    t.get(b).unwrap().get(i).unwrap().to_vec1::<f32>().unwrap()
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
