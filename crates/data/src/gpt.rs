@@ -36,7 +36,7 @@ impl Split {
 }
 
 /// Settings shared by every GPT dataset of a run (NeMo `PreTrainingDataModule` defaults).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GptConfig {
     /// Tokens per sample (each window reads one more for the labels).
     pub seq_length: usize,

@@ -15,7 +15,7 @@ use crate::error::{DataError, Result};
 use crate::tokenizer::Tokenizer;
 
 /// NeMo `GPTSFTDataset` defaults that matter here.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SftConfig {
     /// Maximum ids per example (prompt + answer + EOS); NeMo's `max_seq_length` = the run's seq_length.
     pub seq_length: usize,
