@@ -21,32 +21,44 @@ pub struct Blend {
 }
 
 impl Blend {
-    /// Parse NeMo's `paths` list: an even-length list is zipped `weight, prefix` pairs.
+    /// Parse NeMo's `paths` list (megatron-core `get_blend_from_list`): an even-length list whose every
+    /// other item is a number is zipped `weight, prefix` pairs; otherwise every item is a prefix.
     pub fn parse(items: &[String]) -> Result<Blend> {
         if items.is_empty() {
             return Err(DataError::Config("the data paths list is empty".into()));
         }
+        let all_prefixes = || Blend {
+            prefixes: items.iter().map(|p| PathBuf::from(p.trim())).collect(),
+            weights: None,
+        };
         if items.len() % 2 == 1 {
-            return Ok(Blend {
-                prefixes: items.iter().map(PathBuf::from).collect(),
-                weights: None,
-            });
+            return Ok(all_prefixes());
         }
-        let mut prefixes = Vec::new();
+        let parsed: Vec<Option<f64>> = items
+            .iter()
+            .step_by(2)
+            .map(|w| w.trim().parse().ok())
+            .collect();
+        if parsed.iter().all(Option::is_none) {
+            return Ok(all_prefixes());
+        }
         let mut weights = Vec::new();
-        for pair in items.chunks(2) {
-            let w: f64 = pair[0].trim().parse().map_err(|_| {
-                DataError::Config(format!(
-                    "blend weight {:?} is not a number (an even-length paths list is read as [\"weight\", prefix, ...])",
-                    pair[0]
-                ))
-            })?;
-            if !(w >= 0.0 && w.is_finite()) {
-                return Err(DataError::Config(format!("blend weight {w} must be >= 0")));
+        for (w, raw) in parsed.iter().zip(items.iter().step_by(2)) {
+            match w {
+                Some(w) if *w >= 0.0 && w.is_finite() => weights.push(*w),
+                _ => {
+                    return Err(DataError::Config(format!(
+                        "blend weight {raw:?} is not a number >= 0 (a paths list is either all prefixes or [\"weight\", prefix, ...])"
+                    )))
+                }
             }
-            weights.push(w);
-            prefixes.push(PathBuf::from(&pair[1]));
         }
+        let prefixes = items
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|p| PathBuf::from(p.trim()))
+            .collect();
         let sum: f64 = weights.iter().sum();
         if sum <= 0.0 {
             return Err(DataError::Config("blend weights sum to zero".into()));
@@ -229,8 +241,37 @@ pub fn build_pretraining_datasets(
     sizes: [Option<usize>; 3],
     config: &GptConfig,
 ) -> Result<[Option<PretrainDataset>; 3]> {
+    build_with_split(paths, parse_split(split)?, sizes, config)
+}
+
+/// NeMo's dict form of `paths` (`{"train": [...], "validation": [...], "test": [...]}`): each split has its
+/// own blend over whole datasets and the split string is not used.
+pub fn build_pretraining_datasets_per_split(
+    paths: [Option<&[String]>; 3],
+    sizes: [Option<usize>; 3],
+    config: &GptConfig,
+) -> Result<[Option<PretrainDataset>; 3]> {
+    let mut out: [Option<PretrainDataset>; 3] = [None, None, None];
+    for s in Split::ALL {
+        let i = s as usize;
+        if let Some(p) = paths[i] {
+            let mut only = [0.0; 3];
+            only[i] = 1.0;
+            let mut only_size = [None; 3];
+            only_size[i] = sizes[i];
+            out[i] = build_with_split(p, only, only_size, config)?[i].take();
+        }
+    }
+    Ok(out)
+}
+
+fn build_with_split(
+    paths: &[String],
+    split: [f64; 3],
+    sizes: [Option<usize>; 3],
+    config: &GptConfig,
+) -> Result<[Option<PretrainDataset>; 3]> {
     let blend = Blend::parse(paths)?;
-    let split = parse_split(split)?;
     let opened = blend
         .prefixes
         .iter()
@@ -308,4 +349,51 @@ pub fn build_pretraining_datasets(
         )?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn blend_list_forms() {
+        let one = Blend::parse(&strings(&["data/a"])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((one.prefixes.len(), one.weights), (1, None));
+        let two = Blend::parse(&strings(&["data/a", " data/b "])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            two.prefixes,
+            vec![PathBuf::from("data/a"), PathBuf::from("data/b")]
+        );
+        assert_eq!(two.weights, None);
+        let w = Blend::parse(&strings(&["30", "a", "70", "b"])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.weights, Some(vec![0.3, 0.7]));
+        assert_eq!(w.prefixes, vec![PathBuf::from("a"), PathBuf::from("b")]);
+        assert!(Blend::parse(&strings(&["30", "a", "b", "c"])).is_err());
+        assert!(Blend::parse(&strings(&["0", "a", "0", "b"])).is_err());
+        assert!(Blend::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn split_strings() {
+        assert_eq!(
+            parse_split("900,50,50").unwrap_or_else(|e| panic!("{e}")),
+            [0.9, 0.05, 0.05]
+        );
+        assert_eq!(
+            parse_split("99,1").unwrap_or_else(|e| panic!("{e}")),
+            [0.99, 0.01, 0.0]
+        );
+        assert!(parse_split("a,b").is_err());
+        let r = crate::gpt::split_ranges([0.9, 0.05, 0.05], 40);
+        assert_eq!(r, [Some(0..36), Some(36..38), Some(38..40)]);
+        // Python rounds half to even: 0.5 * 5 = 2.5 -> 2.
+        assert_eq!(
+            crate::gpt::split_ranges([0.5, 0.5, 0.0], 5),
+            [Some(0..2), Some(2..5), None]
+        );
+    }
 }

@@ -23,7 +23,8 @@ pub mod numpy_rng;
 
 pub use batch::{Batch, DataCursor, Loader, Sample, SampleSource};
 pub use blend::{
-    build_pretraining_datasets, pretrain_sample_counts, Blend, BlendedDataset, PretrainDataset,
+    build_pretraining_datasets, build_pretraining_datasets_per_split, pretrain_sample_counts,
+    Blend, BlendedDataset, PretrainDataset,
 };
 pub use gpt::{parse_split, split_ranges, GptConfig, GptDataset, Split};
 pub mod tokenizer;

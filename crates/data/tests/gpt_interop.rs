@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use coil_data::{build_pretraining_datasets, GptConfig, PretrainDataset, SampleSource};
+use coil_data::{
+    build_pretraining_datasets, build_pretraining_datasets_per_split, GptConfig, PretrainDataset,
+    SampleSource,
+};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -59,13 +62,41 @@ fn run_case(case: &Value, cache: &std::path::Path) {
     if let Some(v) = case.get("drop_last_partial_validation_sequence") {
         cfg.drop_last_partial_validation_sequence = v.as_bool().unwrap();
     }
-    let built = build_pretraining_datasets(
-        &paths,
-        case["split"].as_str().unwrap(),
-        [sizes[0], sizes[1], sizes[2]],
-        &cfg,
-    )
-    .unwrap();
+    let sizes = [sizes[0], sizes[1], sizes[2]];
+    let built = match case.get("blend_per_split") {
+        None => build_pretraining_datasets(&paths, case["split"].as_str().unwrap(), sizes, &cfg)
+            .unwrap(),
+        Some(per_split) => {
+            // [[prefixes], weights or null] per split -> NeMo's zipped list form.
+            let lists: Vec<Vec<String>> = per_split
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let ps = b[0].as_array().unwrap().iter().map(|p| {
+                        fixtures()
+                            .join(p.as_str().unwrap())
+                            .to_string_lossy()
+                            .into_owned()
+                    });
+                    match b[1].as_array() {
+                        Some(w) => w
+                            .iter()
+                            .zip(ps)
+                            .flat_map(|(w, p)| [w.as_f64().unwrap().to_string(), p])
+                            .collect(),
+                        None => ps.collect(),
+                    }
+                })
+                .collect();
+            build_pretraining_datasets_per_split(
+                [Some(&lists[0]), Some(&lists[1]), Some(&lists[2])],
+                sizes,
+                &cfg,
+            )
+            .unwrap()
+        }
+    };
     for (i, name) in ["train", "valid", "test"].iter().enumerate() {
         let want = &case["splits"][*name];
         let got = &built[i];

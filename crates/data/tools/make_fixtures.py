@@ -127,13 +127,18 @@ def gpt_fixtures():
         ("blend_unweighted_all", [str(OUT / "gpt_a"), str(OUT / "gpt_b"), str(OUT / "gpt_a")], None, "900,50,50",
          [None, None, None], 16, 5),
     ]
+    a, b = str(OUT / "gpt_a"), str(OUT / "gpt_b")
+    configs.append(("per_split", None, None, None, [40, 6, 5], 16, 77,
+                    {"blend_per_split": [[[a, b], [30.0, 70.0]], [[b], None], [[a, b], None]]}))
     for label, prefixes, weights, split, sizes, seq, seed, *extra in configs:
         extra = extra[0] if extra else {}
         cache = tempfile.mkdtemp()
+        per_split = extra.get("blend_per_split")
         cfg = GPTDatasetConfig(
             random_seed=seed,
             sequence_length=seq,
-            blend=(prefixes, weights),
+            blend=(prefixes, weights) if per_split is None else None,
+            blend_per_split=[tuple(x) for x in per_split] if per_split else None,
             split=split,
             tokenizer=Tok(),
             reset_position_ids=False,
@@ -144,6 +149,9 @@ def gpt_fixtures():
             mmap_bin_files=True,
         )
         train, valid, test = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, cfg).build()
+        if per_split:
+            extra = {"blend_per_split": [[[Path(p).name for p in ps], w] for ps, w in per_split]}
+            prefixes = []
         case = {"label": label, "prefixes": [Path(p).name for p in prefixes], "weights": weights,
                 "split": split, "sizes": sizes, "seq_length": seq, "seed": seed, "splits": {}, **extra}
         for sname, ds in (("train", train), ("valid", valid), ("test", test)):
@@ -151,7 +159,7 @@ def gpt_fixtures():
                 case["splits"][sname] = None
                 continue
             entry = {"len": len(ds)}
-            if len(prefixes) == 1:
+            if not hasattr(ds, "dataset_index"):
                 entry["indices_range"] = [int(ds.indices[0]), int(ds.indices[-1]) + 1]
                 entry["document_index"] = numpy.asarray(ds.document_index).tolist()
                 entry["sample_index"] = numpy.asarray(ds.sample_index).tolist()
