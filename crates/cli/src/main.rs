@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Compute logits and loss of a model on token ids (for exact comparisons with other implementations).
     Logits(cmd::logits::LogitsArgs),
+    /// Generate text (or token ids) from a model: prefill + constant-memory decode, Megatron sampling rules.
+    Generate(cmd::generate::GenerateArgs),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Logits(a) => cmd::logits::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Preprocess(a) => cmd::data::run_preprocess(a),
         Command::Data(c) => cmd::data::run_data(c),

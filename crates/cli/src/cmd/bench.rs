@@ -10,6 +10,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Full forward pass (logits for every position) over random tokens with random weights.
     Forward(ForwardArgs),
+    /// Decode speed: prompt + new tokens at several batch sizes, against the memory-bandwidth roofline.
+    Generate(super::bench_generate::GenerateBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +45,7 @@ pub struct ForwardArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a),
+        BenchCommand::Generate(a) => super::bench_generate::run(a),
     }
 }
 

@@ -1,0 +1,196 @@
+//! `coil bench generate`: decode speed of a preset shape with random weights, against the memory roofline.
+//!
+//! Per weight precision and batch size: prefill each prompt, then greedy steps until `--new-tokens` new tokens
+//! per sequence. Reports new tokens/s of the decode steps (and end to end, prefill included) and the fraction
+//! of the memory-bandwidth roofline: `batch · bandwidth / bytes per step`, where a step reads every weight once
+//! plus each sequence's embedding row and reads and writes its decode state. The bandwidth is measured in the
+//! same run (multithreaded sum over a buffer far larger than the caches).
+
+use super::generate::WeightsArg;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use coil_infer::sampling::argmax;
+use coil_infer::{Engine, EngineOptions, WeightDtype};
+use coil_model::{presets, HybridLm};
+use rayon::prelude::*;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct GenerateBenchArgs {
+    /// Model shape, a preset name, e.g. mamba2_130m.
+    #[arg(long, default_value = "mamba2_130m")]
+    pub preset: String,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 32)]
+    pub prompt: usize,
+    /// New tokens per sequence (the first from the prefill, the rest from decode steps).
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batch: Vec<usize>,
+    /// Decode weight precisions, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
+    pub weights: Vec<WeightsArg>,
+    /// Timed repetitions per configuration (the median is reported, after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Size of the bandwidth probe buffer in MiB (keep it far above the last-level cache).
+    #[arg(long, default_value_t = 512)]
+    pub bandwidth_mib: usize,
+    /// Print one JSON object per configuration instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Best of several multithreaded read passes over `mib` MiB, in bytes/s.
+fn read_bandwidth(mib: usize) -> f64 {
+    let n = mib * (1 << 20) / 4;
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(1 << 12);
+    let mut best = 0f64;
+    for _ in 0..6 {
+        let t = Instant::now();
+        let s: f32 = buf
+            .par_chunks(chunk)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for w in c.chunks_exact(16) {
+                    for i in 0..16 {
+                        acc[i] += w[i];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+struct Timing {
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+/// One generation of `new` tokens per prompt, greedy; prefill and decode timed apart.
+fn run_once(e: &Engine, prompts: &[Vec<u32>], new: usize) -> Result<Timing> {
+    let v = e.vocab_size();
+    let t0 = Instant::now();
+    let mut states = Vec::with_capacity(prompts.len());
+    let mut next = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let (logits, st) = e.prefill(p, new)?;
+        next.push(argmax(&logits) as u32);
+        states.push(st);
+    }
+    let t1 = Instant::now();
+    let mut scratch = e.scratch(prompts.len());
+    for _ in 1..new {
+        let logits = e.step(&mut states, &next, &mut scratch)?;
+        for (b, n) in next.iter_mut().enumerate() {
+            *n = argmax(&logits[b * v..(b + 1) * v]) as u32;
+        }
+    }
+    Ok(Timing {
+        prefill_s: (t1 - t0).as_secs_f64(),
+        decode_s: t1.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn run(a: GenerateBenchArgs) -> Result<()> {
+    let Some(p) = presets::preset(&a.preset) else {
+        bail!(
+            "unknown preset {:?}; one of: {}",
+            a.preset,
+            presets::PRESET_NAMES.join(", ")
+        );
+    };
+    if a.prompt == 0 || a.new_tokens < 2 || a.iters == 0 || a.batch.contains(&0) {
+        bail!(
+            "--prompt and --iters must be positive, --new-tokens at least 2, batch sizes positive"
+        );
+    }
+    let cfg = p.config;
+    let lm =
+        HybridLm::init(&cfg, 0, &Device::Cpu, DType::F32).context("initialising random weights")?;
+    let threads = rayon::current_num_threads();
+    let bw = read_bandwidth(a.bandwidth_mib);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+    if !a.json {
+        println!(
+            "generate {} (random weights), prompt {} + {} new tokens, {threads} threads; read bandwidth {:.1} GB/s (load avg {load})",
+            a.preset,
+            a.prompt,
+            a.new_tokens,
+            bw / 1e9
+        );
+    }
+    for w in &a.weights {
+        let dtype = match w {
+            WeightsArg::F32 => WeightDtype::F32,
+            WeightsArg::Bf16 => WeightDtype::Bf16,
+        };
+        let e = Engine::new(
+            lm.clone(),
+            EngineOptions {
+                weights: dtype,
+                ..EngineOptions::default()
+            },
+        )?;
+        for &batch in &a.batch {
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|b| {
+                    (0..a.prompt)
+                        .map(|i| {
+                            (((b * 7919 + i) as u64 * 2654435761) % cfg.vocab_size as u64) as u32
+                        })
+                        .collect()
+                })
+                .collect();
+            run_once(&e, &prompts, a.new_tokens)?;
+            let mut runs: Vec<Timing> = (0..a.iters)
+                .map(|_| run_once(&e, &prompts, a.new_tokens))
+                .collect::<Result<_>>()?;
+            runs.sort_by(|x, y| x.decode_s.total_cmp(&y.decode_s));
+            let m = &runs[runs.len() / 2];
+            let steps = a.new_tokens - 1;
+            let decode_tok_s = (batch * steps) as f64 / m.decode_s;
+            let e2e_tok_s = (batch * a.new_tokens) as f64 / (m.prefill_s + m.decode_s);
+            let (_, probe) = e.prefill(&prompts[0][..1], 0)?;
+            let weight_bytes = e.weights().bytes_per_step(batch);
+            let state_bytes = batch * probe.traffic_per_step();
+            let roofline = batch as f64 * bw / (weight_bytes + state_bytes) as f64;
+            let weights_only = batch as f64 * bw / weight_bytes as f64;
+            let dt = format!("{dtype:?}").to_lowercase();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "generate", "impl": "coil", "preset": a.preset, "weights": dt, "batch": batch,
+                        "prompt": a.prompt, "new_tokens": a.new_tokens, "threads": threads, "load_avg": load,
+                        "bandwidth_gb_s": bw / 1e9, "prefill_s": m.prefill_s, "decode_s": m.decode_s,
+                        "decode_tokens_per_s": decode_tok_s, "end_to_end_new_tokens_per_s": e2e_tok_s,
+                        "weight_bytes_per_step": weight_bytes, "state_bytes_per_step": state_bytes,
+                        "roofline_tokens_per_s": roofline, "roofline_fraction": decode_tok_s / roofline,
+                        "weights_only_roofline_tokens_per_s": weights_only,
+                    })
+                );
+            } else {
+                println!(
+                    "  {dt:>4} batch {batch}: decode {decode_tok_s:7.1} tok/s ({:.1}% of roofline {roofline:.1}; \
+                     weights {:.0} MB + state {:.1} MB per step; weights-only roofline {weights_only:.1}), \
+                     end to end {e2e_tok_s:.1} new tok/s (prefill {:.3} s)",
+                    100.0 * decode_tok_s / roofline,
+                    weight_bytes as f64 / 1e6,
+                    state_bytes as f64 / 1e6,
+                    m.prefill_s
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! `coil generate`: text (or token ids) from a model with NeMo's `generate.py` flags.
+//!
+//! Prompts come as text (`--prompts`, tokenized with `--tokenizer` or the model directory's tokenizer.json) or
+//! as ids (`--input-ids FILE.safetensors`, tensor `input_ids` i64 [B, T], each row one prompt). A single text
+//! prompt streams its completion as it is generated. `--output FILE.safetensors` writes `tokens` (i64 [B, N],
+//! the generated ids only; rows that stopped at EOS are padded with EOS) and `lengths` (i64 [B]).
+
+use super::logits::{read_input_ids, write_safetensors_atomic};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use coil_data::Tokenizer;
+use coil_infer::{
+    generate, DecodeDtClamp, Engine, EngineOptions, GenerateParams, SamplingParams, StopReason,
+    WeightDtype,
+};
+use coil_model::HybridLm;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WeightsArg {
+    F32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DecodeDtArg {
+    /// Clamp dt in decode exactly as in prefill (Coil's default: a step equals a full forward).
+    Coil,
+    /// No dt clamp in the single-token step, as HF transformers and mamba_ssm decode.
+    Hf,
+}
+
+/// Generate continuations of prompts (flags as NeMo's scripts/llm/generate.py; `_` spellings accepted).
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model directory: HF layout (config.json + safetensors; also a Coil checkpoint) or a state-spaces
+    /// Mamba2 directory (config.json + pytorch_model.bin).
+    #[arg(long, alias = "model_path", alias = "model-path")]
+    pub model: PathBuf,
+    /// Text prompts.
+    #[arg(long, num_args = 1..)]
+    pub prompts: Vec<String>,
+    /// Prompts as token ids instead: safetensors file with tensor `input_ids` (i64 [B, T]).
+    #[arg(long, alias = "input_ids")]
+    pub input_ids: Option<PathBuf>,
+    /// Write the generated ids here: `tokens` (i64 [B, N]) and `lengths` (i64 [B]).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, alias = "num_tokens_to_generate", default_value_t = 25)]
+    pub num_tokens_to_generate: usize,
+    /// Divides the logits before sampling (ignored by greedy --top-k 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (0 = off). Cannot be combined with --top-k > 0.
+    #[arg(long, alias = "top_p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Keep the k most likely tokens (0 = off, 1 = greedy).
+    #[arg(long, alias = "top_k", default_value_t = 0)]
+    pub top_k: usize,
+    /// Sequences decoded together at most.
+    #[arg(long, alias = "max_batch_size", default_value_t = 8)]
+    pub max_batch_size: usize,
+    #[arg(long, alias = "random_seed", default_value_t = 1234)]
+    pub random_seed: u64,
+    /// Prepend the tokenizer's BOS token to every text prompt.
+    #[arg(long, alias = "add_BOS", alias = "add_bos")]
+    pub add_bos: bool,
+    /// Tokenizer: a tokenizer.json, a NeMo tiktoken vocab .json, a SentencePiece .model, or `gpt2`.
+    /// Default: the model directory's tokenizer.json.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Keep generating after EOS (for exact comparisons with runs that ignore it).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Precision of the decode-step weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights: WeightsArg,
+    /// dt clamp in the decode step.
+    #[arg(long, value_enum, default_value = "coil")]
+    pub decode_dt: DecodeDtArg,
+    /// Tensor-parallel size (needs the GPU build; only 1 here).
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// FP8 inference (needs the GPU build).
+    #[arg(long)]
+    pub fp8: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.tp != 1 {
+        bail!(
+            "--tp {}: tensor-parallel generation needs the GPU build of Coil; this build decodes on the CPU \
+             (drop --tp or use --tp 1)",
+            a.tp
+        );
+    }
+    if a.fp8 {
+        bail!("--fp8: FP8 inference needs the GPU build of Coil; drop --fp8 to decode in f32/bf16 on the CPU");
+    }
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+    };
+    let lm = HybridLm::from_dir(&a.model, &Device::Cpu, DType::F32)
+        .with_context(|| format!("--model {}: loading the model", a.model.display()))?;
+    let tokenizer = open_tokenizer(&a)?;
+    let text_mode = a.input_ids.is_none();
+    let prompts = read_prompts(&a, &lm, tokenizer.as_deref())?;
+    let model_vocab = lm.config.vocab_size;
+    let eos = if a.ignore_eos {
+        None
+    } else {
+        tokenizer
+            .as_ref()
+            .and_then(|t| t.eos_id())
+            .or(lm.config.tokens.eos)
+    };
+    let vocab_limit = tokenizer.as_ref().map(|t| t.vocab_size().min(model_vocab));
+    sampling
+        .validate(model_vocab, vocab_limit)
+        .context("--top-k / --top-p / --temperature")?;
+    let engine = Engine::new(
+        lm,
+        EngineOptions {
+            weights: match a.weights {
+                WeightsArg::F32 => WeightDtype::F32,
+                WeightsArg::Bf16 => WeightDtype::Bf16,
+            },
+            dt_clamp: match a.decode_dt {
+                DecodeDtArg::Coil => DecodeDtClamp::SameAsPrefill,
+                DecodeDtArg::Hf => DecodeDtClamp::HfUnclamped,
+            },
+        },
+    )
+    .context("preparing the decode step")?;
+    let params = GenerateParams {
+        max_new_tokens: a.num_tokens_to_generate,
+        sampling,
+        seed: a.random_seed,
+        eos,
+        vocab_limit,
+        max_batch: a.max_batch_size,
+    };
+
+    // A single text prompt streams; text is re-decoded as a whole so multi-byte characters come out intact.
+    let stream = text_mode && prompts.len() == 1;
+    let mut streamed: Vec<u32> = Vec::new();
+    let mut printed = String::new();
+    let mut stdout = std::io::stdout();
+    if let (true, Some(p)) = (stream, a.prompts.first()) {
+        print!("{p}");
+        let _ = stdout.flush();
+    }
+    let t0 = Instant::now();
+    let results = generate(&engine, &prompts, &params, &mut |_, id| {
+        if let (true, Some(tok)) = (stream, tokenizer.as_deref()) {
+            streamed.push(id);
+            if let Ok(text) = tok.decode(&streamed) {
+                if text.starts_with(printed.as_str()) && !text.ends_with('\u{FFFD}') {
+                    print!("{}", &text[printed.len()..]);
+                    let _ = stdout.flush();
+                    printed = text;
+                }
+            }
+        }
+    })
+    .context("generating")?;
+    let secs = t0.elapsed().as_secs_f64();
+    if stream {
+        if let Some(tok) = tokenizer.as_deref() {
+            let text = tok
+                .decode(&streamed)
+                .context("decoding the generated ids")?;
+            if let Some(rest) = text.strip_prefix(printed.as_str()) {
+                print!("{rest}");
+            }
+        }
+        println!();
+    } else {
+        for (i, g) in results.iter().enumerate() {
+            match (text_mode, tokenizer.as_deref()) {
+                (true, Some(tok)) => {
+                    let text = tok
+                        .decode(&g.tokens)
+                        .context("decoding the generated ids")?;
+                    println!("[{i}] {}{}", a.prompts[i], text);
+                }
+                _ => println!("[{i}] {:?}", g.tokens),
+            }
+        }
+    }
+    let total: usize = results.iter().map(|g| g.tokens.len()).sum();
+    let at_eos = results.iter().filter(|g| g.stop == StopReason::Eos).count();
+    eprintln!(
+        "generated {total} tokens for {} prompt(s) in {secs:.2} s ({:.1} tokens/s, prefill included); {at_eos} stopped at EOS",
+        prompts.len(),
+        total as f64 / secs.max(1e-9)
+    );
+    if let Some(out) = &a.output {
+        write_tokens(out, &results, eos)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn open_tokenizer(a: &GenerateArgs) -> Result<Option<Box<dyn Tokenizer>>> {
+    if let Some(spec) = &a.tokenizer {
+        return coil_data::load_tokenizer(spec)
+            .map(Some)
+            .with_context(|| format!("--tokenizer {spec}"));
+    }
+    let default = a.model.join("tokenizer.json");
+    if default.is_file() {
+        let spec = default.to_string_lossy().into_owned();
+        return coil_data::load_tokenizer(&spec)
+            .map(Some)
+            .with_context(|| format!("{}: the model directory's tokenizer", default.display()));
+    }
+    Ok(None)
+}
+
+fn read_prompts(
+    a: &GenerateArgs,
+    lm: &HybridLm,
+    tok: Option<&dyn Tokenizer>,
+) -> Result<Vec<Vec<u32>>> {
+    match (&a.input_ids, a.prompts.is_empty()) {
+        (Some(_), false) => bail!("give either --prompts or --input-ids, not both"),
+        (None, true) => bail!(
+            "nothing to generate from: give --prompts \"...\" or --input-ids FILE.safetensors"
+        ),
+        (Some(path), true) => {
+            let ids = read_input_ids(path)?;
+            let (b, t) = ids.dims2()?;
+            let flat = ids.flatten_all()?.to_vec1::<i64>()?;
+            let vocab = lm.config.vocab_size as i64;
+            if let Some(pos) = flat.iter().position(|&v| v < 0 || v >= vocab) {
+                bail!(
+                    "{}: token id {} at [{}, {}] is outside the model's vocabulary [0, {vocab})",
+                    path.display(),
+                    flat[pos],
+                    pos / t,
+                    pos % t
+                );
+            }
+            Ok((0..b)
+                .map(|r| flat[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect())
+                .collect())
+        }
+        (None, false) => {
+            let Some(tok) = tok else {
+                bail!(
+                    "no tokenizer for the text prompts: {} has no tokenizer.json; pass --tokenizer (a tokenizer.json, \
+                     a NeMo tiktoken vocab, a SentencePiece .model, or gpt2) or give --input-ids",
+                    a.model.display()
+                );
+            };
+            let bos = if a.add_bos {
+                Some(tok.bos_id().or(lm.config.tokens.bos).with_context(|| {
+                    format!(
+                        "--add-bos: the tokenizer ({}) has no BOS token",
+                        tok.describe()
+                    )
+                })?)
+            } else {
+                None
+            };
+            a.prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut ids: Vec<u32> = bos.into_iter().collect();
+                    ids.extend(
+                        tok.encode(p)
+                            .with_context(|| format!("--prompts: tokenizing prompt {i}"))?,
+                    );
+                    if ids.is_empty() {
+                        bail!("--prompts: prompt {i} is empty; give some text or --add-bos");
+                    }
+                    let vocab = lm.config.vocab_size;
+                    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                        bail!(
+                            "--prompts: the tokenizer ({}) gave id {bad} for prompt {i}, outside the model's vocabulary                              [0, {vocab}); is it the model's tokenizer?",
+                            tok.describe()
+                        );
+                    }
+                    Ok(ids)
+                })
+                .collect()
+        }
+    }
+}
+
+fn write_tokens(
+    path: &std::path::Path,
+    results: &[coil_infer::Generation],
+    eos: Option<u32>,
+) -> Result<()> {
+    let n = results.iter().map(|g| g.tokens.len()).max().unwrap_or(0);
+    let pad = eos.unwrap_or(0) as i64;
+    let mut flat = Vec::with_capacity(results.len() * n);
+    for g in results {
+        flat.extend(g.tokens.iter().map(|&t| t as i64));
+        flat.extend(std::iter::repeat_n(pad, n - g.tokens.len()));
+    }
+    let lengths: Vec<i64> = results.iter().map(|g| g.tokens.len() as i64).collect();
+    let cpu = Device::Cpu;
+    let out = HashMap::from([
+        (
+            "tokens".to_string(),
+            Tensor::from_vec(flat, (results.len(), n), &cpu)?,
+        ),
+        (
+            "lengths".to_string(),
+            Tensor::from_vec(lengths, results.len(), &cpu)?,
+        ),
+    ]);
+    write_safetensors_atomic(&out, path).with_context(|| format!("--output {}", path.display()))
+}

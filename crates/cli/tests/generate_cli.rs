@@ -1,0 +1,92 @@
+//! The `coil generate` contract: `--input-ids` in, `tokens` (generated ids only) out, equal to HF's greedy
+//! tokens; clear errors for what this build cannot do.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures")
+        .join(name)
+}
+
+fn coil(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coil"))
+        .args(args)
+        .output()
+        .expect("coil runs")
+}
+
+#[test]
+fn input_ids_to_output_tokens_equal_hf_greedy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gen.safetensors");
+    for name in ["nemotron_h_tiny", "mamba2_tiny"] {
+        let fx = fixture(name);
+        let o = coil(&[
+            "generate",
+            "--model",
+            fx.to_str().unwrap(),
+            "--input-ids",
+            fx.join("fixture.safetensors").to_str().unwrap(),
+            "--num-tokens-to-generate",
+            "20",
+            "--top-k",
+            "1",
+            "--top-p",
+            "0",
+            "--ignore-eos",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let cpu = candle_core::Device::Cpu;
+        let got = candle_core::safetensors::load(&out, &cpu).unwrap();
+        let want = candle_core::safetensors::load(fx.join("fixture.safetensors"), &cpu).unwrap();
+        assert_eq!(got["tokens"].dtype(), candle_core::DType::I64);
+        assert_eq!(
+            got["tokens"].to_vec2::<i64>().unwrap(),
+            want["gen_tokens"].to_vec2::<i64>().unwrap(),
+            "{name}"
+        );
+        assert_eq!(got["lengths"].to_vec1::<i64>().unwrap(), vec![20, 20]);
+    }
+}
+
+#[test]
+fn unsupported_and_invalid_flags_fail_with_clear_messages() {
+    let fx = fixture("mamba2_tiny");
+    let ids = fx.join("fixture.safetensors");
+    let base = [
+        "generate",
+        "--model",
+        fx.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+    ];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--tp", "2"], "needs the GPU build"),
+        (&["--fp8"], "needs the GPU build"),
+        (&["--top-k", "2", "--top-p", "0.5"], "cannot both be set"),
+        (&["--prompts", "hi"], "not both"),
+        (
+            &["--temperature", "0", "--top-p", "0.9"],
+            "temperature must be > 0",
+        ),
+    ];
+    for (extra, msg) in cases {
+        let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+        let o = coil(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} should fail");
+        assert!(err.contains(msg), "{extra:?}: {err}");
+    }
+    let o = coil(&[
+        "generate",
+        "--model",
+        fx.to_str().unwrap(),
+        "--prompts",
+        "hello",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tokenizer"));
+}
