@@ -1,10 +1,14 @@
 //! Tensor-level entry points: the one place in Coil that picks a device path for the mixer ops.
 //!
 //! Each function validates shapes, runs the CPU implementation on contiguous f32 data and returns a tensor on
-//! the input's device. Other devices get a clear error until their kernels land.
+//! the input's device. Other devices get a clear error until their kernels land. [`mixer_core`] is the one op
+//! with autograd: the whole mixer inner chain as a candle custom op (see `tensor/mixer_op.rs`).
 
 use crate::{conv1d, dt, norm, ssd};
 use candle_core::{bail, DType, Device, Result, Tensor};
+
+mod mixer_op;
+pub use mixer_op::{mixer_core, pack_mixer_params};
 
 fn host_f32(t: &Tensor, op: &str) -> Result<Vec<f32>> {
     if !matches!(t.device(), Device::Cpu) {

@@ -16,6 +16,8 @@ mod reference;
 
 pub use backward::{ssd_chunked_backward, ssd_reference_backward, SsdGrads, HEADS_PER_TASK};
 pub use chunked::ssd_chunked;
+#[cfg(test)]
+pub(crate) use reference::{forward64, Inputs64};
 pub use reference::{ssd_reference, ssd_step};
 
 /// Sizes of one SSD call: `B` batch, `T` time, `H` heads, `P` head dim, `G` groups, `N` state.

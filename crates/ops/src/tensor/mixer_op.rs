@@ -1,0 +1,203 @@
+//! The mixer core ([`crate::mixer_core`]) as a candle `CustomOp3`, so candle autograd runs through it.
+//!
+//! Inputs: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K] (or [C,1,K] as checkpoints store it) and one packed 1-D
+//! `params` tensor `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) | norm_weight (I)]` built by
+//! [`pack_mixer_params`]. The op runs in f32: [`mixer_core`] converts inputs with `to_dtype` (differentiable) and
+//! the result back to the dtype of `zxbcdt`, so the custom op itself only ever sees contiguous f32.
+
+use super::host_f32;
+use crate::mixer_core::{mixer_core_backward, mixer_core_forward, MixerCoreDims, MixerParams};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+
+struct MixerCoreOp {
+    dims: MixerCoreDims,
+}
+
+/// Checks the three input shapes against `dims`; returns (B, T).
+fn check_shapes(
+    dims: &MixerCoreDims,
+    zx: &[usize],
+    conv_w: &[usize],
+    params: &[usize],
+) -> Result<(usize, usize)> {
+    if let Some(why) = dims.invalid_reason() {
+        bail!("{why}");
+    }
+    let (ch, k) = (dims.conv_channels(), dims.conv_kernel);
+    let (batch, seqlen) = match *zx {
+        [b, t, w] if w == dims.in_width() => (b, t),
+        _ => bail!(
+            "mixer core: zxbcdt {zx:?} should be [B, T, {}] (2·I + 2·G·N + H for {dims:?})",
+            dims.in_width()
+        ),
+    };
+    if conv_w != [ch, k] && conv_w != [ch, 1, k] {
+        bail!("mixer core: conv weight {conv_w:?} should be [{ch}, {k}] or [{ch}, 1, {k}]");
+    }
+    if params != [dims.params_len()] {
+        bail!(
+            "mixer core: params {params:?} should be [{}] = conv_bias {ch} + dt_bias, A_log, D {} each + \
+             norm weight {} (build it with pack_mixer_params)",
+            dims.params_len(),
+            dims.heads,
+            dims.inner()
+        );
+    }
+    Ok((batch, seqlen))
+}
+
+/// The contiguous f32 data behind a storage and layout.
+fn cpu_f32<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> Result<&'s [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!(
+            "mixer core: {what} must be f32 inside the op (got {:?})",
+            s.dtype()
+        );
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("mixer core: {what} must be contiguous inside the op"),
+    }
+}
+
+impl CustomOp3 for MixerCoreOp {
+    fn name(&self) -> &'static str {
+        "coil-mixer-core"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = &self.dims;
+        let (batch, seqlen) = check_shapes(dims, l1.dims(), l2.dims(), l3.dims())?;
+        let (zx, w, p) = (
+            cpu_f32(s1, l1, "zxbcdt")?,
+            cpu_f32(s2, l2, "conv weight")?,
+            cpu_f32(s3, l3, "params")?,
+        );
+        let out = mixer_core_forward(*dims, (batch, seqlen), zx, w, MixerParams::unpack(dims, p));
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, seqlen, dims.inner())),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        zx: &Tensor,
+        conv_w: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = &self.dims;
+        let (batch, seqlen) = check_shapes(dims, zx.dims(), conv_w.dims(), params.dims())?;
+        let op = "mixer core backward";
+        let (zxv, wv, pv, gv) = (
+            host_f32(&zx.detach(), op)?,
+            host_f32(&conv_w.detach(), op)?,
+            host_f32(&params.detach(), op)?,
+            host_f32(&grad.detach(), op)?,
+        );
+        let g = mixer_core_backward(
+            *dims,
+            (batch, seqlen),
+            &zxv,
+            &wv,
+            MixerParams::unpack(dims, &pv),
+            &gv,
+        );
+        let dev = zx.device();
+        let d_params = g.packed_params();
+        Ok((
+            Some(Tensor::from_vec(g.d_zxbcdt, zx.shape(), dev)?),
+            Some(Tensor::from_vec(g.d_conv_w, conv_w.shape(), dev)?),
+            Some(Tensor::from_vec(d_params, params.shape(), dev)?),
+        ))
+    }
+}
+
+/// The mixer core between in_proj and out_proj, with candle autograd: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K] or
+/// [C,1,K], `params` from [`pack_mixer_params`] → [B,T,I] in the dtype of `zxbcdt`.
+///
+/// Accepts f32, bf16 and f16 (computed in f32). CPU only for now: other devices get an error.
+/// `backward()` gives gradients to all three inputs, and through [`pack_mixer_params`]'s `cat` to each piece.
+pub fn mixer_core(
+    zxbcdt: &Tensor,
+    conv_w: &Tensor,
+    params: &Tensor,
+    dims: MixerCoreDims,
+) -> Result<Tensor> {
+    for (t, what) in [
+        (zxbcdt, "zxbcdt"),
+        (conv_w, "conv weight"),
+        (params, "params"),
+    ] {
+        if !matches!(t.device(), Device::Cpu) {
+            bail!(
+                "mixer core: {what} is on {:?}; this build has a CPU kernel only",
+                t.device()
+            );
+        }
+        if !matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+            bail!(
+                "mixer core: {what} has dtype {:?}; expected f32, bf16 or f16",
+                t.dtype()
+            );
+        }
+    }
+    check_shapes(&dims, zxbcdt.dims(), conv_w.dims(), params.dims())?;
+    let f32_contig = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    let out = f32_contig(zxbcdt)?.apply_op3(
+        &f32_contig(conv_w)?,
+        &f32_contig(params)?,
+        MixerCoreOp { dims },
+    )?;
+    out.to_dtype(zxbcdt.dtype())
+}
+
+/// Packs the mixer's per-channel and per-head parameters into the one 1-D tensor [`mixer_core`] takes:
+/// `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) | norm_weight (I)]`, with `Tensor::cat` so gradients flow
+/// back to each piece. `conv_bias` is required: pass zeros when the checkpoint has none.
+/// All pieces must be 1-D and of one dtype.
+pub fn pack_mixer_params(
+    conv_bias: &Tensor,
+    dt_bias: &Tensor,
+    a_log: &Tensor,
+    d: &Tensor,
+    norm_w: &Tensor,
+) -> Result<Tensor> {
+    let pieces = [
+        (conv_bias, "conv_bias"),
+        (dt_bias, "dt_bias"),
+        (a_log, "A_log"),
+        (d, "D"),
+        (norm_w, "norm weight"),
+    ];
+    for (t, what) in pieces {
+        if t.rank() != 1 {
+            bail!(
+                "pack_mixer_params: {what} has shape {:?}; expected 1-D",
+                t.dims()
+            );
+        }
+        if t.dtype() != conv_bias.dtype() {
+            bail!(
+                "pack_mixer_params: {what} is {:?} but conv_bias is {:?}; convert them to one dtype",
+                t.dtype(),
+                conv_bias.dtype()
+            );
+        }
+    }
+    Tensor::cat(&pieces.map(|(t, _)| t), 0)
+}
+
+#[cfg(test)]
+mod tests;
