@@ -33,6 +33,7 @@ pub use tokenizer::{load_tokenizer, padded_vocab_size, Tokenizer};
 pub mod corpus;
 pub mod mock;
 pub mod preprocess;
+pub mod sample_mapping;
 pub mod sft;
 
 pub use mock::MockDataset;

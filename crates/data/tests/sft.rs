@@ -190,3 +190,55 @@ fn answer_space_follows_nemo_space_sensitivity() {
         );
     }
 }
+
+#[test]
+fn nemo_sft_sample_order() {
+    use coil_data::sample_mapping::{nemo_sft_train_samples, OnlineSampleMapping, Remapped};
+    let fx = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/nemo_sample_mapping.json");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx).unwrap()).unwrap();
+    for c in cases.as_array().unwrap() {
+        let g = |k: &str| c[k].as_u64().unwrap() as usize;
+        let m = OnlineSampleMapping::new(
+            g("dataset_size"),
+            g("num_samples"),
+            g("block_size"),
+            g("seed") as u32,
+        )
+        .unwrap();
+        let got: Vec<u64> = (0..m.len()).map(|i| m.get(i).unwrap() as u64).collect();
+        let want: Vec<u64> = c["order"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(got, want, "{c}");
+        assert!(m.get(m.len()).is_err());
+    }
+    assert_eq!(nemo_sft_train_samples(8, 100), 804);
+    // Remapped SFT data serves examples in that order.
+    let dir = tempfile::tempdir().unwrap();
+    let tok = load_tokenizer("gpt2").unwrap();
+    let ds = SftDataset::from_jsonl(
+        &squad_file(dir.path(), 7),
+        tok.as_ref(),
+        SftConfig::new(256),
+    )
+    .unwrap();
+    let first = ds
+        .sample(
+            OnlineSampleMapping::nemo_sft(7, 30)
+                .unwrap()
+                .get(0)
+                .unwrap(),
+        )
+        .unwrap();
+    let r = Remapped {
+        source: ds,
+        mapping: OnlineSampleMapping::nemo_sft(7, 30).unwrap(),
+    };
+    assert_eq!(r.len(), 30);
+    assert_eq!(r.sample(0).unwrap(), first);
+}

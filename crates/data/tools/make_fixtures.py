@@ -180,6 +180,30 @@ def gpt_fixtures():
     dump("mcore_gpt.json", cases)
 
 
+def mapping_fixture():
+    """NeMo's SFT sample order (`_OnlineSampleMapping` in nemo/collections/llm/gpt/data/core.py), re-derived
+    here from numpy primitives: shuffled block order, per-block permutation seeded seed + position, wrap."""
+    cases = []
+    for size, num, block, seed in ((10, 10, 1000000, 1), (7, 30, 1000000, 1), (25, 60, 8, 1), (13, 5, 4, 3)):
+        required = max(num, size)
+        bsz = min(block, size)
+        nblocks = -(-required // bsz)
+        lens = numpy.full(nblocks, bsz)
+        if required % bsz:
+            lens[-1] = required % bsz
+        order = numpy.random.RandomState(seed=seed).permutation(numpy.arange(nblocks))
+        lens = lens[order]
+        ends = numpy.cumsum(lens)
+        out = []
+        for idx in range(num):
+            b = int(numpy.digitize(idx, ends))
+            start = order[b] * bsz
+            perm = numpy.random.RandomState(seed=seed + b).permutation(numpy.arange(start, start + lens[b]))
+            out.append(int(perm[idx - ends[b]] % size))
+        cases.append({"dataset_size": size, "num_samples": num, "block_size": block, "seed": seed, "order": out})
+    dump("nemo_sample_mapping.json", cases)
+
+
 def training_text():
     return (CORPUS / "sonnets.txt").read_text()[:60000]
 
@@ -258,11 +282,13 @@ def spm_fixture():
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    what = sys.argv[1:] or ["indexed", "gpt", "tok"]
+    what = sys.argv[1:] or ["indexed", "gpt", "mapping", "tok"]
     if "indexed" in what:
         indexed_fixtures()
     if "gpt" in what:
         gpt_fixtures()
+    if "mapping" in what:
+        mapping_fixture()
     if "tok" in what:
         hf = hf_fixture()
         tiktoken_fixture(hf)
