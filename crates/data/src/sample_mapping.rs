@@ -46,7 +46,7 @@ impl OnlineSampleMapping {
         let block_size = block_size.min(dataset_size);
         let num_blocks = required.div_ceil(block_size);
         let mut block_lens = vec![block_size; num_blocks];
-        if required % block_size != 0 {
+        if !required.is_multiple_of(block_size) {
             block_lens[num_blocks - 1] = required % block_size;
         }
         let mut order: Vec<usize> = (0..num_blocks).collect();
