@@ -31,11 +31,13 @@ pub mod tokenizer;
 
 pub use tokenizer::{load_tokenizer, padded_vocab_size, Tokenizer};
 pub mod corpus;
+pub mod data_module;
 pub mod mock;
 pub mod preprocess;
 pub mod sample_mapping;
 pub mod sft;
 
+pub use data_module::{build_data, DataConfig, DataSources, RunShape};
 pub use mock::MockDataset;
 pub use preprocess::{
     preprocess_jsonl, preprocess_jsonl_with_bar, PreprocessConfig, PreprocessProgress,
