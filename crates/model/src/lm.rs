@@ -165,8 +165,9 @@ impl HybridLm {
     }
 
     /// `ids` [B,T] → logits [B,T,V] in f32. Fills `trace` with intermediate activations when given.
+    /// Differentiable when the parameters are autograd variables.
     pub fn forward(&self, ids: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
-        Ok(self.forward_with_state(ids, None, trace, false)?.0)
+        Ok(self.run(ids, None, trace, false, false)?.0)
     }
 
     /// `ids` [B,T] → (logits, state after the last token). With `state`, the sequences continue from it (the
@@ -176,9 +177,26 @@ impl HybridLm {
         &self,
         ids: &Tensor,
         state: Option<&ModelState>,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
         last_only: bool,
     ) -> Result<(Tensor, ModelState)> {
+        let (logits, state) = self.run(ids, state, trace, last_only, true)?;
+        Ok((
+            logits,
+            state.ok_or_else(|| ModelError::Invalid("no state computed".into()))?,
+        ))
+    }
+
+    /// The forward pass; `keep_state` computes the per-layer state after the last token (inference), otherwise
+    /// Mamba layers take their differentiable path.
+    fn run(
+        &self,
+        ids: &Tensor,
+        state: Option<&ModelState>,
+        mut trace: Option<&mut Trace>,
+        last_only: bool,
+        keep_state: bool,
+    ) -> Result<(Tensor, Option<ModelState>)> {
         self.check_ids(ids)?;
         let (b, t) = ids.dims2()?;
         if let Some(s) = state {
@@ -210,6 +228,9 @@ impl HybridLm {
             let prefix = format!("act.layers.{i}.mixer");
             let prev = state.map(|s| &s.layers[i]);
             let (out, next) = match (&block.mixer, prev) {
+                (Mixer::Mamba(m), None) if !keep_state => {
+                    (m.forward(&h, &mut trace, &prefix)?, LayerState::Stateless)
+                }
                 (Mixer::Mamba(m), None | Some(LayerState::Mamba(_))) => {
                     let prev = prev.and_then(LayerState::as_mamba);
                     let (o, s) = m.forward_with_state(&h, prev, &mut trace, &prefix)?;
@@ -256,10 +277,8 @@ impl HybridLm {
                 .unwrap_or_else(|| self.embeddings.clone()),
             bias: None,
         };
-        Ok((
-            head.forward(&h)?.to_dtype(DType::F32)?,
-            ModelState { layers },
-        ))
+        let logits = head.forward(&h)?.to_dtype(DType::F32)?;
+        Ok((logits, keep_state.then_some(ModelState { layers })))
     }
 
     /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`].

@@ -225,13 +225,21 @@ pub fn init_params(
     device: &Device,
     dtype: DType,
 ) -> Result<BTreeMap<String, Tensor>> {
+    use rayon::prelude::*;
+    let specs = param_specs(cfg)?;
+    let drawn: Vec<Vec<f32>> = specs
+        .par_iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            draw(spec, &mut rng)
+        })
+        .collect::<Result<_>>()?;
     let mut out = BTreeMap::new();
-    for (i, spec) in param_specs(cfg)?.iter().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        let t = Tensor::from_vec(draw(spec, &mut rng)?, spec.shape.as_slice(), device)?
-            .to_dtype(dtype)?;
+    for (spec, values) in specs.iter().zip(drawn) {
+        let t = Tensor::from_vec(values, spec.shape.as_slice(), device)?.to_dtype(dtype)?;
         out.insert(spec.name.clone(), t);
     }
     Ok(out)

@@ -2,7 +2,7 @@
 //!
 //! Owns: AdamW with fp32 master weights and fp32 gradient accumulation ([`optim`]), the warmup + cosine LR
 //! schedule ([`schedule`]), the loop with validation and NaN/Inf stops ([`trainer`]), atomic checkpoints in HF
-//! layout with optimizer and trainer state ([`checkpoint`]), and run feedback ([`metrics`]).
+//! layout with optimizer and trainer state ([`checkpoint`]), and run feedback ([`metrics`], [`plot`]).
 //!
 //! Key design decision: gradients come from candle's autograd over the model's own forward pass; the Mamba2
 //! mixer core is one custom op with a hand-written backward (in `coil-ops`), so the model code has one forward
@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 pub mod trainer;
 

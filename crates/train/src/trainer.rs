@@ -125,7 +125,9 @@ pub fn train<S: SampleSource, V: SampleSource>(
     let tc = &run.trainer;
     let dp = 1usize;
     if tc.micro_batch_size == 0
-        || !tc.global_batch_size.is_multiple_of(tc.micro_batch_size * dp)
+        || !tc
+            .global_batch_size
+            .is_multiple_of(tc.micro_batch_size * dp)
         || tc.global_batch_size == 0
     {
         return Err(TrainError::Invalid(format!(
@@ -343,6 +345,14 @@ pub fn train<S: SampleSource, V: SampleSource>(
         }
     }
     bar.finish_and_clear();
+    drop(metrics);
+    // The plot is a convenience: failing to draw it does not fail a finished run.
+    let png = run.run_dir.join("loss.png");
+    let plotted = crate::plot::read_metrics(&run.run_dir.join("metrics.jsonl"))
+        .and_then(|(train, val)| crate::plot::loss_curve_png(&png, &train, &val));
+    if let Err(e) = plotted {
+        eprintln!("warning: could not write {}: {e}", png.display());
+    }
     summary.final_step = state.step;
     summary.tokens_per_s = tokens_total / started.elapsed().as_secs_f64().max(1e-9);
     Ok(summary)

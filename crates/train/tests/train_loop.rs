@@ -122,7 +122,7 @@ fn run(dir: &std::path::Path, pattern: &str, max_steps: u64, val_every: u64, lr:
 #[test]
 fn loss_falls_on_real_text() {
     let dir = tempfile::tempdir().unwrap();
-    let r = run(dir.path(), "*-*-", 150, 50, 3e-3);
+    let r = run(dir.path(), "M*M-", 150, 50, 3e-3);
     let s = train(&r, corpus(64, 0, 150 * 8), Some(corpus(64, 150_000, 64))).unwrap();
     let first = s.losses[0].1;
     let last: f64 = s.losses[s.losses.len() - 10..]
@@ -148,10 +148,12 @@ fn loss_falls_on_real_text() {
     }
     assert!(objs.iter().filter(|o| o.get("val_loss").is_some()).count() == 3);
     assert!(std::fs::read_dir(dir.path().join("tb")).unwrap().count() == 1);
+    let png = std::fs::read(dir.path().join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // the last checkpoint is an HF-layout model coil can load
     let ck = s.last_checkpoint.unwrap();
     let m = coil_model::HybridLm::from_dir(&ck, &Device::Cpu, candle_core::DType::F32).unwrap();
-    assert_eq!(m.config, tiny_config("*-*-"));
+    assert_eq!(m.config, tiny_config("M*M-"));
 }
 
 #[test]

@@ -78,13 +78,24 @@ impl Attention {
             .matmul(&kr.to_dtype(DType::F32)?.t()?)?
             * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.broadcast_add(&causal_mask(t, past, x.device())?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vr.dtype())?;
+        let probs = softmax(&scores)?.to_dtype(vr.dtype())?;
         let out = probs
             .matmul(&vr)?
             .transpose(1, 2)?
             .reshape((b, t, nq * hd))?;
         Ok((self.o_proj.forward(&out)?, KvCache { k, v }))
     }
+}
+
+/// Softmax over the last dimension: candle's fused kernel, or plain differentiable ops (max shift detached)
+/// when the scores are part of an autograd graph.
+fn softmax(scores: &Tensor) -> Result<Tensor> {
+    if !scores.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(scores)?);
+    }
+    let max = scores.max_keepdim(candle_core::D::Minus1)?.detach();
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)?)
 }
 
 /// [B, n_kv, T, hd] → [B, n_kv·rep, T, hd], each kv head serving `rep` consecutive query heads.

@@ -66,6 +66,50 @@ impl Mamba2Mixer {
         })
     }
 
+    /// True when the parameters are autograd variables (a training forward).
+    fn is_trained(&self) -> bool {
+        self.in_proj.weight.track_op() || self.a_log.track_op() || self.conv_weight.track_op()
+    }
+
+    fn core_dims(&self) -> coil_ops::mixer_core::MixerCoreDims {
+        let MixerDims {
+            heads,
+            head_dim,
+            groups,
+            state,
+            conv_kernel,
+        } = self.dims;
+        coil_ops::mixer_core::MixerCoreDims {
+            heads,
+            head_dim,
+            groups,
+            state,
+            conv_kernel,
+            chunk: self.chunk_size,
+            eps: self.eps as f32,
+            dt_limit: self.dt_limit,
+        }
+    }
+
+    /// `[conv_bias | dt_bias | A_log | D | norm_weight]` for the mixer-core op (zeros for a missing conv bias).
+    fn packed_params(&self) -> Result<Tensor> {
+        let conv_bias = match &self.conv_bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(
+                self.dims.conv_dim(),
+                self.dt_bias.dtype(),
+                self.dt_bias.device(),
+            )?,
+        };
+        Ok(ops::pack_mixer_params(
+            &conv_bias,
+            &self.dt_bias,
+            &self.a_log,
+            &self.d,
+            &self.norm_weight,
+        )?)
+    }
+
     /// `x` [B,T,D] → [B,T,D], starting from zero state.
     pub fn forward(
         &self,
@@ -73,11 +117,23 @@ impl Mamba2Mixer {
         trace: &mut Option<&mut Trace>,
         prefix: &str,
     ) -> Result<Tensor> {
-        Ok(self.forward_with_state(x, None, trace, prefix)?.0)
+        if !self.is_trained() {
+            return Ok(self.forward_with_state(x, None, trace, prefix)?.0);
+        }
+        let zxbcdt = self.in_proj.forward(x)?;
+        let g = ops::mixer_core(
+            &zxbcdt,
+            &self.conv_weight,
+            &self.packed_params()?,
+            self.core_dims(),
+        )?;
+        self.out_proj
+            .forward(&g.to_dtype(self.out_proj.weight.dtype())?)
     }
 
     /// `x` [B,T,D] → ([B,T,D], state after the last token). With `state`, the conv window and the SSM continue
     /// from it (prefill continuation or, with T = 1, one decode step); without, they start from zero.
+    /// Inference only: not differentiable (use [`forward`](Self::forward) for training).
     /// Records `in_proj`, `y` and `gated_norm` under `prefix` when tracing.
     pub fn forward_with_state(
         &self,

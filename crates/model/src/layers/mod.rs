@@ -53,10 +53,16 @@ impl Linear {
     }
 }
 
-/// RMSNorm in f32: `w ⊙ x / sqrt(mean(x²) + eps)`, returned in the weight's dtype.
+/// RMSNorm in f32: `w ⊙ x / sqrt(mean(x²) + eps)`, returned in the weight's dtype. Uses candle's fused kernel,
+/// or plain differentiable ops when an input is an autograd variable.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let xf = x.to_dtype(DType::F32)?;
     let wf = weight.to_dtype(DType::F32)?;
-    let y = candle_nn::ops::rms_norm(&xf.contiguous()?, &wf, eps as f32)?;
+    let y = if x.track_op() || weight.track_op() {
+        let ms = xf.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        xf.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&wf)?
+    } else {
+        candle_nn::ops::rms_norm(&xf.contiguous()?, &wf, eps as f32)?
+    };
     Ok(y.to_dtype(weight.dtype())?)
 }
