@@ -12,6 +12,8 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// Decode speed: prompt + new tokens at several batch sizes, against the memory-bandwidth roofline.
     Generate(super::bench_generate::GenerateBenchArgs),
+    /// Training-step throughput: forward, backward and AdamW on random tokens with random weights.
+    Train(super::bench_train::TrainBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +48,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Generate(a) => super::bench_generate::run(a),
+        BenchCommand::Train(a) => super::bench_train::run(a),
     }
 }
 

@@ -1,10 +1,10 @@
 //! `coil logits`: run a model on given token ids and write logits and loss, for exact comparisons.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use coil_model::{next_token_loss, HybridLm};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Compute logits and the next-token loss of a model on token ids from a safetensors file.
@@ -23,6 +23,9 @@ pub struct LogitsArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Also write `grad.<name>` (f32) for every parameter: the gradient of `loss`, named as in the checkpoint.
+    #[arg(long)]
+    pub grads: bool,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
@@ -31,6 +34,29 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let model = HybridLm::from_dir(&args.model, &device, DType::F32)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let ids = ids.to_device(&device)?;
+    let (b, t) = ids.dims2()?;
+    if args.grads && t < 2 {
+        bail!("--grads needs at least 2 tokens per sequence (the loss is over next-token predictions)");
+    }
+    // With --grads the parameters become autograd variables and the loss is differentiated.
+    let vars: Vec<(String, Var)> = if args.grads {
+        model
+            .named_tensors()?
+            .into_iter()
+            .map(|(n, t)| Ok((n, Var::from_tensor(&t)?)))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let model = if args.grads {
+        let map: BTreeMap<String, Tensor> = vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        HybridLm::load(&model.config, &map, &device, DType::F32)?
+    } else {
+        model
+    };
     let logits = model.forward(&ids, None).with_context(|| {
         format!(
             "running {} on {}",
@@ -38,20 +64,37 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             args.input.display()
         )
     })?;
-    let (b, t) = ids.dims2()?;
     let loss = if t >= 2 {
         next_token_loss(&logits, &ids)?.reshape(1)?
     } else {
         Tensor::new(&[f32::NAN], &device)?
     };
-    let out = HashMap::from([
-        ("logits".to_string(), logits.to_device(&Device::Cpu)?),
-        ("loss".to_string(), loss.to_device(&Device::Cpu)?),
+    let mut out = HashMap::from([
+        (
+            "logits".to_string(),
+            logits.detach().to_device(&Device::Cpu)?,
+        ),
+        ("loss".to_string(), loss.detach().to_device(&Device::Cpu)?),
     ]);
+    if args.grads {
+        let grads = loss.backward().context("differentiating the loss")?;
+        for (name, var) in &vars {
+            let g = match grads.get(var.as_tensor()) {
+                Some(g) => g.to_dtype(DType::F32)?,
+                None => var.as_tensor().zeros_like()?.to_dtype(DType::F32)?,
+            };
+            out.insert(format!("grad.{name}"), g.to_device(&Device::Cpu)?);
+        }
+    }
     write_safetensors_atomic(&out, &args.output)?;
     let loss_v = out["loss"].to_vec1::<f32>()?[0];
+    let grads_note = if args.grads {
+        format!(", {} gradients", vars.len())
+    } else {
+        String::new()
+    };
     eprintln!(
-        "wrote {} (logits [{b}, {t}, {}], loss {loss_v:.6})",
+        "wrote {} (logits [{b}, {t}, {}], loss {loss_v:.6}{grads_note})",
         args.output.display(),
         model.config.vocab_size
     );

@@ -1,0 +1,126 @@
+//! `coil bench train`: training-step throughput (forward, backward, AdamW with clipping) on random tokens.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use coil_data::{Batch, Sample};
+use coil_model::{presets, HybridLm};
+use coil_train::{trainer::masked_loss, AdamW, AdamWConfig, Precision};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Model shape, a preset name, e.g. mamba2_130m.
+    #[arg(long, default_value = "mamba2_130m")]
+    pub preset: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_length: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// `32` or `bf16-mixed`.
+    #[arg(long, default_value = "32")]
+    pub precision: String,
+    /// Override the SSD chunk size of the preset.
+    #[arg(long)]
+    pub chunk_size: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: TrainBenchArgs) -> Result<()> {
+    let Some(p) = presets::preset(&a.preset) else {
+        bail!(
+            "unknown preset {:?}; one of: {}",
+            a.preset,
+            presets::PRESET_NAMES.join(", ")
+        );
+    };
+    if a.batch == 0 || a.seq_length == 0 || a.steps == 0 {
+        bail!("--batch, --seq-length and --steps must be positive");
+    }
+    let precision = match a.precision.as_str() {
+        "32" => Precision::F32,
+        "bf16-mixed" => Precision::Bf16Mixed,
+        other => bail!("--precision {other:?}: expected 32 or bf16-mixed"),
+    };
+    let device = coil_model::device::select_device(&a.device)?;
+    let mut cfg = p.config;
+    if let Some(q) = a.chunk_size {
+        cfg.mamba.chunk_size = q;
+    }
+    let n_params = coil_model::params::num_parameters(&cfg)?;
+    let masters = coil_model::params::init_params(&cfg, 0, &device, DType::F32)?
+        .into_iter()
+        .collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), masters, precision.compute_dtype())?;
+    let model = HybridLm::load(
+        &cfg,
+        &opt.compute_tensors(),
+        &device,
+        precision.compute_dtype(),
+    )
+    .context("building the model")?;
+    let samples: Vec<Sample> = (0..a.batch)
+        .map(|b| {
+            let w: Vec<i64> = (0..=a.seq_length)
+                .map(|t| (((b * 7919 + t) as u64 * 2654435761) % cfg.vocab_size as u64) as i64)
+                .collect();
+            Sample::from_window(&w)
+        })
+        .collect();
+    let batch = Batch::stack(&samples)?;
+    let mut times = Vec::new();
+    for i in 0..a.warmup + a.steps {
+        let t = Instant::now();
+        opt.zero_grad()?;
+        let (sum, count) = masked_loss(&model, &batch, &device)?;
+        let grads = (sum / count)?.backward()?;
+        opt.accumulate(&grads, 1.0)?;
+        opt.step(1e-4)?;
+        device.synchronize()?;
+        if i >= a.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|x, y| x.total_cmp(y));
+    let median = times[times.len() / 2];
+    let tokens = (a.batch * a.seq_length) as f64;
+    let threads = rayon::current_num_threads();
+    let label = if matches!(device, Device::Cpu) {
+        "cpu"
+    } else {
+        "cuda"
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "train", "impl": "coil", "preset": a.preset, "params": n_params, "batch": a.batch,
+                "seq_length": a.seq_length, "precision": a.precision, "device": label, "threads": threads,
+                "median_s": median, "tokens_per_s": tokens / median})
+        );
+    } else {
+        println!(
+            "train {} ({:.1}M params, {}, {label}, {threads} threads): batch {} x {} tokens, median step {:.3} s over {} steps = {:.1} tokens/s",
+            a.preset,
+            n_params as f64 / 1e6,
+            a.precision,
+            a.batch,
+            a.seq_length,
+            median,
+            a.steps,
+            tokens / median
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The `coil logits` contract: input_ids in, logits + loss (+ grad.<name>) out; clear errors on bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures")
+        .join(name)
+}
+
+fn coil(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coil"))
+        .args(args)
+        .output()
+        .expect("coil runs")
+}
+
+#[test]
+fn writes_logits_and_loss_matching_the_fixture() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.safetensors");
+    let fx = fixture("nemotron_h_tiny");
+    let o = coil(&[
+        "logits",
+        "--model",
+        fx.to_str().unwrap(),
+        "--input",
+        fx.join("fixture.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let want =
+        candle_core::safetensors::load(fx.join("fixture.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(got["logits"].dims(), &[2, 37, 256]);
+    assert_eq!(got["logits"].dtype(), candle_core::DType::F32);
+    assert_eq!(got["loss"].dims(), &[1]);
+    let dl = (got["loss"].to_vec1::<f32>().unwrap()[0] - want["loss"].to_vec1::<f32>().unwrap()[0])
+        .abs();
+    assert!(dl <= 1e-5, "loss differs by {dl}");
+    // no temporary file left next to the output
+    let names: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn grads_flag_writes_every_parameter_gradient() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("g.safetensors");
+    let fx = fixture("mamba2_tiny");
+    let o = coil(&[
+        "logits",
+        "--grads",
+        "--model",
+        fx.to_str().unwrap(),
+        "--input",
+        fx.join("fixture.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let want =
+        candle_core::safetensors::load(fx.join("fixture.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let grad_names: Vec<_> = want.keys().filter(|k| k.starts_with("grad.")).collect();
+    assert!(!grad_names.is_empty());
+    for k in grad_names {
+        let g = got.get(k).unwrap_or_else(|| panic!("missing {k}"));
+        assert_eq!(g.dims(), want[k].dims(), "{k}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixture("mamba2_tiny");
+    let out = dir.path().join("o.safetensors");
+    // a safetensors file without input_ids
+    let bad = dir.path().join("bad.safetensors");
+    let t = candle_core::Tensor::zeros((1, 2), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("ids".to_string(), t)]),
+        &bad,
+    )
+    .unwrap();
+    let o = coil(&[
+        "logits",
+        "--model",
+        fx.to_str().unwrap(),
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("no tensor `input_ids`")
+            && err.contains("bad.safetensors"),
+        "{err}"
+    );
+    // a model directory that does not exist
+    let o = coil(&[
+        "logits",
+        "--model",
+        "/nonexistent/model",
+        "--input",
+        fx.join("fixture.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("/nonexistent/model"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
