@@ -76,6 +76,9 @@ pub struct TrainRun {
     pub recipe_toml: String,
     pub device: Device,
     pub progress: bool,
+    /// `Some((pad_id, multiple, max_len))` for variable-length samples (unpacked SFT data): each micro-batch is
+    /// padded to its longest sample rounded up to `multiple`, capped at `max_len`.
+    pub padding: Option<(i64, usize, usize)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -216,15 +219,13 @@ pub fn train<S: SampleSource, V: SampleSource>(
         .collect();
     let eval_model = HybridLm::load(&run.model, &detached, &run.device, dtype)?;
 
-    let mut loader = Loader::new(
-        train_data,
-        tc.micro_batch_size,
-        0,
-        dp,
-        DataCursor {
-            consumed_samples: state.consumed_samples,
-        },
-    )?;
+    let cursor = DataCursor {
+        consumed_samples: state.consumed_samples,
+    };
+    let mut loader = with_padding(
+        Loader::new(train_data, tc.micro_batch_size, 0, dp, cursor)?,
+        run.padding,
+    );
     let mut metrics = JsonlWriter::open(&run.run_dir.join("metrics.jsonl"))?;
     let mut tb = TensorBoardWriter::create(&run.run_dir.join("tb"))?;
     let tty = run.progress && std::io::stderr().is_terminal();
@@ -301,7 +302,7 @@ pub fn train<S: SampleSource, V: SampleSource>(
         let mut last_val = None;
         if validate {
             if let Some(v) = &val_data {
-                let vl = validation_loss(&eval_model, v, tc, &run.device)?;
+                let vl = validation_loss(&eval_model, v, run)?;
                 summary.val_losses.push((step, vl));
                 last_val = Some(vl);
             }
@@ -358,20 +359,32 @@ pub fn train<S: SampleSource, V: SampleSource>(
     Ok(summary)
 }
 
+fn with_padding<S: SampleSource>(
+    loader: Loader<S>,
+    padding: Option<(i64, usize, usize)>,
+) -> Loader<S> {
+    match padding {
+        Some((pad, multiple, max_len)) => loader.with_padding(pad, multiple, max_len),
+        None => loader,
+    }
+}
+
 /// Mean masked loss over the first `limit_val_batches` micro-batches of the validation data.
 fn validation_loss<V: SampleSource>(
     model: &HybridLm,
     data: &std::sync::Arc<V>,
-    tc: &TrainerConfig,
-    device: &Device,
+    run: &TrainRun,
 ) -> Result<f64> {
-    let mut loader = Loader::new(
+    let tc = &run.trainer;
+    let loader = Loader::new(
         std::sync::Arc::clone(data),
         tc.micro_batch_size,
         0,
         1,
         DataCursor::default(),
     )?;
+    let mut loader = with_padding(loader, run.padding);
+    let device = &run.device;
     let (mut sum, mut count) = (0f64, 0f64);
     for _ in 0..tc.limit_val_batches.max(1) {
         let Some(batch) = loader.next_batch()? else {

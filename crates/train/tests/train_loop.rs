@@ -116,6 +116,7 @@ fn run(dir: &std::path::Path, pattern: &str, max_steps: u64, val_every: u64, lr:
         recipe_toml: "# test\n".into(),
         device: Device::Cpu,
         progress: false,
+        padding: None,
     }
 }
 
