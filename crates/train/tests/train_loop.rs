@@ -221,3 +221,58 @@ fn data_running_out_is_a_clear_error() {
     .to_string();
     assert!(e.contains("ran out at step 3"), "{e}");
 }
+
+#[test]
+fn bf16_mixed_tracks_f32() {
+    let (d32, d16) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s32 = train(
+        &run(d32.path(), "M*-", 6, 100, 3e-3),
+        corpus(32, 0, 48),
+        None::<Bytes>,
+    )
+    .unwrap();
+    let mut r16 = run(d16.path(), "M*-", 6, 100, 3e-3);
+    r16.trainer.precision = Precision::Bf16Mixed;
+    let s16 = train(&r16, corpus(32, 0, 48), None::<Bytes>).unwrap();
+    for ((step, a), (_, b)) in s32.losses.iter().zip(&s16.losses) {
+        assert!(
+            (a - b).abs() < 0.05 * a,
+            "step {step}: f32 {a} vs bf16-mixed {b}"
+        );
+    }
+    assert_ne!(
+        s32.losses, s16.losses,
+        "bf16 compute must actually differ from f32"
+    );
+    // masters stay f32: the checkpoint holds f32 weights
+    let ck = checkpoint::load(&s16.last_checkpoint.unwrap(), &Device::Cpu).unwrap();
+    assert!(ck
+        .weights
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::F32));
+}
+
+#[test]
+fn non_finite_loss_stops_the_run_naming_the_step() {
+    // Pretrained weights with a NaN in the LM head make the first loss NaN.
+    let src = tempfile::tempdir().unwrap();
+    let s = train(
+        &run(src.path(), "M-", 1, 100, 1e-3),
+        corpus(32, 0, 8),
+        None::<Bytes>,
+    )
+    .unwrap();
+    let ck = s.last_checkpoint.unwrap();
+    let mut w = candle_core::safetensors::load(ck.join("model.safetensors"), &Device::Cpu).unwrap();
+    let head = w["lm_head.weight"].clone();
+    let nan = (head.zeros_like().unwrap() + f64::NAN).unwrap();
+    w.insert("lm_head.weight".into(), nan);
+    candle_core::safetensors::save(&w, ck.join("model.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "M-", 3, 100, 1e-3);
+    r.start = Start::Pretrained(ck);
+    let e = train(&r, corpus(32, 0, 24), None::<Bytes>)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("step 1") && e.contains("NaN"), "{e}");
+}
