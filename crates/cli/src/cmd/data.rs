@@ -45,6 +45,18 @@ pub enum DataCommand {
         #[arg(long, value_name = "N")]
         dump_tokens: Option<usize>,
     },
+    /// Write the embedded Shakespeare demo corpus as a Megatron dataset (or as JSONL with --jsonl).
+    Shakespeare {
+        /// Output prefix of the tokenized dataset (PREFIX.bin / PREFIX.idx).
+        #[arg(long, required_unless_present = "jsonl")]
+        output_prefix: Option<PathBuf>,
+        /// Tokenizer (see `coil preprocess --help`).
+        #[arg(long, default_value = "gpt2")]
+        tokenizer: String,
+        /// Write the documents as JSONL ({"text": ...} per line) to this file instead.
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
+    },
 }
 
 pub fn run_preprocess(args: PreprocessArgs) -> anyhow::Result<()> {
@@ -92,7 +104,43 @@ pub fn run_data(cmd: DataCommand) -> anyhow::Result<()> {
                 other => other,
             }
         }
+        DataCommand::Shakespeare {
+            output_prefix,
+            tokenizer,
+            jsonl,
+        } => shakespeare(output_prefix, &tokenizer, jsonl),
     }
+}
+
+fn shakespeare(
+    output_prefix: Option<PathBuf>,
+    tokenizer: &str,
+    jsonl: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let docs = coil_data::corpus::shakespeare_documents(2000);
+    if let Some(path) = jsonl {
+        let mut body = String::new();
+        for d in &docs {
+            body.push_str(&serde_json::json!({ "text": d }).to_string());
+            body.push('\n');
+        }
+        coil_data::atomic::write_file(&path, body.as_bytes())?;
+        eprintln!("wrote {} documents to {}", docs.len(), path.display());
+        return Ok(());
+    }
+    let prefix = output_prefix.context("--output-prefix is required without --jsonl")?;
+    let tok = load_tokenizer(tokenizer)?;
+    let prefix = coil_data::corpus::prepare_shakespeare(&prefix, tok.as_ref())?;
+    let ds = IndexedDataset::open(&prefix)?;
+    eprintln!(
+        "{}: {} documents, {} tokens ({}, {})",
+        prefix.display(),
+        ds.num_documents(),
+        ds.num_tokens(),
+        ds.dtype().name(),
+        tok.describe()
+    );
+    Ok(())
 }
 
 fn inspect(
