@@ -211,14 +211,21 @@ def training_text():
 def hf_fixture():
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 
+    from tokenizers import normalizers, processors
+
     tok = Tokenizer(models.BPE())
+    # Shaped like GPT-NeoX-20B's tokenizer.json: NFC normalizer, byte-level pre-tokenizer, post-processor
+    # and decoder, special tokens as added tokens.
+    tok.normalizer = normalizers.NFC()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|padding|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([training_text()], trainer)
     tok.save(str(OUT / "tiny_bpe_tokenizer.json"))
-    expected = [{"text": t, "ids": tok.encode(t).ids} for t in SAMPLE_TEXTS]
+    texts = SAMPLE_TEXTS + ["Cafe\u0301 decomposed, <|endoftext|> inline special"]
+    expected = [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids} for t in texts]
     dump("tiny_bpe_expected.json", {"vocab_size": tok.get_vocab_size(), "cases": expected})
     return json.loads(tok.to_str())
 
