@@ -69,6 +69,7 @@ fn main() {
         c: &c,
         d: &d,
         initial_state: None,
+        seq_idx: None,
     };
     let reps = 11;
     let fwd = median_ms(|| drop(ssd_chunked(dims, inp, q)), reps);

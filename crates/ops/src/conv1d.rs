@@ -2,11 +2,14 @@
 //!
 //! `out[b, t, c] = silu(bias[c] + Σ_{k<K} w[c, k] · x[b, t − K + 1 + k, c])`, where positions before the start read
 //! the optional `history` (the K−1 raw columns that preceded this call, oldest first) or zero.
+//! With `seq_idx` (packed rows, [`crate::packing`]) a tap reads only columns of its own segment: earlier
+//! segments count as zero, and the history belongs to segment 0 (the first example continues from it).
 //! [`causal_conv1d_silu_backward`] gives the gradients of that map w.r.t. x, w, bias and history.
 
+use crate::packing::segments_or_single;
 use rayon::prelude::*;
 
-/// `x` [B,T,C], `w` [C,K], `bias` [C], `history` [B,C,K−1] → [B,T,C].
+/// `x` [B,T,C], `w` [C,K], `bias` [C], `history` [B,C,K−1], `seq_idx` [B,T] → [B,T,C].
 pub fn causal_conv1d_silu(
     x: &[f32],
     (batch, seqlen, ch): (usize, usize, usize),
@@ -14,8 +17,10 @@ pub fn causal_conv1d_silu(
     k: usize,
     bias: Option<&[f32]>,
     history: Option<&[f32]>,
+    seq_idx: Option<&[i32]>,
 ) -> Vec<f32> {
-    let mut out = causal_conv1d_silu_check_and_pre(x, (batch, seqlen, ch), w, k, bias, history);
+    let seg = checked_segments(x, (batch, seqlen, ch), w, k, bias, history, seq_idx);
+    let mut out = conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg);
     out.par_iter_mut().for_each(|v| *v = silu(*v));
     out
 }
@@ -28,6 +33,7 @@ fn conv_pre(
     k: usize,
     bias: Option<&[f32]>,
     history: Option<&[f32]>,
+    seg: &[u32],
 ) -> Vec<f32> {
     let wt = transpose_weight(w, ch, k);
     let mut out = vec![0f32; x.len()];
@@ -37,15 +43,19 @@ fn conv_pre(
             Some(bv) => o.copy_from_slice(bv),
             None => o.fill(0.0),
         }
+        let seg_t = seg[row];
         for kk in 0..k {
             let src = t as isize - (k - 1) as isize + kk as isize;
             let wk = &wt[kk * ch..(kk + 1) * ch];
+            if src >= 0 && seg[b * seqlen + src as usize] != seg_t {
+                continue; // another segment of a packed row
+            }
             if src >= 0 {
                 let xs = &x[(b * seqlen + src as usize) * ch..][..ch];
                 for ((o, &wv), &xv) in o.iter_mut().zip(wk).zip(xs) {
                     *o += wv * xv;
                 }
-            } else if let Some(hv) = history {
+            } else if let (Some(hv), 0) = (history, seg_t) {
                 let j = (k as isize - 1 + src) as usize; // index into the K−1 history columns
                 for (c, (o, &wv)) in o.iter_mut().zip(wk).enumerate() {
                     *o += wv * hv[(b * ch + c) * (k - 1) + j];
@@ -74,7 +84,7 @@ pub struct Conv1dGrads {
 /// Backward of [`causal_conv1d_silu`] for the upstream gradient `dout` [B,T,C]; same other arguments.
 /// With `pre` the conv before the SiLU and `dpre = dout · silu'(pre)`:
 /// `dx[t − K + 1 + k] += w[c, k]·dpre[t]`, `dw[c, k] = Σ_{b,t} dpre[t]·x[t − K + 1 + k]`, `dbias = Σ_{b,t} dpre`;
-/// taps that read before the start land in `dhistory` instead of `dx`.
+/// taps that read before the start land in `dhistory` instead of `dx`; taps masked by `seq_idx` pass nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_conv1d_silu_backward(
     x: &[f32],
@@ -83,6 +93,7 @@ pub fn causal_conv1d_silu_backward(
     k: usize,
     bias: Option<&[f32]>,
     history: Option<&[f32]>,
+    seq_idx: Option<&[i32]>,
     dout: &[f32],
 ) -> Conv1dGrads {
     assert_eq!(
@@ -90,7 +101,8 @@ pub fn causal_conv1d_silu_backward(
         batch * seqlen * ch,
         "conv1d backward: dout length"
     );
-    let mut dpre = causal_conv1d_silu_check_and_pre(x, (batch, seqlen, ch), w, k, bias, history);
+    let seg = checked_segments(x, (batch, seqlen, ch), w, k, bias, history, seq_idx);
+    let mut dpre = conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg);
     dpre.par_iter_mut()
         .zip(dout.par_iter())
         .for_each(|(p, &g)| *p = g * silu_grad(*p));
@@ -103,7 +115,7 @@ pub fn causal_conv1d_silu_backward(
         let (b, s) = (row / seqlen, row % seqlen);
         for kk in 0..k {
             let t = s + k - 1 - kk;
-            if t < seqlen {
+            if t < seqlen && seg[b * seqlen + t] == seg[row] {
                 let dp = &dpre[(b * seqlen + t) * ch..][..ch];
                 for ((o, &wv), &g) in o.iter_mut().zip(&wt[kk * ch..(kk + 1) * ch]).zip(dp) {
                     *o += wv * g;
@@ -123,15 +135,19 @@ pub fn causal_conv1d_silu_backward(
                 for (o, &g) in db.iter_mut().zip(dp) {
                     *o += g as f64;
                 }
+                let seg_t = seg[row];
                 for kk in 0..k {
                     let src = t as isize - (k - 1) as isize + kk as isize;
                     let acc = &mut dwt[kk * ch..(kk + 1) * ch];
+                    if src >= 0 && seg[b * seqlen + src as usize] != seg_t {
+                        continue;
+                    }
                     if src >= 0 {
                         let xs = &x[(b * seqlen + src as usize) * ch..][..ch];
                         for ((o, &g), &xv) in acc.iter_mut().zip(dp).zip(xs) {
                             *o += (g * xv) as f64;
                         }
-                    } else if let Some(hv) = history {
+                    } else if let (Some(hv), 0) = (history, seg_t) {
                         let j = (k as isize - 1 + src) as usize;
                         for (c, (o, &g)) in acc.iter_mut().zip(dp).enumerate() {
                             *o += (g * hv[(b * ch + c) * (k - 1) + j]) as f64;
@@ -161,7 +177,9 @@ pub fn causal_conv1d_silu_backward(
                 for j in 0..k - 1 {
                     let mut acc = 0f32;
                     for t in 0..(j + 1).min(seqlen) {
-                        acc += w[c * k + j - t] * dpre[(b * seqlen + t) * ch + c];
+                        if seg[b * seqlen + t] == 0 {
+                            acc += w[c * k + j - t] * dpre[(b * seqlen + t) * ch + c];
+                        }
                     }
                     dhistory[(b * ch + c) * (k - 1) + j] = acc;
                 }
@@ -176,15 +194,16 @@ pub fn causal_conv1d_silu_backward(
     }
 }
 
-/// Argument checks shared by the forward and backward, then the pre-activation.
-fn causal_conv1d_silu_check_and_pre(
+/// Argument checks shared by the forward and backward; returns the segment ids [B,T] (all 0 without packing).
+fn checked_segments(
     x: &[f32],
     (batch, seqlen, ch): (usize, usize, usize),
     w: &[f32],
     k: usize,
     bias: Option<&[f32]>,
     history: Option<&[f32]>,
-) -> Vec<f32> {
+    seq_idx: Option<&[i32]>,
+) -> Vec<u32> {
     assert_eq!(x.len(), batch * seqlen * ch, "conv1d: x length");
     assert!(k > 0, "conv1d: kernel width must be positive");
     assert_eq!(w.len(), ch * k, "conv1d: weight length");
@@ -194,7 +213,10 @@ fn causal_conv1d_silu_check_and_pre(
     if let Some(hv) = history {
         assert_eq!(hv.len(), batch * ch * (k - 1), "conv1d: history length");
     }
-    conv_pre(x, (batch, seqlen, ch), w, k, bias, history)
+    if let Some(s) = seq_idx {
+        assert_eq!(s.len(), batch * seqlen, "conv1d: seq_idx length");
+    }
+    segments_or_single(seq_idx, batch, seqlen)
 }
 
 /// `x·σ(x)`.
@@ -259,7 +281,7 @@ mod tests {
             let bias = r.vec(ch, -0.5, 0.5);
             let hist = r.vec(bsz * ch * (k - 1), -1.0, 1.0);
             for h in [None, Some(hist.as_slice())] {
-                let got = causal_conv1d_silu(&x, (bsz, t_len, ch), &w, k, Some(&bias), h);
+                let got = causal_conv1d_silu(&x, (bsz, t_len, ch), &w, k, Some(&bias), h, None);
                 let want = naive(&x, (bsz, t_len, ch), &w, k, &bias, h);
                 assert!(max_abs_diff(&got, &want) < 1e-6, "case {i}");
             }
@@ -318,7 +340,7 @@ mod tests {
             let hist = r.vec(bsz * ch * (k - 1), -1.0, 1.0);
             let dout = r.vec(x.len(), -1.0, 1.0);
             let h = with_hist.then_some(hist.as_slice());
-            let g = causal_conv1d_silu_backward(&x, dims, &w, k, Some(&bias), h, &dout);
+            let g = causal_conv1d_silu_backward(&x, dims, &w, k, Some(&bias), h, None, &dout);
             assert_eq!(g.dhistory.len(), if with_hist { hist.len() } else { 0 });
             let w64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             let args = [w64(&x), w64(&w), w64(&bias), w64(&hist)];

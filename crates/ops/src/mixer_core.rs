@@ -9,6 +9,9 @@
 //! out  = gated_rmsnorm(y, z, norm_weight, groups, eps)      [B,T,I]
 //! ```
 //!
+//! With `seq_idx` [B,T] (packed rows, [`crate::packing`]) the conv and the SSD restart at every boundary, so
+//! each packed example gets exactly what it would get alone; the other steps are per position.
+//!
 //! Key design decision: the backward takes only the op's inputs and recomputes everything else (conv output,
 //! dt, the SSD output), so a training engine saves nothing but the in_proj output per layer. The per-channel and
 //! per-head parameters travel as one packed vector `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) |
@@ -176,7 +179,7 @@ struct Activations {
 }
 
 impl Activations {
-    fn ssd_inputs<'s>(&'s self, p: &MixerParams<'s>) -> SsdInputs<'s> {
+    fn ssd_inputs<'s>(&'s self, p: &MixerParams<'s>, seq_idx: Option<&'s [i32]>) -> SsdInputs<'s> {
         SsdInputs {
             x: &self.x,
             dt: &self.dt,
@@ -185,6 +188,7 @@ impl Activations {
             c: &self.c,
             d: p.d,
             initial_state: None,
+            seq_idx,
         }
     }
 }
@@ -202,9 +206,13 @@ fn check_inputs(
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: &MixerParams,
+    seq_idx: Option<&[i32]>,
 ) {
     if let Some(why) = dims.invalid_reason() {
         panic!("{why}");
+    }
+    if let Some(s) = seq_idx {
+        assert_eq!(s.len(), batch * seqlen, "mixer core: seq_idx length");
     }
     assert_eq!(
         zxbcdt.len(),
@@ -225,6 +233,7 @@ fn activations(
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: &MixerParams,
+    seq_idx: Option<&[i32]>,
 ) -> Activations {
     let (i_dim, ch, gn, w) = (
         dims.inner(),
@@ -242,6 +251,7 @@ fn activations(
         dims.conv_kernel,
         Some(p.conv_bias),
         None,
+        seq_idx,
     );
     let mut act = Activations {
         x: columns(&xbc, ch, 0..i_dim),
@@ -255,39 +265,42 @@ fn activations(
         y: Vec::new(),
     };
     let sd = dims.ssd_dims(batch, seqlen);
-    act.y = ssd_chunked(sd, act.ssd_inputs(p), dims.chunk).y;
+    act.y = ssd_chunked(sd, act.ssd_inputs(p, seq_idx), dims.chunk).y;
     act
 }
 
-/// The mixer core forward: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K] → [B,T,I].
+/// The mixer core forward: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K], `seq_idx` [B,T] → [B,T,I].
 pub fn mixer_core_forward(
     dims: MixerCoreDims,
     (batch, seqlen): (usize, usize),
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: MixerParams,
+    seq_idx: Option<&[i32]>,
 ) -> Vec<f32> {
-    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p);
-    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p);
+    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
+    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
     gated_rmsnorm(&act.y, &act.z, p.norm_w, dims.groups, dims.eps)
 }
 
-/// The mixer core backward for the upstream gradient `dout` [B,T,I]; recomputes the forward from the inputs.
+/// The mixer core backward for the upstream gradient `dout` [B,T,I]; recomputes the forward from the inputs
+/// (the same `seq_idx` as the forward; it has no gradient).
 pub fn mixer_core_backward(
     dims: MixerCoreDims,
     (batch, seqlen): (usize, usize),
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: MixerParams,
+    seq_idx: Option<&[i32]>,
     dout: &[f32],
 ) -> MixerCoreGrads {
-    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p);
+    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
     assert_eq!(
         dout.len(),
         batch * seqlen * dims.inner(),
         "mixer core: dout length"
     );
-    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p);
+    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
     let (i_dim, ch, gn, w) = (
         dims.inner(),
         dims.conv_channels(),
@@ -297,7 +310,7 @@ pub fn mixer_core_backward(
     let (dy, dz, d_norm_w) =
         gated_rmsnorm_backward(&act.y, &act.z, p.norm_w, dims.groups, dims.eps, dout);
     let sd = dims.ssd_dims(batch, seqlen);
-    let g = ssd_chunked_backward(sd, act.ssd_inputs(&p), dims.chunk, &dy, None);
+    let g = ssd_chunked_backward(sd, act.ssd_inputs(&p, seq_idx), dims.chunk, &dy, None);
     let (d_dt_raw, d_dt_bias) = dt_softplus_backward(&act.dt_raw, p.dt_bias, dims.dt_limit, &g.ddt);
     // A = −exp(A_log) ⇒ dA_log = dA·A.
     let d_a_log = g.da.iter().zip(&act.a).map(|(d, a)| d * a).collect();
@@ -316,6 +329,7 @@ pub fn mixer_core_backward(
         dims.conv_kernel,
         Some(p.conv_bias),
         None,
+        seq_idx,
         &d_xbc,
     );
     let h = dims.heads;

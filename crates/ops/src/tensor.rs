@@ -8,7 +8,7 @@ use crate::{conv1d, dt, norm, ssd};
 use candle_core::{bail, DType, Device, Result, Tensor};
 
 mod mixer_op;
-pub use mixer_op::{mixer_core, pack_mixer_params};
+pub use mixer_op::{mixer_core, mixer_core_packed, pack_mixer_params};
 
 fn host_f32(t: &Tensor, op: &str) -> Result<Vec<f32>> {
     if !matches!(t.device(), Device::Cpu) {
@@ -18,6 +18,27 @@ fn host_f32(t: &Tensor, op: &str) -> Result<Vec<f32>> {
         );
     }
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// `seq_idx` [B,T] (any integer dtype, any device) as host `i32`s, checked against (B, T).
+pub fn seq_idx_host(seq_idx: &Tensor, batch: usize, seqlen: usize) -> Result<Vec<i32>> {
+    expect_shape(seq_idx, &[batch, seqlen], "seq_idx")?;
+    if seq_idx.dtype().is_float() {
+        bail!(
+            "seq_idx: expected an integer tensor, got {:?}",
+            seq_idx.dtype()
+        );
+    }
+    let v = seq_idx
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    v.into_iter()
+        .map(|x| {
+            i32::try_from(x)
+                .map_err(|_| candle_core::Error::Msg(format!("seq_idx: {x} does not fit i32")))
+        })
+        .collect()
 }
 
 fn dims4(t: &Tensor, what: &str) -> Result<(usize, usize, usize, usize)> {
@@ -85,6 +106,7 @@ pub fn ssd(
         c: &cv,
         d: &dv,
         initial_state: init.as_deref(),
+        seq_idx: None,
     };
     let out = ssd::ssd_chunked(dims, inp, chunk);
     let dev = x.device();
@@ -123,6 +145,7 @@ pub fn causal_conv1d_silu(
         k,
         bv.as_deref(),
         hv.as_deref(),
+        None,
     );
     Tensor::from_vec(out, (batch, seqlen, ch), x.device())
 }

@@ -42,11 +42,19 @@ impl MixerCase {
     }
     pub fn forward(&self) -> Vec<f32> {
         let p = MixerParams::unpack(&self.dims, &self.params);
-        mixer_core_forward(self.dims, self.bt, &self.zx, &self.conv_w, p)
+        mixer_core_forward(self.dims, self.bt, &self.zx, &self.conv_w, p, None)
     }
     pub fn backward(&self) -> MixerCoreGrads {
         let p = MixerParams::unpack(&self.dims, &self.params);
-        mixer_core_backward(self.dims, self.bt, &self.zx, &self.conv_w, p, &self.dout)
+        mixer_core_backward(
+            self.dims,
+            self.bt,
+            &self.zx,
+            &self.conv_w,
+            p,
+            None,
+            &self.dout,
+        )
     }
 }
 
@@ -124,6 +132,7 @@ pub(crate) fn forward64(
         c: cm,
         d: d.to_vec(),
         init: None,
+        seq_idx: None,
     };
     let (y, _) = ssd_forward64(dims.ssd_dims(batch, seqlen), &inp);
     let gs = i_dim / dims.groups;

@@ -13,6 +13,9 @@
 //! - `acs` is an in-chunk cumsum of `a = dt·A`, so `da` is its reverse cumsum; then `x̄ = dt·x`, `a = dt·A` give
 //!   `dx`, `ddt` and `dA`.
 //!
+//! Packed rows: the same segment rule as the forward (`chunked.rs`): a decay factor between positions of two
+//! segments is the constant 0, so it passes no gradient to `acs`, and every term it multiplies vanishes.
+//!
 //! Every exponent is a difference `acs_l − acs_s ≤ 0` (or `acs_l ≤ 0`), so nothing overflows, and the decay
 //! gradient is summed from its parts rather than recovered from `out·dout` (which cancels badly).
 //!
@@ -21,10 +24,11 @@
 //! those products run once per block instead of once per head. The block size is a constant, so the summation
 //! order (and the result) does not depend on the number of threads.
 
-use super::chunked::chunk_cb;
-use super::reference::{widen, Inputs64};
+use super::chunked::{chunk_cb, entering_segment, exp_if};
+use super::reference::{step_decay, widen, Inputs64};
 use super::{SsdDims, SsdInputs};
 use crate::linalg::{matmul, Mat};
+use crate::packing::segments_or_single;
 use rayon::prelude::*;
 
 /// Gradients of one SSD call, in the layouts of [`SsdInputs`]: dx [B,T,H,P], ddt [B,T,H], da [H] (w.r.t. the
@@ -122,6 +126,7 @@ pub(crate) fn backward64(
         dd: vec![0.0; heads],
         d_initial_state: vec![0.0; dims.state_len()],
     };
+    let seg = segments_or_single(inp.seq_idx.as_deref(), batch, seqlen);
     let mut states = vec![0f64; (seqlen + 1) * pn]; // states[t] = s_{t−1}; states[0] = initial state
     for b in 0..batch {
         for h in 0..heads {
@@ -141,7 +146,7 @@ pub(crate) fn backward64(
                     &inp.x[xi(t)..][..p_dim],
                     &inp.b[bi(t)..][..n_dim],
                 );
-                let decay = (dt * a).exp();
+                let decay = step_decay(&seg, seqlen, b, t, dt * a);
                 let (prev, next) = states.split_at_mut((t + 1) * pn);
                 let (prev, next) = (&prev[t * pn..], &mut next[..pn]);
                 for p in 0..p_dim {
@@ -168,8 +173,8 @@ pub(crate) fn backward64(
                         g.dc[bi(t) + n] += s_t[p * n_dim + n] * dyt[p];
                     }
                 }
-                // s_t = decay·s_{t−1} + dt·x ⊗ B
-                let decay = (dt * a).exp();
+                // s_t = decay·s_{t−1} + dt·x ⊗ B (decay = 0, a constant, at a packing boundary)
+                let decay = step_decay(&seg, seqlen, b, t, dt * a);
                 let mut d_decay = 0.0;
                 let mut d_dt = 0.0;
                 for p in 0..p_dim {
@@ -258,6 +263,7 @@ pub fn ssd_chunked_backward(
     let hpg = heads / groups;
     let blocks = hpg.div_ceil(HEADS_PER_TASK);
     let cb = chunk_cb(dims, inp, chunk);
+    let segs = segments_or_single(inp.seq_idx, batch, seqlen);
 
     let tasks: Vec<TaskGrads> = (0..batch * groups * blocks)
         .into_par_iter()
@@ -266,7 +272,19 @@ pub fn ssd_chunked_backward(
             let h0 = g * hpg + blk * HEADS_PER_TASK;
             let h1 = (h0 + HEADS_PER_TASK).min((g + 1) * hpg);
             let cb_bg = &cb[(b * groups + g) * seqlen.div_ceil(chunk)..];
-            backward_task(dims, inp, chunk, dy, d_final_state, cb_bg, b, g, h0..h1)
+            let seg = &segs[b * seqlen..(b + 1) * seqlen];
+            backward_task(
+                dims,
+                inp,
+                chunk,
+                dy,
+                d_final_state,
+                cb_bg,
+                seg,
+                b,
+                g,
+                h0..h1,
+            )
         })
         .collect();
 
@@ -353,6 +371,7 @@ fn backward_task(
     dy: &[f32],
     d_final: Option<&[f32]>,
     cb: &[Vec<f32>],
+    seg: &[u32],
     b: usize,
     g: usize,
     head_range: std::ops::Range<usize>,
@@ -410,9 +429,9 @@ fn backward_task(
                 }
                 let (t0, len) = (c * chunk, chunk);
                 load_chunk(&dims, &inp, b, h, t0, len, &mut sc.acs, &mut sc.xbar);
-                let last = sc.acs[len - 1];
+                let (last, seg_last) = (sc.acs[len - 1], seg[t0 + len - 1]);
                 for l in 0..len {
-                    let w = (last - sc.acs[l]).exp();
+                    let w = exp_if(seg[t0 + l] == seg_last, last - sc.acs[l]);
                     sc.xbar[l * p_dim..(l + 1) * p_dim]
                         .iter_mut()
                         .for_each(|v| *v *= w);
@@ -421,7 +440,7 @@ fn backward_task(
                     &mut st,
                     Mat::rows(&sc.xbar[..len * p_dim], len, p_dim).t(),
                     bc_view(inp.b, t0, len),
-                    Some(last.exp()),
+                    Some(exp_if(seg_last == entering_segment(seg, t0), last)),
                 );
             }
             hs
@@ -448,6 +467,7 @@ fn backward_task(
     for c in (0..n_chunks).rev() {
         let t0 = c * chunk;
         let len = chunk.min(seqlen - t0);
+        let (sg, seg_in) = (&seg[t0..t0 + len], entering_segment(seg, t0));
         let cbc = &cb[c];
         sc.dcb[..len * len].fill(0.0);
         let bv = bc_view(inp.b, t0, len);
@@ -458,6 +478,8 @@ fn backward_task(
             load_chunk(&dims, &inp, b, h, t0, len, &mut sc.acs, &mut sc.xbar);
             let acs = &sc.acs[..len];
             let last = acs[len - 1];
+            // The chunk's decay from its entering state to its last position (0 across a boundary).
+            let pass = exp_if(sg[len - 1] == seg_in, last);
             let dyv = head_view(dy, h, t0, len);
             let xbar = Mat::rows(&sc.xbar[..len * p_dim], len, p_dim);
             let dacs = &mut sc.dacs[..len];
@@ -466,7 +488,7 @@ fn backward_task(
             // Diagonal block: M = CB ⊙ decay (lower triangle), Y = M·x̄.
             for l in 0..len {
                 for s in 0..=l {
-                    let e = (acs[l] - acs[s]).exp();
+                    let e = exp_if(sg[l] == sg[s], acs[l] - acs[s]);
                     sc.decay[l * len + s] = e;
                     sc.m[l * len + s] = cbc[l * len + s] * e;
                 }
@@ -500,7 +522,7 @@ fn backward_task(
             let zc = &mut sc.u[..len * n_dim];
             matmul(zc, dyv, hc, None); // row l: H_cᵀ dy_l
             for l in 0..len {
-                let e = acs[l].exp();
+                let e = exp_if(sg[l] == seg_in, acs[l]);
                 let crow = &inp.c[(b * seqlen + t0 + l) * gn + g * n_dim..][..n_dim];
                 let zrow = &zc[l * n_dim..(l + 1) * n_dim];
                 let dcrow = &mut dc[(t0 + l) * n_dim..(t0 + l + 1) * n_dim];
@@ -523,7 +545,7 @@ fn backward_task(
                 .zip(hcd)
                 .map(|(&a, &b)| (a * b) as f64)
                 .sum::<f64>()
-                * (last as f64).exp();
+                * pass as f64;
 
             // Chunk state S_c = Σ_s w_s x̄_s B_sᵀ with w_s = e^{acs_last − acs_s}.
             let ds = Mat::rows(carry, p_dim, n_dim);
@@ -531,7 +553,7 @@ fn backward_task(
             matmul(u, bv, ds.t(), None); // row s: dS_c B_s
             let mut omega_sum = 0f64;
             for s in 0..len {
-                let w = (last - acs[s]).exp();
+                let w = exp_if(sg[s] == sg[len - 1], last - acs[s]);
                 let mut dot = 0f32;
                 for p in 0..p_dim {
                     dot += sc.xbar[s * p_dim + p] * u[s * p_dim + p];
@@ -557,7 +579,7 @@ fn backward_task(
                 carry,
                 dyv.t(),
                 Mat::rows(&sc.ec[..len * n_dim], len, n_dim),
-                Some(last.exp()),
+                Some(pass),
             );
 
             // acs = cumsum(a): da is the reverse cumsum; then x̄ = dt·x, a = dt·A and the D skip.

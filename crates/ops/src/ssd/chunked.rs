@@ -7,11 +7,19 @@
 //! 4. `y = Y + D·x`.
 //!
 //! The last chunk is simply shorter (no padding), which is exactly HF's zero-padding after `dt·x` and `dt·A`.
+//!
+//! Packed rows (`seq_idx`): `acs` stays the plain in-chunk cumsum, and each decay factor above is kept only
+//! between positions of one segment ([`crate::packing`]): `decay[l, s]` needs `seg_l = seg_s`, the state read
+//! `exp(acs_l)` needs `seg_l` = the segment of the state entering the chunk (that of position `t0 − 1`; segment
+//! 0 for the initial state), `w_s` needs `seg_s = seg_last`, and the state passing `exp(acs_last)` needs
+//! `seg_last` = the entering segment. All others are 0, so nothing crosses a boundary; within a segment every
+//! exponent is the same as without packing. [`exp_if`] is that rule.
 //! `C·Bᵀ` depends only on the group, so it is computed once per (b, g, chunk) and shared by the group's heads.
 //! Work is spread over (b, h) with rayon; each task runs single-threaded gemm on its small blocks.
 
 use super::{SsdDims, SsdInputs, SsdOutput};
 use crate::linalg::{matmul, Mat};
+use crate::packing::segments_or_single;
 use rayon::prelude::*;
 
 pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
@@ -28,12 +36,14 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
     let n_chunks = seqlen.div_ceil(chunk);
 
     let cb = chunk_cb(dims, inp, chunk);
+    let segs = segments_or_single(inp.seq_idx, batch, seqlen);
 
     let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * heads)
         .into_par_iter()
         .map(|i| {
             let (b, h) = (i / heads, i % heads);
             let g = dims.group_of(h);
+            let seg = &segs[b * seqlen..(b + 1) * seqlen];
             let s_off = (b * heads + h) * p_dim * n_dim;
             let mut st = match inp.initial_state {
                 Some(init) => init[s_off..s_off + p_dim * n_dim].to_vec(),
@@ -48,6 +58,7 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
             for c in 0..n_chunks {
                 let t0 = c * chunk;
                 let len = chunk.min(seqlen - t0);
+                let (sg, seg_in) = (&seg[t0..t0 + len], entering_segment(seg, t0));
                 let mut run = 0f32;
                 for l in 0..len {
                     let t = t0 + l;
@@ -64,7 +75,7 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
                 for l in 0..len {
                     let row = &mut m[l * len..(l + 1) * len];
                     for s in 0..=l {
-                        row[s] = cbc[l * len + s] * (acs[l] - acs[s]).exp();
+                        row[s] = cbc[l * len + s] * exp_if(sg[l] == sg[s], acs[l] - acs[s]);
                     }
                     row[l + 1..].fill(0.0);
                 }
@@ -78,7 +89,7 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
                 // 2. state entering the chunk, read through exp(acs_l)·C_l
                 let off = (b * seqlen + t0) * groups * n_dim + g * n_dim;
                 for l in 0..len {
-                    let e = acs[l].exp();
+                    let e = exp_if(sg[l] == seg_in, acs[l]);
                     let src = &inp.c[off + l * groups * n_dim..][..n_dim];
                     for (o, &v) in cs[l * n_dim..(l + 1) * n_dim].iter_mut().zip(src) {
                         *o = e * v;
@@ -92,9 +103,9 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
                     Some(1.0),
                 );
                 // 3. state passing: H ← exp(acs_last)·H + (w ⊙ x̄)ᵀ · B
-                let last = acs[len - 1];
+                let (last, seg_last) = (acs[len - 1], sg[len - 1]);
                 for l in 0..len {
-                    let w = (last - acs[l]).exp();
+                    let w = exp_if(sg[l] == seg_last, last - acs[l]);
                     xbar[l * p_dim..(l + 1) * p_dim]
                         .iter_mut()
                         .for_each(|v| *v *= w);
@@ -110,7 +121,7 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
                     &mut st,
                     Mat::rows(&xbar[..len * p_dim], len, p_dim).t(),
                     bm,
-                    Some(last.exp()),
+                    Some(exp_if(seg_last == seg_in, last)),
                 );
             }
             // 4. D skip
@@ -136,6 +147,27 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
         final_state[i * p_dim * n_dim..(i + 1) * p_dim * n_dim].copy_from_slice(&st);
     }
     SsdOutput { y, final_state }
+}
+
+/// `exp(x)` when the two positions it links are in one segment, else 0 (see the module doc).
+#[inline]
+pub(super) fn exp_if(same_segment: bool, x: f32) -> f32 {
+    if same_segment {
+        x.exp()
+    } else {
+        0.0
+    }
+}
+
+/// The segment of the state entering the chunk that starts at `t0`: that of position `t0 − 1`, or 0 (the
+/// initial state's) for the first chunk. `seg` is one row's segment ids.
+#[inline]
+pub(super) fn entering_segment(seg: &[u32], t0: usize) -> u32 {
+    if t0 == 0 {
+        0
+    } else {
+        seg[t0 - 1]
+    }
 }
 
 /// `C·Bᵀ` per (b, g, chunk), indexed `(b·G + g)·n_chunks + c`: [L, L] row-major with `L` the chunk's length

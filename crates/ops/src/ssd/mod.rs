@@ -8,7 +8,12 @@
 //! [`ssd_reference_backward`] and [`ssd_chunked_backward`] are their gradients (numerics.md §2.4).
 //!
 //! Layouts (row-major): x [B,T,H,P], dt [B,T,H] (already softplus'd and clamped), A [H] (negative), B and C
-//! [B,T,G,N], D [H], states [B,H,P,N], y [B,T,H,P].
+//! [B,T,G,N], D [H], states [B,H,P,N], y [B,T,H,P], seq_idx [B,T].
+//!
+//! Packing (see [`crate::packing`]): with `seq_idx`, the state is zeroed before every boundary `t`
+//! (`seq_idx[t] != seq_idx[t−1]`), i.e. `exp(dt_t·A)` is replaced by 0 there; the initial state reaches only the
+//! first segment, and the final state is that of the last segment. In the chunked algorithm every decay factor
+//! between two positions of different segments is 0 (see `chunked.rs`).
 
 mod backward;
 mod chunked;
@@ -60,6 +65,8 @@ pub struct SsdInputs<'a> {
     pub c: &'a [f32],
     pub d: &'a [f32],
     pub initial_state: Option<&'a [f32]>,
+    /// [B,T] example ids of packed rows; `None` = one sequence per row.
+    pub seq_idx: Option<&'a [i32]>,
 }
 
 impl SsdInputs<'_> {
@@ -79,6 +86,9 @@ impl SsdInputs<'_> {
         assert_eq!(self.c.len(), dims.bc_len(), "ssd: C length");
         if let Some(s) = self.initial_state {
             assert_eq!(s.len(), dims.state_len(), "ssd: initial state length");
+        }
+        if let Some(s) = self.seq_idx {
+            assert_eq!(s.len(), dims.batch * dims.seqlen, "ssd: seq_idx length");
         }
     }
 }

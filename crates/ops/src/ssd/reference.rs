@@ -1,6 +1,7 @@
 //! Plain sequential SSD: the readable definition every fast path is checked against.
 
 use super::{SsdDims, SsdInputs, SsdOutput};
+use crate::packing::segments_or_single;
 
 /// Runs the recurrence one time step at a time, accumulating in f64.
 pub fn ssd_reference(dims: SsdDims, inp: SsdInputs) -> SsdOutput {
@@ -23,6 +24,7 @@ pub(crate) struct Inputs64 {
     pub c: Vec<f64>,
     pub d: Vec<f64>,
     pub init: Option<Vec<f64>>,
+    pub seq_idx: Option<Vec<i32>>,
 }
 
 pub(crate) fn widen(v: &[f32]) -> Vec<f64> {
@@ -39,7 +41,17 @@ impl Inputs64 {
             c: widen(inp.c),
             d: widen(inp.d),
             init: inp.initial_state.map(widen),
+            seq_idx: inp.seq_idx.map(<[i32]>::to_vec),
         }
+    }
+}
+
+/// The decay `exp(dt·A)` of step `t` of row `b`, or 0 at a packing boundary (the state restarts there).
+pub(crate) fn step_decay(seg: &[u32], seqlen: usize, b: usize, t: usize, dt_a: f64) -> f64 {
+    if t > 0 && seg[b * seqlen + t] != seg[b * seqlen + t - 1] {
+        0.0
+    } else {
+        dt_a.exp()
     }
 }
 
@@ -53,6 +65,7 @@ pub(crate) fn forward64(dims: SsdDims, inp: &Inputs64) -> (Vec<f64>, Vec<f64>) {
         groups,
         state: n_dim,
     } = dims;
+    let seg = segments_or_single(inp.seq_idx.as_deref(), batch, seqlen);
     let mut y = vec![0f64; dims.x_len()];
     let mut final_state = vec![0f64; dims.state_len()];
     for b in 0..batch {
@@ -65,7 +78,7 @@ pub(crate) fn forward64(dims: SsdDims, inp: &Inputs64) -> (Vec<f64>, Vec<f64>) {
             }
             for t in 0..seqlen {
                 let dt = inp.dt[(b * seqlen + t) * heads + h];
-                let decay = (dt * inp.a[h]).exp();
+                let decay = step_decay(&seg, seqlen, b, t, dt * inp.a[h]);
                 let x = &inp.x[((b * seqlen + t) * heads + h) * p_dim..][..p_dim];
                 let bc_off = ((b * seqlen + t) * groups + g) * n_dim;
                 let bv = &inp.b[bc_off..bc_off + n_dim];
@@ -87,7 +100,7 @@ pub(crate) fn forward64(dims: SsdDims, inp: &Inputs64) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// One decode step in place: `state` [B,H,P,N] is advanced by one token and y [B,H,P] is returned.
-/// Inputs use the [B,1,...] layouts of [`SsdInputs`] (T = 1); `initial_state` is ignored.
+/// Inputs use the [B,1,...] layouts of [`SsdInputs`] (T = 1); `initial_state` and `seq_idx` are ignored.
 pub fn ssd_step(dims: SsdDims, inp: SsdInputs, state: &mut [f32]) -> Vec<f32> {
     assert_eq!(dims.seqlen, 1, "ssd_step takes one token");
     inp.check(&dims);

@@ -10,6 +10,7 @@ pub(crate) struct Case {
     pub c: Vec<f32>,
     pub d: Vec<f32>,
     pub init: Option<Vec<f32>>,
+    pub seq_idx: Option<Vec<i32>>,
 }
 
 impl Case {
@@ -23,6 +24,7 @@ impl Case {
             c: r.vec(dims.bc_len(), -1.0, 1.0),
             d: r.vec(dims.heads, -1.0, 1.0),
             init: with_init.then(|| r.vec(dims.state_len(), -1.0, 1.0)),
+            seq_idx: None,
         }
     }
     pub fn inputs(&self) -> SsdInputs<'_> {
@@ -34,6 +36,7 @@ impl Case {
             c: &self.c,
             d: &self.d,
             initial_state: self.init.as_deref(),
+            seq_idx: self.seq_idx.as_deref(),
         }
     }
 }
@@ -133,6 +136,7 @@ fn two_calls_chained_by_state_equal_one_call() {
             c: &c,
             d: &case.d,
             initial_state: init,
+            seq_idx: None,
         };
         ssd_chunked(d, inp, 16)
     };
@@ -170,6 +174,7 @@ fn step_by_step_decode_equals_reference() {
             c: &c,
             d: &case.d,
             initial_state: None,
+            seq_idx: None,
         };
         let y = ssd_step(d1, inp, &mut state);
         assert!(max_abs_diff(&y, &pick(&want.y, 16)) < 1e-5, "t={t}");

@@ -4,6 +4,7 @@
 //! `params` tensor `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) | norm_weight (I)]` built by
 //! [`pack_mixer_params`]. The op runs in f32: [`mixer_core`] converts inputs with `to_dtype` (differentiable) and
 //! the result back to the dtype of `zxbcdt`, so the custom op itself only ever sees contiguous f32.
+//! [`mixer_core_packed`] adds `seq_idx` for packed rows; it travels inside the op (it has no gradient).
 
 use super::host_f32;
 use crate::mixer_core::{mixer_core_backward, mixer_core_forward, MixerCoreDims, MixerParams};
@@ -12,6 +13,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Sh
 
 struct MixerCoreOp {
     dims: MixerCoreDims,
+    /// [B,T] example ids of packed rows (checked against the input shape before the op is built).
+    seq_idx: Option<Vec<i32>>,
 }
 
 /// Checks the three input shapes against `dims`; returns (B, T).
@@ -82,7 +85,14 @@ impl CustomOp3 for MixerCoreOp {
             cpu_f32(s2, l2, "conv weight")?,
             cpu_f32(s3, l3, "params")?,
         );
-        let out = mixer_core_forward(*dims, (batch, seqlen), zx, w, MixerParams::unpack(dims, p));
+        let out = mixer_core_forward(
+            *dims,
+            (batch, seqlen),
+            zx,
+            w,
+            MixerParams::unpack(dims, p),
+            self.seq_idx.as_deref(),
+        );
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, seqlen, dims.inner())),
@@ -112,6 +122,7 @@ impl CustomOp3 for MixerCoreOp {
             &zxv,
             &wv,
             MixerParams::unpack(dims, &pv),
+            self.seq_idx.as_deref(),
             &gv,
         );
         let dev = zx.device();
@@ -135,6 +146,18 @@ pub fn mixer_core(
     params: &Tensor,
     dims: MixerCoreDims,
 ) -> Result<Tensor> {
+    mixer_core_packed(zxbcdt, conv_w, params, dims, None)
+}
+
+/// [`mixer_core`] for packed rows: `seq_idx` [B,T] (any integer dtype) names the example of every position, and
+/// the conv window and the SSD state restart wherever it changes ([`crate::packing`]). `None` is [`mixer_core`].
+pub fn mixer_core_packed(
+    zxbcdt: &Tensor,
+    conv_w: &Tensor,
+    params: &Tensor,
+    dims: MixerCoreDims,
+    seq_idx: Option<&Tensor>,
+) -> Result<Tensor> {
     for (t, what) in [
         (zxbcdt, "zxbcdt"),
         (conv_w, "conv weight"),
@@ -153,12 +176,15 @@ pub fn mixer_core(
             );
         }
     }
-    check_shapes(&dims, zxbcdt.dims(), conv_w.dims(), params.dims())?;
+    let (batch, seqlen) = check_shapes(&dims, zxbcdt.dims(), conv_w.dims(), params.dims())?;
+    let seq_idx = seq_idx
+        .map(|s| super::seq_idx_host(s, batch, seqlen))
+        .transpose()?;
     let f32_contig = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     let out = f32_contig(zxbcdt)?.apply_op3(
         &f32_contig(conv_w)?,
         &f32_contig(params)?,
-        MixerCoreOp { dims },
+        MixerCoreOp { dims, seq_idx },
     )?;
     out.to_dtype(zxbcdt.dtype())
 }
