@@ -259,6 +259,7 @@ fn mamba_seq(
     );
     let per_group = heads / groups;
     let (lo, hi) = m.dt_limit;
+    let arch = pulp::Arch::new();
     ssm.par_chunks_mut(p_dim * n_dim)
         .zip(y.par_chunks_mut(p_dim))
         .enumerate()
@@ -266,19 +267,16 @@ fn mamba_seq(
         .for_each(|(h, (s, yh))| {
             let g = h / per_group;
             let dt = softplus(dt_raw[h] + m.dt_bias[h]).max(lo).min(hi);
-            let decay = (dt * m.a[h]).exp();
-            let bv = &bm[g * n_dim..(g + 1) * n_dim];
-            let cv = &cm[g * n_dim..(g + 1) * n_dim];
-            let xh = &x[h * p_dim..(h + 1) * p_dim];
-            for (p, row) in s.chunks_exact_mut(n_dim).enumerate() {
-                let dx = dt * xh[p];
-                let mut acc = 0f32;
-                for ((sv, &b), &c) in row.iter_mut().zip(bv).zip(cv) {
-                    *sv = decay * *sv + dx * b;
-                    acc += *sv * c;
-                }
-                yh[p] = acc + m.d[h] * xh[p];
-            }
+            arch.dispatch(HeadUpdate {
+                state: s,
+                y: yh,
+                x: &x[h * p_dim..(h + 1) * p_dim],
+                b: &bm[g * n_dim..(g + 1) * n_dim],
+                c: &cm[g * n_dim..(g + 1) * n_dim],
+                dt,
+                decay: (dt * m.a[h]).exp(),
+                d: m.d[h],
+            });
         });
     // Gated RMSNorm: gate first, then one RMS per group of I/G channels.
     for (v, &zv) in y.iter_mut().zip(z) {
@@ -290,6 +288,47 @@ fn mamba_seq(
         let inv = 1.0 / (ms + m.eps).sqrt();
         for (v, &wv) in seg.iter_mut().zip(w) {
             *v = wv * (*v * inv);
+        }
+    }
+}
+
+/// The SSM update of one head: `s ← decay·s + dt·x ⊗ B`, `y = s·C + D·x` (state [P, N], row p for x[p]).
+struct HeadUpdate<'a> {
+    state: &'a mut [f32],
+    y: &'a mut [f32],
+    x: &'a [f32],
+    b: &'a [f32],
+    c: &'a [f32],
+    dt: f32,
+    decay: f32,
+    d: f32,
+}
+
+impl pulp::WithSimd for HeadUpdate<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let n_dim = self.b.len();
+        let (bv, bt) = S::as_simd_f32s(self.b);
+        let (cv, ct) = S::as_simd_f32s(self.c);
+        let decay = simd.splat_f32s(self.decay);
+        for (p, row) in self.state.chunks_exact_mut(n_dim).enumerate() {
+            let dx = self.dt * self.x[p];
+            let dxv = simd.splat_f32s(dx);
+            let (rv, rt) = S::as_mut_simd_f32s(row);
+            let mut acc = [simd.splat_f32s(0.0); 2];
+            for (j, ((r, &b), &c)) in rv.iter_mut().zip(bv).zip(cv).enumerate() {
+                *r = simd.mul_add_e_f32s(decay, *r, simd.mul_f32s(dxv, b));
+                acc[j & 1] = simd.mul_add_e_f32s(*r, c, acc[j & 1]);
+            }
+            let mut tail = 0f32;
+            for ((r, &b), &c) in rt.iter_mut().zip(bt).zip(ct) {
+                *r = self.decay * *r + dx * b;
+                tail += *r * c;
+            }
+            self.y[p] =
+                simd.reduce_sum_f32s(simd.add_f32s(acc[0], acc[1])) + tail + self.d * self.x[p];
         }
     }
 }

@@ -10,10 +10,10 @@ use super::generate::WeightsArg;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
+use coil_infer::matvec::parallel_sum;
 use coil_infer::sampling::argmax;
 use coil_infer::{Engine, EngineOptions, WeightDtype};
 use coil_model::{presets, HybridLm};
-use rayon::prelude::*;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -48,23 +48,10 @@ pub struct GenerateBenchArgs {
 fn read_bandwidth(mib: usize) -> f64 {
     let n = mib * (1 << 20) / 4;
     let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(1 << 12);
     let mut best = 0f64;
-    for _ in 0..6 {
+    for _ in 0..8 {
         let t = Instant::now();
-        let s: f32 = buf
-            .par_chunks(chunk)
-            .map(|c| {
-                let mut acc = [0f32; 16];
-                for w in c.chunks_exact(16) {
-                    for i in 0..16 {
-                        acc[i] += w[i];
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        std::hint::black_box(s);
+        std::hint::black_box(parallel_sum(&buf));
         best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64());
     }
     best
