@@ -2,7 +2,7 @@
 
 use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::attention::{Attention, KvCache};
+use crate::layers::attention::{segment_mask, Attention, KvCache};
 use crate::layers::mamba::{Mamba2Mixer, MambaState};
 use crate::layers::{mlp::Mlp, rms_norm, Linear};
 use crate::params::param_specs;
@@ -167,7 +167,21 @@ impl HybridLm {
     /// `ids` [B,T] → logits [B,T,V] in f32. Fills `trace` with intermediate activations when given.
     /// Differentiable when the parameters are autograd variables.
     pub fn forward(&self, ids: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
-        Ok(self.run(ids, None, trace, false, false)?.0)
+        Ok(self.run(ids, None, None, trace, false, false)?.0)
+    }
+
+    /// [`forward`](Self::forward) for packed rows: `seq_idx` [B,T] (integer) names the example of every position
+    /// (for instance coil-data's `Batch::seq_idx`). Wherever it changes along a row a new example starts: Mamba
+    /// layers restart their conv window and SSM state there and attention does not look back across it, so each
+    /// example's logits (and gradients) are what it gets alone. `None` is exactly `forward`. Differentiable when
+    /// the parameters are autograd variables. Mamba layers record no inner activations in `trace` here.
+    pub fn forward_packed(
+        &self,
+        ids: &Tensor,
+        seq_idx: Option<&Tensor>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        Ok(self.run(ids, seq_idx, None, trace, false, false)?.0)
     }
 
     /// `ids` [B,T] → (logits, state after the last token). With `state`, the sequences continue from it (the
@@ -180,7 +194,7 @@ impl HybridLm {
         trace: Option<&mut Trace>,
         last_only: bool,
     ) -> Result<(Tensor, ModelState)> {
-        let (logits, state) = self.run(ids, state, trace, last_only, true)?;
+        let (logits, state) = self.run(ids, None, state, trace, last_only, true)?;
         Ok((
             logits,
             state.ok_or_else(|| ModelError::Invalid("no state computed".into()))?,
@@ -188,10 +202,11 @@ impl HybridLm {
     }
 
     /// The forward pass; `keep_state` computes the per-layer state after the last token (inference), otherwise
-    /// Mamba layers take their differentiable path.
+    /// Mamba layers take their differentiable path. `seq_idx` (packed rows) excludes `state` and `keep_state`.
     fn run(
         &self,
         ids: &Tensor,
+        seq_idx: Option<&Tensor>,
         state: Option<&ModelState>,
         mut trace: Option<&mut Trace>,
         last_only: bool,
@@ -199,6 +214,14 @@ impl HybridLm {
     ) -> Result<(Tensor, Option<ModelState>)> {
         self.check_ids(ids)?;
         let (b, t) = ids.dims2()?;
+        assert!(
+            seq_idx.is_none() || (state.is_none() && !keep_state),
+            "packed rows run without a decode state"
+        );
+        let packing = match seq_idx {
+            Some(s) => Some(self.packing(s, b, t)?),
+            None => None,
+        };
         if let Some(s) = state {
             if s.layers.len() != self.blocks.len() {
                 return Err(ModelError::Invalid(format!(
@@ -228,6 +251,14 @@ impl HybridLm {
             let prefix = format!("act.layers.{i}.mixer");
             let prev = state.map(|s| &s.layers[i]);
             let (out, next) = match (&block.mixer, prev) {
+                (Mixer::Mamba(m), None) if packing.is_some() => {
+                    (m.forward_packed(&h, seq_idx)?, LayerState::Stateless)
+                }
+                (Mixer::Attention(a), None) if packing.is_some() => {
+                    let mask = packing.as_ref().and_then(|p| p.mask.as_ref());
+                    let mask = mask.expect("attention mask is built when the model has attention");
+                    (a.forward_packed(&h, mask)?, LayerState::Stateless)
+                }
                 (Mixer::Mamba(m), None) if !keep_state => {
                     (m.forward(&h, &mut trace, &prefix)?, LayerState::Stateless)
                 }
@@ -279,6 +310,27 @@ impl HybridLm {
         };
         let logits = head.forward(&h)?.to_dtype(DType::F32)?;
         Ok((logits, keep_state.then_some(ModelState { layers })))
+    }
+
+    /// Checks `seq_idx` against ids [B,T] and builds what the layers need from it.
+    fn packing(&self, seq_idx: &Tensor, b: usize, t: usize) -> Result<Packing> {
+        if seq_idx.dims() != [b, t] {
+            return Err(ModelError::Invalid(format!(
+                "seq_idx has shape {:?}; it must match the input ids [{b}, {t}]",
+                seq_idx.dims()
+            )));
+        }
+        let host = coil_ops::tensor::seq_idx_host(seq_idx, b, t)
+            .map_err(|e| ModelError::Invalid(format!("seq_idx: {e}")))?;
+        let seg = coil_ops::packing::segment_ids(&host, b, t);
+        let has_attention = self.blocks.iter().any(|bl| bl.kind == LayerKind::Attention);
+        Ok(Packing {
+            mask: if has_attention {
+                Some(segment_mask(&seg, b, t, self.device())?)
+            } else {
+                None
+            },
+        })
     }
 
     /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`].
@@ -345,6 +397,12 @@ impl HybridLm {
             })
             .collect()
     }
+}
+
+/// What a packed forward needs beyond the ids: the attention mask [B,1,T,T] (only when the model has attention;
+/// Mamba layers take `seq_idx` itself).
+struct Packing {
+    mask: Option<Tensor>,
 }
 
 /// Mean next-token cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` (f32 scalar tensor).

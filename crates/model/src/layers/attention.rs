@@ -1,4 +1,5 @@
-//! Self-attention (`*`): causal GQA with no positional encoding (Nemotron-H), softmax in f32.
+//! Self-attention (`*`): causal GQA with no positional encoding (Nemotron-H), softmax in f32. Packed rows
+//! use a block-diagonal causal mask ([`segment_mask`]) so no example attends to another.
 
 use super::Linear;
 use crate::config::ModelConfig;
@@ -69,6 +70,30 @@ impl Attention {
             v = Tensor::cat(&[&c.v, &v], 2)?;
         }
         let past = k.dim(2)? - t;
+        let out = self.attend(&q, &k, &v, &causal_mask(t, past, x.device())?)?;
+        Ok((self.o_proj.forward(&out)?, KvCache { k, v }))
+    }
+
+    /// `x` [B,T,D] → [B,T,D] for packed rows: `mask` [B,1,T,T] from [`segment_mask`], so a query sees the keys
+    /// of its own example only (block-diagonal causal). No cache.
+    pub fn forward_packed(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nq, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(self.q_proj.forward(x)?, nq)?;
+        let k = heads(self.k_proj.forward(x)?, nkv)?;
+        let v = heads(self.v_proj.forward(x)?, nkv)?;
+        let out = self.attend(&q, &k, &v, mask)?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Scaled dot-product attention of `q` [B,nq,T,hd] over `k`, `v` [B,nkv,S,hd] with the additive `mask`
+    /// (broadcast to [B,nq,T,S]) → [B,T,nq·hd] before o_proj.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
+        let (nq, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (kr, vr) = (
             repeat_kv(k.clone(), nq / nkv)?,
             repeat_kv(v.clone(), nq / nkv)?,
@@ -77,13 +102,12 @@ impl Attention {
             .to_dtype(DType::F32)?
             .matmul(&kr.to_dtype(DType::F32)?.t()?)?
             * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.broadcast_add(&causal_mask(t, past, x.device())?)?;
+        let scores = scores.broadcast_add(mask)?;
         let probs = softmax(&scores)?.to_dtype(vr.dtype())?;
-        let out = probs
+        Ok(probs
             .matmul(&vr)?
             .transpose(1, 2)?
-            .reshape((b, t, nq * hd))?;
-        Ok((self.o_proj.forward(&out)?, KvCache { k, v }))
+            .reshape((b, t, nq * hd))?)
     }
 }
 
@@ -107,6 +131,24 @@ pub fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
     Ok(x.unsqueeze(2)?
         .expand((b, n, rep, t, hd))?
         .reshape((b, n * rep, t, hd))?)
+}
+
+/// [B, 1, T, T] additive mask of packed rows from their segment ids `seg` [B,T] (`coil_ops::packing`):
+/// query i sees key j iff j ≤ i and both are in one segment.
+pub fn segment_mask(seg: &[u32], batch: usize, t: usize, device: &Device) -> Result<Tensor> {
+    assert_eq!(seg.len(), batch * t, "segment_mask: seg length");
+    let mut mask = vec![0f32; batch * t * t];
+    for (b, rows) in mask.chunks_exact_mut(t * t).enumerate() {
+        let s = &seg[b * t..(b + 1) * t];
+        for (i, row) in rows.chunks_exact_mut(t).enumerate() {
+            for (j, m) in row.iter_mut().enumerate() {
+                if j > i || s[j] != s[i] {
+                    *m = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (batch, 1, t, t), device)?)
 }
 
 /// [T, S+T] additive mask for T new queries after S cached positions: query i sees keys 0..=S+i.

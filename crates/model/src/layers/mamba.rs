@@ -120,12 +120,21 @@ impl Mamba2Mixer {
         if !self.is_trained() {
             return Ok(self.forward_with_state(x, None, trace, prefix)?.0);
         }
+        self.forward_packed(x, None)
+    }
+
+    /// `x` [B,T,D] → [B,T,D] for packed rows: `seq_idx` [B,T] (integer) names the example of every position, and
+    /// the conv window and the SSM state restart from zero wherever it changes (`coil_ops::packing`). Runs the
+    /// mixer-core op, so it is differentiable when the parameters are autograd variables; `None` = one sequence
+    /// per row.
+    pub fn forward_packed(&self, x: &Tensor, seq_idx: Option<&Tensor>) -> Result<Tensor> {
         let zxbcdt = self.in_proj.forward(x)?;
-        let g = ops::mixer_core(
+        let g = ops::mixer_core_packed(
             &zxbcdt,
             &self.conv_weight,
             &self.packed_params()?,
             self.core_dims(),
+            seq_idx,
         )?;
         self.out_proj
             .forward(&g.to_dtype(self.out_proj.weight.dtype())?)
