@@ -93,7 +93,7 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-/// Σ ce·mask and Σ mask of one micro-batch.
+/// Σ ce·mask and Σ mask of one micro-batch; packed rows (`batch.seq_idx`) run through `forward_packed`.
 pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
     let [b, t] = batch.shape;
     let tokens = Tensor::from_vec(batch.tokens.clone(), (b, t), device)?;
@@ -103,7 +103,23 @@ pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(
         device,
     )?;
     let mask = Tensor::from_vec(batch.loss_mask.clone(), (b, t), device)?;
-    let logits = model.forward(&tokens, None)?;
+    // Packed rows: each example sees only itself (the model restarts its state at every seq_idx change).
+    let seq_idx = match &batch.seq_idx {
+        Some(s) if s.len() != b * t => {
+            return Err(TrainError::Invalid(format!(
+                "the batch's seq_idx has {} entries for tokens of shape [{b}, {t}]; the data pipeline must give one \
+                 example id per token",
+                s.len()
+            )))
+        }
+        Some(s) => Some(Tensor::from_vec(
+            s.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+            (b, t),
+            device,
+        )?),
+        None => None,
+    };
+    let logits = model.forward_packed(&tokens, seq_idx.as_ref(), None)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let ce = logp.gather(&labels, 2)?.squeeze(2)?.neg()?;
     let sum = (ce * &mask)?.sum_all()?;
