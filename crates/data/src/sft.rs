@@ -211,6 +211,12 @@ pub fn pad_batch(
             s.labels.extend(std::iter::repeat_n(pad_id, extra));
             s.loss_mask.extend(std::iter::repeat_n(0.0, extra));
             s.position_ids.extend(start..start + extra as i64);
+            // Padding of a packed row is a segment of its own, so no example attends to it or carries
+            // state into it (its loss mask is 0 anyway).
+            if let Some(seq) = s.seq_idx.as_mut() {
+                let next = seq.last().map_or(0, |v| v + 1);
+                seq.extend(std::iter::repeat_n(next, extra));
+            }
             s
         })
         .collect();
