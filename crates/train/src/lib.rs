@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod error;
+mod fused;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

@@ -7,6 +7,7 @@
 //! back into the `Var` after each step.
 
 use crate::error::{Result, TrainError};
+use crate::fused;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -102,7 +103,12 @@ impl AdamW {
     ) -> Result<()> {
         for p in &mut self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                p.grad = (&p.grad + (g.to_dtype(DType::F32)? * scale)?)?;
+                let g = g.to_dtype(DType::F32)?;
+                if fused::applies(&p.grad) && fused::applies(&g) {
+                    fused::ema(&p.grad, &g, 1.0, scale, false)?;
+                } else {
+                    p.grad = (&p.grad + (g * scale)?)?;
+                }
             }
         }
         Ok(())
@@ -110,7 +116,11 @@ impl AdamW {
 
     pub fn zero_grad(&mut self) -> Result<()> {
         for p in &mut self.params {
-            p.grad = p.grad.zeros_like()?;
+            if fused::applies(&p.grad) {
+                fused::fill(&p.grad, 0.0)?;
+            } else {
+                p.grad = p.grad.zeros_like()?;
+            }
         }
         Ok(())
     }
@@ -119,12 +129,15 @@ impl AdamW {
     pub fn grad_norm(&self) -> Result<f64> {
         let mut sq = 0f64;
         for p in &self.params {
-            sq += p
-                .grad
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
+            sq += if fused::applies(&p.grad) {
+                fused::sum_sq(&p.grad)?
+            } else {
+                p.grad
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+            };
         }
         Ok(sq.sqrt())
     }
@@ -155,6 +168,31 @@ impl AdamW {
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         for p in &mut self.params {
+            let wd = if p.decay { c.weight_decay } else { 0.0 };
+            let tensors = [&p.grad, &p.master, &p.exp_avg, &p.exp_avg_sq];
+            if tensors.iter().all(|t| fused::applies(t)) {
+                // One in-place pass per tensor, no temporaries.
+                fused::ema(&p.exp_avg, &p.grad, c.beta1, (1.0 - c.beta1) * clip, false)?;
+                fused::ema(
+                    &p.exp_avg_sq,
+                    &p.grad,
+                    c.beta2,
+                    (1.0 - c.beta2) * clip * clip,
+                    true,
+                )?;
+                fused::adamw_update(
+                    &p.master,
+                    &p.exp_avg,
+                    &p.exp_avg_sq,
+                    lr,
+                    wd,
+                    bc1,
+                    bc2,
+                    c.eps,
+                )?;
+                p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+                continue;
+            }
             let g = if clip < 1.0 {
                 (&p.grad * clip)?
             } else {
