@@ -17,6 +17,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// List the built-in recipes (the 11 NeMo models and `demo`).
+    Recipes(cmd::recipe::RecipesArgs),
+    /// Inspect a recipe: `coil recipe show NAME [--finetune] [key=value ...]`.
+    #[command(subcommand)]
+    Recipe(cmd::recipe::RecipeCommand),
+    /// Pretrain from random weights: `--recipe NAME` or `--config FILE`, then `key=value` overrides.
+    Pretrain(cmd::run::RunArgs),
+    /// Fine-tune from `resume_path=DIR`: `--recipe NAME` or `--config FILE`, then `key=value` overrides.
+    Finetune(cmd::run::RunArgs),
+    /// One rank of a local or Slurm launch (started by the executors, not by hand).
+    #[command(hide = true)]
+    Worker(cmd::run::WorkerArgs),
     /// Compute logits and loss of a model on token ids (for exact comparisons with other implementations).
     Logits(cmd::logits::LogitsArgs),
     /// Generate text (or token ids) from a model: prefill + constant-memory decode, Megatron sampling rules.
@@ -34,6 +46,11 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Recipes(a) => cmd::recipe::run_list(a),
+        Command::Recipe(c) => cmd::recipe::run_recipe(c),
+        Command::Pretrain(a) => cmd::run::run(a, coil_recipes::Mode::Pretrain),
+        Command::Finetune(a) => cmd::run::run(a, coil_recipes::Mode::Finetune),
+        Command::Worker(a) => cmd::run::run_worker(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Bench(c) => cmd::bench::run(c),

@@ -6,3 +6,5 @@ pub mod bench_train;
 pub mod data;
 pub mod generate;
 pub mod logits;
+pub mod recipe;
+pub mod run;

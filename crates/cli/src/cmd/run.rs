@@ -1,0 +1,288 @@
+//! `coil pretrain`, `coil finetune` and the hidden `coil worker`: resolve a recipe (built-in name or TOML file,
+//! then `key=value` overrides), print or save the plan, and launch it with the recipe's executor.
+
+use super::recipe::{human_count, render};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use coil_infer::{generate, Engine, EngineOptions, GenerateParams, SamplingParams};
+use coil_model::HybridLm;
+use coil_recipes::launch::{rendezvous, run_local, run_slurm, WorkerEnv};
+use coil_recipes::{apply_overrides, from_toml, recipe, to_toml, ExecutorKind, Mode, Recipe};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExecutorArg {
+    /// In this process (the default).
+    Direct,
+    /// One worker process per GPU on this machine (torchrun environment, rank-0 rendezvous).
+    Local,
+    /// Write an sbatch script (srun over num_nodes x num_gpus_per_node tasks); submit it when sbatch exists.
+    Slurm,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Built-in recipe (see `coil recipes`), e.g. demo, mamba2_130m, nemotronh_8b.
+    #[arg(
+        long,
+        short = 'f',
+        alias = "factory",
+        required_unless_present = "config"
+    )]
+    pub recipe: Option<String>,
+    /// A recipe file (TOML, as `coil recipe show` prints or `--to-toml` writes) instead of a built-in recipe.
+    #[arg(long, conflicts_with = "recipe")]
+    pub config: Option<PathBuf>,
+    /// Print the resolved plan (recipe TOML, derived figures, executor) and exit without running.
+    #[arg(long)]
+    pub dryrun: bool,
+    /// Save the resolved recipe to FILE and exit without running.
+    #[arg(long, value_name = "FILE")]
+    pub to_toml: Option<PathBuf>,
+    /// Executor (same as the override executor.kind=...).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
+    /// Overrides `key=value` with dotted keys, applied in order: trainer.max_steps=200, data.paths=[a,b],
+    /// model.num_layers=4, resume_path=DIR. An unknown key is an error listing the valid ones.
+    pub overrides: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The resolved recipe written by the launcher.
+    #[arg(long)]
+    pub plan: PathBuf,
+}
+
+/// The recipe a command line describes.
+fn resolve(a: &RunArgs, mode: Mode) -> Result<Recipe> {
+    let base = match (&a.recipe, &a.config) {
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--config {}: reading the recipe file", path.display()))?;
+            let mut r = from_toml(&text, path)?;
+            r.mode = mode;
+            r
+        }
+        (Some(name), None) => recipe(name, mode)?,
+        (None, None) => bail!("give --recipe NAME or --config FILE (see `coil recipes`)"),
+    };
+    let mut r = apply_overrides(&base, &a.overrides)?;
+    if let Some(e) = a.executor {
+        r.executor.kind = match e {
+            ExecutorArg::Direct => ExecutorKind::Direct,
+            ExecutorArg::Local => ExecutorKind::Local,
+            ExecutorArg::Slurm => ExecutorKind::Slurm,
+        };
+    }
+    r.validate()?;
+    Ok(r)
+}
+
+pub fn run(a: RunArgs, mode: Mode) -> Result<()> {
+    let r = resolve(&a, mode)?;
+    if let Some(path) = &a.to_toml {
+        std::fs::write(path, to_toml(&r)?)
+            .with_context(|| format!("--to-toml {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+        return Ok(());
+    }
+    if a.dryrun {
+        print!("{}", render(&r)?);
+        println!("# executor: {}", plan_line(&r));
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("locating the coil binary for the workers")?;
+    match r.executor.kind {
+        ExecutorKind::Direct => {
+            let world = r.parallel.world_size();
+            if world > 1 {
+                bail!(
+                    "the recipe asks for {} node(s) x {} GPU(s) = {world} ranks, but multi-GPU training is not \
+                     implemented yet and the direct executor runs one process; for a single-process run set \
+                     parallel.num_nodes=1 parallel.num_gpus_per_node=1 parallel.tensor_parallelism=1 \
+                     parallel.pipeline_parallelism=1 (or check the launch with --executor local)",
+                    r.parallel.num_nodes,
+                    r.parallel.num_gpus_per_node
+                );
+            }
+            train_here(&r)
+        }
+        ExecutorKind::Local => {
+            let plan = write_plan(&r)?;
+            let args = vec![
+                "worker".to_string(),
+                "--plan".into(),
+                plan.display().to_string(),
+            ];
+            eprintln!(
+                "local executor: {} worker process(es), plan {}",
+                r.parallel.num_gpus_per_node,
+                plan.display()
+            );
+            run_local(&r, &exe, &args)?;
+            Ok(())
+        }
+        ExecutorKind::Slurm => {
+            let plan = write_plan(&r)?;
+            let (script, submitted) = run_slurm(&r, &exe, &plan)?;
+            if submitted {
+                println!("submitted {}", script.display());
+            } else {
+                println!(
+                    "wrote {} (sbatch is not on this machine's PATH; submit it with `sbatch {}` on the cluster)",
+                    script.display(),
+                    script.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn plan_line(r: &Recipe) -> String {
+    let p = &r.parallel;
+    match r.executor.kind {
+        ExecutorKind::Direct => format!("direct (this process), run dir {}", r.run_dir().display()),
+        ExecutorKind::Local => format!(
+            "local: {} worker processes, rendezvous {}:{}, run dir {}",
+            p.num_gpus_per_node,
+            r.executor.master_addr,
+            r.executor.master_port,
+            r.run_dir().display()
+        ),
+        ExecutorKind::Slurm => format!(
+            "slurm: sbatch script {}/coil.sbatch, {} nodes x {} tasks",
+            r.run_dir().display(),
+            p.num_nodes,
+            p.num_gpus_per_node
+        ),
+    }
+}
+
+fn write_plan(r: &Recipe) -> Result<PathBuf> {
+    let dir = r.run_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("plan.toml");
+    std::fs::write(&path, to_toml(r)?).with_context(|| format!("writing {}", path.display()))?;
+    std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// `coil worker --plan FILE`: one rank of a local or Slurm launch.
+pub fn run_worker(a: WorkerArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.plan)
+        .with_context(|| format!("--plan {}: reading the plan", a.plan.display()))?;
+    let r = from_toml(&text, &a.plan)?;
+    let env = WorkerEnv::from_env()?.unwrap_or(WorkerEnv {
+        rank: 0,
+        local_rank: 0,
+        world_size: 1,
+        master_addr: "127.0.0.1".into(),
+        master_port: 29500,
+    });
+    let id = rendezvous(&env, Duration::from_secs(120))?;
+    println!(
+        "rendezvous done: rank {} of {} (local rank {}), id {id}",
+        env.rank, env.world_size, env.local_rank
+    );
+    let _ = std::io::stdout().flush();
+    if env.world_size > 1 {
+        bail!(
+            "rank {} of {}: multi-GPU training is not implemented yet; stopping rather than training on one \
+             GPU. Run with parallel.num_nodes=1 parallel.num_gpus_per_node=1",
+            env.rank,
+            env.world_size
+        );
+    }
+    train_here(&r)
+}
+
+/// Trains in this process, then prints where everything went and, when asked, a generated sample.
+fn train_here(r: &Recipe) -> Result<()> {
+    let t0 = Instant::now();
+    let run = r.train_run(to_toml(r)?)?;
+    let tokenizer = r.load_tokenizer()?;
+    let params = coil_model::params::num_parameters(&r.model)?;
+    eprintln!(
+        "coil {} {}: {} parameters, pattern {}, {} steps of {} x {} tokens, run dir {}",
+        r.mode.as_str(),
+        r.recipe,
+        human_count(params),
+        r.model.pattern,
+        r.trainer.max_steps,
+        r.trainer.global_batch_size,
+        r.trainer.seq_length,
+        run.run_dir.display()
+    );
+    let data = coil_data::build_data(&r.data, tokenizer.as_ref(), &r.run_shape())
+        .context("building the data (see the [data] table of the recipe)")?;
+    let run = coil_train::TrainRun {
+        padding: data.padding,
+        ..run
+    };
+    let summary = coil_train::train(&run, data.train, data.validation)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let last = coil_train::checkpoint::list_checkpoints(&run.run_dir)?
+        .pop()
+        .map(|(_, d)| d);
+    match summary.losses.last() {
+        Some((step, loss)) => eprintln!(
+            "done: step {step}, loss {loss:.4}{} in {secs:.0} s ({:.0} tokens/s)",
+            summary
+                .val_losses
+                .last()
+                .map_or(String::new(), |(_, v)| format!(", val_loss {v:.4}")),
+            summary.tokens_per_s
+        ),
+        None => eprintln!(
+            "nothing to do: the run in {} is already at step {}",
+            run.run_dir.display(),
+            summary.final_step
+        ),
+    }
+    if let Some(dir) = &last {
+        eprintln!("checkpoint: {}", dir.display());
+    }
+    eprintln!(
+        "metrics: {}, loss curve: {}",
+        run.run_dir.join("metrics.jsonl").display(),
+        run.run_dir.join("loss.png").display()
+    );
+    if let (Some(dir), true) = (&last, r.run.sample_tokens > 0) {
+        sample(r, dir, tokenizer.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Prints `run.sample_tokens` tokens generated from the checkpoint after `run.sample_prompt`.
+fn sample(r: &Recipe, dir: &Path, tokenizer: &dyn coil_data::Tokenizer) -> Result<()> {
+    let lm = HybridLm::from_dir(dir, &Device::Cpu, DType::F32)
+        .with_context(|| format!("loading {} for the sample", dir.display()))?;
+    let mut prompt = tokenizer.encode(&r.run.sample_prompt)?;
+    if prompt.is_empty() {
+        prompt = tokenizer.eos_id().into_iter().collect();
+    }
+    let engine = Engine::new(lm, EngineOptions::default())?;
+    let params = GenerateParams {
+        max_new_tokens: r.run.sample_tokens,
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.0,
+        },
+        seed: r.trainer.seed,
+        eos: None,
+        vocab_limit: Some(tokenizer.vocab_size().min(r.model.vocab_size)),
+        max_batch: 1,
+    };
+    let out = generate(&engine, &[prompt], &params, &mut |_, _| {})?;
+    let text = tokenizer.decode(out.first().map_or(&[][..], |g| &g.tokens[..]))?;
+    println!(
+        "--- sample (temperature 0.8, top-k 40) ---\n{}{}\n---",
+        r.run.sample_prompt, text
+    );
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Contract tests of `coil recipes`, `coil recipe show`, `coil pretrain` / `coil finetune` and the executors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn coil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coil"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running coil: {e}"))
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn recipes_json_contract() {
+    let o = coil(&["recipes", "--json"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON: {e}"));
+    let list = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    assert_eq!(list.len(), 12);
+    for entry in list {
+        assert!(entry["name"].is_string(), "{entry}");
+        assert!(
+            entry["num_parameters"].as_u64().is_some_and(|n| n > 0),
+            "{entry}"
+        );
+        let m = &entry["model"];
+        for k in ["hidden_size", "num_layers", "vocab_size"] {
+            assert!(m[k].as_u64().is_some_and(|n| n > 0), "{k} in {entry}");
+        }
+        let pattern = m["pattern"].as_str().unwrap_or_default();
+        assert_eq!(pattern.len() as u64, m["num_layers"].as_u64().unwrap_or(0));
+    }
+    let nh56 = list
+        .iter()
+        .find(|e| e["name"] == "nemotronh_56b")
+        .unwrap_or_else(|| panic!("no nemotronh_56b"));
+    assert_eq!(nh56["model"]["num_layers"], 118);
+    assert_eq!(nh56["model"]["hidden_size"], 8192);
+    assert_eq!(nh56["model"]["vocab_size"], 131072);
+    let names: Vec<&str> = list.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(names.contains(&"demo") && names.contains(&"mamba2_130m"));
+}
+
+#[test]
+fn recipe_show_prints_a_recipe_file_with_derived_figures() {
+    let o = coil(&[
+        "recipe",
+        "show",
+        "nemotronh_8b",
+        "--finetune",
+        "trainer.max_steps=7",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("max_steps = 7") && out.contains("mode = \"finetune\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("max_lr = 5e-6") || out.contains("max_lr = 0.000005"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# parameters: ") && out.contains("# memory per GPU"),
+        "{out}"
+    );
+    let back: Result<coil_recipes::Recipe, _> = coil_recipes::from_toml(&out, Path::new("show"));
+    assert!(back.is_ok(), "{back:?}");
+
+    let o = coil(&["recipe", "show", "demo", "trainer.max_stepz=1"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("trainer.max_steps"), "{err}");
+    let o = coil(&["recipe", "show", "nope"]);
+    assert!(text(&o).1.contains("mamba2_130m"));
+}
+
+#[test]
+fn dryrun_to_toml_and_config() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("run.toml");
+    let f = file.to_string_lossy().into_owned();
+    let o = coil(&[
+        "pretrain",
+        "--recipe",
+        "mamba2_130m",
+        "--dryrun",
+        "trainer.max_steps=3",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("max_steps = 3") && out.contains("# executor: direct"),
+        "{out}"
+    );
+    let o = coil(&[
+        "pretrain",
+        "--recipe",
+        "demo",
+        "--to-toml",
+        &f,
+        "model.num_layers=4",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = coil(&["pretrain", "--config", &f, "--dryrun"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("pattern = \"M-M*\""), "{out}");
+}
+
+#[test]
+fn direct_refuses_a_world_size_it_cannot_honour() {
+    let o = coil(&["pretrain", "--recipe", "mamba2_130m", "trainer.max_steps=1"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("8 ranks") && err.contains("not implemented"),
+        "{err}"
+    );
+}
+
+#[test]
+fn local_executor_workers_rendezvous_and_agree() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run_dir = format!("run.dir={}", dir.path().display());
+    let o = coil(&[
+        "pretrain",
+        "--recipe",
+        "demo",
+        "--executor",
+        "local",
+        "parallel.num_gpus_per_node=3",
+        "trainer.global_batch_size=24",
+        "executor.master_port=0",
+        &run_dir,
+    ]);
+    let (out, err) = text(&o);
+    assert!(
+        !o.status.success(),
+        "a world size of 3 must stop: {out}{err}"
+    );
+    let ids: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let (prefix, rest) = l.split_once("] rendezvous done: ")?;
+            Some((prefix.to_string(), rest.rsplit_once("id ")?.1.to_string()))
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{out}\n{err}");
+    assert!(
+        ids.iter().all(|(_, id)| id == &ids[0].1 && id.len() == 256),
+        "{ids:?}"
+    );
+    for rank in 0..3 {
+        assert!(
+            ids.iter().any(|(p, _)| p == &format!("[rank {rank}")),
+            "{ids:?}"
+        );
+    }
+    assert!(
+        err.contains("multi-GPU training is not implemented yet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn slurm_writes_a_complete_script() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run_dir = format!("run.dir={}", dir.path().display());
+    let o = coil(&[
+        "pretrain",
+        "--recipe",
+        "nemotronh_8b",
+        "--executor",
+        "slurm",
+        &run_dir,
+        "executor.partition=batch",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("coil.sbatch"), "{out}");
+    let script =
+        std::fs::read_to_string(dir.path().join("default/coil.sbatch")).unwrap_or_default();
+    for want in [
+        "#SBATCH --nodes=8",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --partition=batch",
+        "WORLD_SIZE=64",
+        "MASTER_ADDR=",
+        "MASTER_PORT=29500",
+        "RANK=$SLURM_PROCID",
+        "LOCAL_RANK=$SLURM_LOCALID",
+        "srun ",
+        "worker --plan",
+    ] {
+        assert!(script.contains(want), "missing {want:?} in\n{script}");
+    }
+    assert!(dir.path().join("default/plan.toml").is_file());
+}
+
+#[test]
+fn tiny_pretrain_then_finetune() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run_dir = format!("run.dir={}", dir.path().display());
+    let small = [
+        "data.kind=mock",
+        "trainer.max_steps=2",
+        "trainer.seq_length=32",
+        "trainer.global_batch_size=2",
+        "trainer.micro_batch_size=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "run.sample_tokens=4",
+    ];
+    let mut args = vec!["pretrain", "--recipe", "demo", &run_dir];
+    args.extend(small);
+    let o = coil(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("checkpoint: "), "{err}");
+    assert!(out.contains("--- sample"), "{out}");
+    let ckpt = dir.path().join("demo/checkpoints/step-2");
+    assert!(ckpt.join("model.safetensors").is_file());
+    let recipe = std::fs::read_to_string(dir.path().join("demo/recipe.toml")).unwrap_or_default();
+    assert!(recipe.contains("max_steps = 2"), "{recipe}");
+
+    let resume = format!("resume_path={}", ckpt.display());
+    let mut args = vec![
+        "finetune",
+        "--recipe",
+        "demo",
+        &run_dir,
+        &resume,
+        "run.name=ft",
+    ];
+    args.extend(small);
+    let o = coil(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(dir.path().join("ft/checkpoints/step-2").is_dir());
+
+    let o = coil(&[
+        "finetune",
+        "--recipe",
+        "demo",
+        &run_dir,
+        "run.name=ft2",
+        "data.kind=mock",
+    ]);
+    assert!(text(&o).1.contains("resume_path"), "{:?}", text(&o));
+}

@@ -1,0 +1,246 @@
+//! From a recipe to what the trainer consumes: checks that span sections, the tokenizer, the data sources and
+//! the [`coil_train::TrainRun`].
+
+use crate::error::{RecipeError, Result};
+use crate::recipe::{Mode, PrecisionName, Recipe};
+use coil_data::{DataConfig, RunShape, Tokenizer};
+use coil_train::{AdamWConfig, LrSchedule, Precision, Start, TrainRun, TrainerConfig};
+use std::path::PathBuf;
+
+impl Recipe {
+    /// `<run.dir>/<run.name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.dir.join(&self.run.name)
+    }
+
+    /// Consistency checks across sections (sizes, divisibility, the pattern).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(RecipeError::Invalid(m));
+        let p = &self.parallel;
+        let t = &self.trainer;
+        for (name, v) in [
+            ("parallel.num_nodes", p.num_nodes),
+            ("parallel.num_gpus_per_node", p.num_gpus_per_node),
+            ("parallel.tensor_parallelism", p.tensor_parallelism),
+            ("parallel.pipeline_parallelism", p.pipeline_parallelism),
+            ("parallel.context_parallelism", p.context_parallelism),
+            ("trainer.micro_batch_size", t.micro_batch_size),
+            ("trainer.global_batch_size", t.global_batch_size),
+            ("trainer.seq_length", t.seq_length),
+            ("tokenizer.vocab_size", self.tokenizer.vocab_size),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if t.max_steps == 0 {
+            return bad("trainer.max_steps must be at least 1".into());
+        }
+        let model_par = p.tensor_parallelism * p.pipeline_parallelism * p.context_parallelism;
+        if !p.world_size().is_multiple_of(model_par) {
+            return bad(format!(
+                "num_nodes x num_gpus_per_node = {} GPUs is not a multiple of TP x PP x CP = {model_par}",
+                p.world_size()
+            ));
+        }
+        let dp = p.data_parallel();
+        if !t.global_batch_size.is_multiple_of(t.micro_batch_size * dp) {
+            return bad(format!(
+                "trainer.global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {dp}",
+                t.global_batch_size, t.micro_batch_size
+            ));
+        }
+        let kinds = self
+            .model
+            .layers()
+            .map_err(|e| RecipeError::Invalid(format!("model.pattern: {e}")))?;
+        if !kinds.len().is_multiple_of(p.pipeline_parallelism) {
+            return bad(format!(
+                "the pattern has {} layers, not a multiple of pipeline_parallelism {}",
+                kinds.len(),
+                p.pipeline_parallelism
+            ));
+        }
+        if self.model.vocab_size < self.tokenizer.vocab_size {
+            return bad(format!(
+                "model.vocab_size {} is smaller than tokenizer.vocab_size {}",
+                self.model.vocab_size, self.tokenizer.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The data module's sizes.
+    pub fn run_shape(&self) -> RunShape {
+        let t = &self.trainer;
+        RunShape {
+            seq_length: t.seq_length,
+            global_batch_size: t.global_batch_size,
+            max_steps: t.max_steps as usize,
+            val_check_interval: t.val_check_interval as usize,
+            limit_val_batches: t.limit_val_batches,
+            limit_test_batches: t.limit_test_batches,
+        }
+    }
+
+    /// The tokenizer: `tokenizer.path` when set; mock data needs none (ids are drawn below `vocab_size`).
+    pub fn load_tokenizer(&self) -> Result<Box<dyn Tokenizer>> {
+        match (&self.tokenizer.path, &self.data) {
+            (Some(spec), _) if spec == "bytes" => Ok(Box::new(ByteTokenizer)),
+            (Some(spec), _) => coil_data::load_tokenizer(spec).map_err(|e| RecipeError::Value {
+                key: "tokenizer.path".into(),
+                message: e.to_string(),
+            }),
+            (None, DataConfig::Mock { .. }) => Ok(Box::new(VocabOnly(self.tokenizer.vocab_size))),
+            (None, _) => Err(RecipeError::Value {
+                key: "tokenizer.path".into(),
+                message: format!(
+                    "unset; this recipe's tokenizer is {} ({}) and Coil downloads nothing: give a local file, \
+                     e.g. tokenizer.path=/path/to/tokenizer.json",
+                    self.tokenizer.name, self.tokenizer.library
+                ),
+            }),
+        }
+    }
+
+    /// The trainer's run. `recipe_toml` is stored next to the run and in every checkpoint.
+    pub fn train_run(&self, recipe_toml: String) -> Result<TrainRun> {
+        self.validate()?;
+        let precision = match self.trainer.precision {
+            PrecisionName::F32 => Precision::F32,
+            PrecisionName::Bf16Mixed => Precision::Bf16Mixed,
+            PrecisionName::Bf16Fp8CurrentScaling => return Err(RecipeError::Value {
+                key: "trainer.precision".into(),
+                message:
+                    "FP8 training needs the GPU build of Coil; set trainer.precision=bf16-mixed \
+                              (or 32) to train without FP8"
+                        .into(),
+            }),
+        };
+        let start = match (self.mode, &self.checkpoint.resume_path) {
+            (Mode::Pretrain, _) => Start::Random,
+            (Mode::Finetune, Some(p)) if p.is_dir() => Start::Pretrained(p.clone()),
+            (Mode::Finetune, Some(p)) => {
+                return Err(RecipeError::Value {
+                    key: "checkpoint.resume_path".into(),
+                    message: format!(
+                        "{} is not a directory; give a model directory (HF layout or a Coil checkpoint, e.g. \
+                         runs/demo/checkpoints/step-300)",
+                        p.display()
+                    ),
+                })
+            }
+            (Mode::Finetune, None) => {
+                return Err(RecipeError::Value {
+                    key: "checkpoint.resume_path".into(),
+                    message: "a fine-tune needs the weights to start from: resume_path=DIR".into(),
+                })
+            }
+        };
+        let device = coil_model::device::select_device(&self.run.device).map_err(|e| {
+            RecipeError::Value {
+                key: "run.device".into(),
+                message: e.to_string(),
+            }
+        })?;
+        let t = &self.trainer;
+        let o = &self.optim;
+        Ok(TrainRun {
+            run_dir: self.run_dir(),
+            model: self.model.clone(),
+            trainer: TrainerConfig {
+                max_steps: t.max_steps,
+                micro_batch_size: t.micro_batch_size,
+                global_batch_size: t.global_batch_size,
+                val_check_interval: t.val_check_interval,
+                limit_val_batches: t.limit_val_batches,
+                log_every_n_steps: t.log_every_n_steps,
+                save_top_k: self.checkpoint.save_top_k,
+                save_last: self.checkpoint.save_last,
+                precision,
+                seed: t.seed,
+            },
+            optim: AdamWConfig {
+                beta1: o.adam_beta1,
+                beta2: o.adam_beta2,
+                eps: o.adam_eps,
+                weight_decay: o.weight_decay,
+                clip_grad: o.clip_grad,
+            },
+            // Coil anneals over the run's real length (NeMo's scheduler keeps max_steps = 10).
+            schedule: LrSchedule {
+                max_lr: o.max_lr,
+                min_lr: o.min_lr,
+                warmup_steps: o.warmup_steps,
+                constant_steps: o.constant_steps,
+                max_steps: t.max_steps,
+            },
+            start,
+            recipe_toml,
+            device,
+            progress: self.run.progress,
+            padding: None,
+        })
+    }
+}
+
+/// Bytes as tokens: ids 0-255 are the UTF-8 bytes of the text, 256 is end-of-document. Needs no file and
+/// keeps the LM head tiny, which is what lets the `demo` recipe train in minutes on two CPU cores.
+pub struct ByteTokenizer;
+
+/// The end-of-document id of [`ByteTokenizer`].
+pub const BYTE_EOD: u32 = 256;
+
+impl Tokenizer for ByteTokenizer {
+    fn encode(&self, text: &str) -> coil_data::Result<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn decode(&self, ids: &[u32]) -> coil_data::Result<String> {
+        let bytes: Vec<u8> = ids.iter().filter_map(|&i| u8::try_from(i).ok()).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+    fn vocab_size(&self) -> usize {
+        257
+    }
+    fn bos_id(&self) -> Option<u32> {
+        None
+    }
+    fn eos_id(&self) -> Option<u32> {
+        Some(BYTE_EOD)
+    }
+    fn pad_id(&self) -> Option<u32> {
+        None
+    }
+    fn describe(&self) -> String {
+        "bytes (built in)".into()
+    }
+}
+
+/// A stand-in tokenizer for mock data: it only knows the vocabulary size.
+struct VocabOnly(usize);
+
+impl Tokenizer for VocabOnly {
+    fn encode(&self, _text: &str) -> coil_data::Result<Vec<u32>> {
+        Err(coil_data::DataError::Config(
+            "no tokenizer is configured (set tokenizer.path)".into(),
+        ))
+    }
+    fn decode(&self, ids: &[u32]) -> coil_data::Result<String> {
+        Ok(format!("{ids:?}"))
+    }
+    fn vocab_size(&self) -> usize {
+        self.0
+    }
+    fn bos_id(&self) -> Option<u32> {
+        None
+    }
+    fn eos_id(&self) -> Option<u32> {
+        None
+    }
+    fn pad_id(&self) -> Option<u32> {
+        None
+    }
+    fn describe(&self) -> String {
+        format!("vocabulary size {} (mock data, no tokenizer)", self.0)
+    }
+}
