@@ -6,6 +6,8 @@
 //!   `max_steps = 10`, so the LR falls to `min_lr` right after warmup);
 //! - mock data gets a real seed (`data.seed`, 1234); NeMo passes `create_attention_mask` as the seed;
 //! - `nemotronh_56b` names the 56B tokenizer (NeMo's recipe names the 8B one);
+//! - a fine-tune's default run name is `default_finetune` (NeMo: `default`), so it never resumes the pretraining
+//!   run in the same directory;
 //! - `seq_length` is one value for the data and the model (NeMo's Mamba2 recipes give 4096 to the data module
 //!   while the model config keeps 2048).
 
@@ -147,7 +149,7 @@ pub fn recipe(name: &str, mode: Mode) -> Result<Recipe> {
         mode,
         run: RunSection {
             dir: PathBuf::from("runs"),
-            name: "default".into(),
+            name: run_name("default", mode),
             device: "cpu".into(),
             progress: true,
             sample_tokens: 0,
@@ -162,6 +164,15 @@ pub fn recipe(name: &str, mode: Mode) -> Result<Recipe> {
         data,
         model,
     })
+}
+
+/// NeMo names both kinds of run `default`; a fine-tune gets `<name>_finetune` here, since Coil resumes any
+/// run found in `<dir>/<name>` and a fine-tune must not pick up its pretraining run.
+fn run_name(base: &str, mode: Mode) -> String {
+    match mode {
+        Mode::Pretrain => base.into(),
+        Mode::Finetune => format!("{base}_finetune"),
+    }
 }
 
 fn default_executor() -> ExecutorConfig {
@@ -208,7 +219,7 @@ fn demo(mode: Mode) -> Recipe {
         mode,
         run: RunSection {
             dir: PathBuf::from("runs"),
-            name: "demo".into(),
+            name: run_name("demo", mode),
             device: "cpu".into(),
             progress: true,
             sample_tokens: 80,

@@ -328,6 +328,7 @@ fn finetune_defaults_match_nemo() {
                 "{name}"
             );
         }
+        assert_eq!(r.run.name, "default_finetune");
         r.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }

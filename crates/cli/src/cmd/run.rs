@@ -24,6 +24,15 @@ pub enum ExecutorArg {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Recipe sections: run, executor, parallel, trainer, optim, checkpoint, tokenizer, data, model; \
+`coil recipe show NAME` prints every key with its value. Special keys: model.num_layers=N (cuts the pattern or \
+repeats it from the start), data.kind=mock|pretrain|shakespeare|squad (switches the data variant), `key=` unsets an \
+optional key. NeMo spellings data.global_batch_size, data.micro_batch_size, data.seq_length, trainer.devices, \
+trainer.num_nodes, resume_path, dir, name are accepted.\n\nThe local and slurm executors start `coil worker` \
+processes with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; until multi-GPU training lands, \
+a run of more than one rank meets at the rendezvous and then stops with an error."
+)]
 pub struct RunArgs {
     /// Built-in recipe (see `coil recipes`), e.g. demo, mamba2_130m, nemotronh_8b.
     #[arg(
