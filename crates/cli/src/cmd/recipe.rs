@@ -141,5 +141,14 @@ pub fn render(r: &Recipe) -> Result<String> {
         human_bytes(m.activations),
         human_bytes(m.total)
     );
+    let dp = p.data_parallel().max(1) as u64;
+    if dp > 1 {
+        out += &format!(
+            "# with the optimizer state sharded over the {dp} data-parallel ranks (NeMo's distributed optimizer): \
+             optimizer {}, total {}\n",
+            human_bytes(m.optimizer / dp),
+            human_bytes(m.total - m.optimizer + m.optimizer / dp)
+        );
+    }
     Ok(out)
 }
