@@ -81,18 +81,29 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         .collect();
     let batch = Batch::stack(&samples)?;
     let mut times = Vec::new();
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     for i in 0..a.warmup + a.steps {
         let t = Instant::now();
         opt.zero_grad()?;
         let (sum, count) = masked_loss(&model, &batch, &device)?;
-        let grads = (sum / count)?.backward()?;
+        let loss = (sum / count)?;
+        device.synchronize()?;
+        let t_fwd = t.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        device.synchronize()?;
+        let t_bwd = t.elapsed().as_secs_f64();
         opt.accumulate(&grads, 1.0)?;
+        drop(grads);
         opt.step(1e-4)?;
         device.synchronize()?;
+        let total = t.elapsed().as_secs_f64();
         if i >= a.warmup {
-            times.push(t.elapsed().as_secs_f64());
+            times.push(total);
+            phases.push([t_fwd, t_bwd - t_fwd, total - t_bwd]);
         }
     }
+    let mean_phase = |k: usize| phases.iter().map(|p| p[k]).sum::<f64>() / phases.len() as f64;
+    let (fwd, bwd, opt_s) = (mean_phase(0), mean_phase(1), mean_phase(2));
     times.sort_by(|x, y| x.total_cmp(y));
     let median = times[times.len() / 2];
     let tokens = (a.batch * a.seq_length) as f64;
@@ -107,11 +118,12 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({"bench": "train", "impl": "coil", "preset": a.preset, "params": n_params, "batch": a.batch,
                 "seq_length": a.seq_length, "precision": a.precision, "device": label, "threads": threads,
-                "median_s": median, "tokens_per_s": tokens / median})
+                "median_s": median, "tokens_per_s": tokens / median,
+                "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt_s})
         );
     } else {
         println!(
-            "train {} ({:.1}M params, {}, {label}, {threads} threads): batch {} x {} tokens, median step {:.3} s over {} steps = {:.1} tokens/s",
+            "train {} ({:.1}M params, {}, {label}, {threads} threads): batch {} x {} tokens, median step {:.3} s over {} steps = {:.1} tokens/s (mean forward {fwd:.2} s, backward {bwd:.2} s, optimizer {opt_s:.2} s)",
             a.preset,
             n_params as f64 / 1e6,
             a.precision,
