@@ -3,9 +3,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Runs `coil` in a fresh working directory, so relative recipe paths (`runs/...`) never land in the source tree.
 fn coil(args: &[&str]) -> Output {
+    let cwd = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     Command::new(env!("CARGO_BIN_EXE_coil"))
         .args(args)
+        .current_dir(cwd.path())
         .output()
         .unwrap_or_else(|e| panic!("running coil: {e}"))
 }
