@@ -242,19 +242,23 @@ fn mamba2(f: &Fields) -> std::result::Result<ModelConfig, String> {
             dt_init_max: f.f64_or(&["time_step_max"], 0.1)?,
             dt_init_floor: f.f64_or(&["time_step_floor"], 1e-4)?,
         },
-        attention: AttentionConfig {
-            num_heads: 1,
-            num_kv_heads: 1,
-            head_dim: 1,
-        },
-        mlp: MlpConfig {
-            intermediate_size: 0,
-            activation: MlpActivation::Gelu,
-            bias: false,
-        },
+        attention: UNUSED_ATTENTION,
+        mlp: UNUSED_MLP,
         tokens: f.tokens(),
     })
 }
+
+/// Placeholders for the layer kinds a pure Mamba2 stack does not have (never read by the model).
+const UNUSED_ATTENTION: AttentionConfig = AttentionConfig {
+    num_heads: 1,
+    num_kv_heads: 1,
+    head_dim: 1,
+};
+const UNUSED_MLP: MlpConfig = MlpConfig {
+    intermediate_size: 0,
+    activation: MlpActivation::Gelu,
+    bias: false,
+};
 
 /// Layer symbols from `layers_block_type` (new or legacy names) or `hybrid_override_pattern`.
 fn nemotron_pattern(f: &Fields) -> std::result::Result<String, String> {
@@ -427,16 +431,8 @@ fn state_spaces(f: &Fields) -> std::result::Result<ModelConfig, String> {
             dt_init_max: s.f64_or(&["dt_max"], 0.1)?,
             dt_init_floor: s.f64_or(&["dt_init_floor"], 1e-4)?,
         },
-        attention: AttentionConfig {
-            num_heads: 1,
-            num_kv_heads: 1,
-            head_dim: 1,
-        },
-        mlp: MlpConfig {
-            intermediate_size: 0,
-            activation: MlpActivation::Gelu,
-            bias: false,
-        },
+        attention: UNUSED_ATTENTION,
+        mlp: UNUSED_MLP,
         tokens: SpecialTokens {
             bos: Some(0),
             eos: Some(0),
