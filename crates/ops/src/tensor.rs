@@ -1,14 +1,21 @@
 //! Tensor-level entry points: the one place in Coil that picks a device path for the mixer ops.
 //!
-//! Each function validates shapes, runs the CPU implementation on contiguous f32 data and returns a tensor on
-//! the input's device. Other devices get a clear error until their kernels land. [`mixer_core`] is the one op
-//! with autograd: the whole mixer inner chain as a candle custom op (see `tensor/mixer_op.rs`).
+//! Each function validates shapes, then runs on the CPU the fast f32 implementation of this crate, and on any
+//! other device (CUDA) the same math composed from candle tensor ops ([`composed`], differentiable through
+//! candle autograd). [`mixer_core`] is the one op with a hand-written backward: the whole mixer inner chain as a
+//! candle custom op on the CPU (see `tensor/mixer_op.rs`), the composed chain elsewhere.
 
 use crate::{conv1d, dt, norm, ssd};
 use candle_core::{bail, DType, Device, Result, Tensor};
 
+pub mod checks;
+pub mod composed;
 mod mixer_op;
 pub use mixer_op::{mixer_core, mixer_core_packed, pack_mixer_params};
+
+fn t_is_cpu(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu)
+}
 
 fn host_f32(t: &Tensor, op: &str) -> Result<Vec<f32>> {
     if !matches!(t.device(), Device::Cpu) {
@@ -81,6 +88,9 @@ pub fn ssd(
     if let Some(s) = initial_state {
         expect_shape(s, &[batch, heads, head_dim, state], "ssd initial state")?;
     }
+    if !t_is_cpu(x) {
+        return composed::ssd(x, dt, a, b, c, d, initial_state, chunk, None);
+    }
     let dims = ssd::SsdDims {
         batch,
         seqlen,
@@ -134,6 +144,9 @@ pub fn causal_conv1d_silu(
     if let Some(h) = history {
         expect_shape(h, &[batch, ch, k - 1], "conv1d history")?;
     }
+    if !t_is_cpu(x) {
+        return composed::causal_conv1d_silu(x, w, bias, history, None);
+    }
     let xv = host_f32(x, "conv1d")?;
     let wv = host_f32(w, "conv1d")?;
     let bv = bias.map(|b| host_f32(b, "conv1d")).transpose()?;
@@ -158,6 +171,9 @@ pub fn dt_softplus(dt_raw: &Tensor, bias: &Tensor, limit: (f32, f32)) -> Result<
             "dt: last dimension of {:?} is not the {h} heads of dt_bias",
             dt_raw.dims()
         );
+    }
+    if !t_is_cpu(dt_raw) {
+        return composed::dt_softplus(dt_raw, bias, limit);
     }
     let out = dt::dt_softplus(&host_f32(dt_raw, "dt")?, &host_f32(bias, "dt")?, limit);
     Tensor::from_vec(out, dt_raw.shape(), dt_raw.device())
@@ -184,6 +200,9 @@ pub fn gated_rmsnorm(
             "gated_rmsnorm: weight of {width} channels, {groups} groups, input {:?}",
             y.dims()
         );
+    }
+    if !t_is_cpu(y) {
+        return composed::gated_rmsnorm(y, z, w, groups, eps);
     }
     let out = norm::gated_rmsnorm(
         &host_f32(y, "gated_rmsnorm")?,

@@ -138,7 +138,8 @@ impl CustomOp3 for MixerCoreOp {
 /// The mixer core between in_proj and out_proj, with candle autograd: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K] or
 /// [C,1,K], `params` from [`pack_mixer_params`] → [B,T,I] in the dtype of `zxbcdt`.
 ///
-/// Accepts f32, bf16 and f16 (computed in f32). CPU only for now: other devices get an error.
+/// Accepts f32, bf16 and f16 (computed in f32). On the CPU it is the custom op with its hand-written backward;
+/// on other devices the same chain composed from tensor ops ([`super::composed::mixer_core`]).
 /// `backward()` gives gradients to all three inputs, and through [`pack_mixer_params`]'s `cat` to each piece.
 pub fn mixer_core(
     zxbcdt: &Tensor,
@@ -163,10 +164,11 @@ pub fn mixer_core_packed(
         (conv_w, "conv weight"),
         (params, "params"),
     ] {
-        if !matches!(t.device(), Device::Cpu) {
+        if !t.device().same_device(zxbcdt.device()) {
             bail!(
-                "mixer core: {what} is on {:?}; this build has a CPU kernel only",
-                t.device()
+                "mixer core: {what} is on {:?} but zxbcdt is on {:?}",
+                t.device(),
+                zxbcdt.device()
             );
         }
         if !matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
@@ -180,6 +182,11 @@ pub fn mixer_core_packed(
     let seq_idx = seq_idx
         .map(|s| super::seq_idx_host(s, batch, seqlen))
         .transpose()?;
+    if !matches!(zxbcdt.device(), Device::Cpu) {
+        let segments = seq_idx.map(|ids| super::composed::Segments { batch, seqlen, ids });
+        return super::composed::mixer_core(zxbcdt, conv_w, params, dims, segments.as_ref())?
+            .to_dtype(zxbcdt.dtype());
+    }
     let f32_contig = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     let out = f32_contig(zxbcdt)?.apply_op3(
         &f32_contig(conv_w)?,
