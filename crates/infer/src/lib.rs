@@ -14,6 +14,7 @@
 //! dt clamp: by default the step clamps dt with the model's `time_step_limit` exactly as prefill does (Coil's
 //! choice, see `coil_model`); [`DecodeDtClamp::HfUnclamped`] reproduces HF transformers' unclamped step.
 
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -23,6 +24,7 @@ pub mod state;
 pub mod step;
 pub mod weights;
 
+pub use device::generate_on_device;
 pub use engine::{Engine, EngineOptions};
 pub use error::{InferError, Result};
 pub use generate::{generate, GenerateParams, Generation, StopReason};

@@ -1,15 +1,22 @@
 //! Helpers shared by the model tests.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device, Tensor};
-use coil_model::HybridLm;
+use candle_core::{DType, Device, Tensor, Var};
+use coil_model::{next_token_loss, HybridLm};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// `tests/fixtures/<name>` of this crate; relative to the working directory when the test binary runs away from
+/// its build tree (the CUDA tests on a GPU machine run from `crates/model`).
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let base = if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures")
+    };
+    base.join(name)
 }
 
 pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
@@ -18,13 +25,25 @@ pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
 }
 
 pub fn load_model(name: &str) -> HybridLm {
-    HybridLm::from_dir(&fixture_dir(name), &Device::Cpu, DType::F32).expect("model loads")
+    load_model_on(name, &Device::Cpu, DType::F32)
+}
+
+pub fn load_model_on(name: &str, dev: &Device, dtype: DType) -> HybridLm {
+    HybridLm::from_dir(&fixture_dir(name), dev, dtype).expect("model loads")
 }
 
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
+    let a = a
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
     (a - b)
         .unwrap()
         .abs()
@@ -44,4 +63,47 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
         std::fs::copy(fixture_dir(name).join(f), dir.path().join(f)).unwrap();
     }
     dir
+}
+
+/// (name, ‖g − g_hf‖ / ‖g_hf‖) for every parameter of a fixture, computed on `dev`.
+pub fn grad_errors(name: &str, dev: &Device) -> Vec<(String, f64)> {
+    let fx = load_fixture(name);
+    let model = load_model_on(name, dev, DType::F32);
+    let vars: Vec<(String, Var)> = model
+        .named_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
+        .collect();
+    let map: BTreeMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let model = HybridLm::load(&model.config, &map, dev, DType::F32).unwrap();
+    let ids = &fx["input_ids"].to_device(dev).unwrap();
+    let loss = next_token_loss(&model.forward(ids, None).unwrap(), ids).unwrap();
+    let grads = loss.backward().unwrap();
+    vars.iter()
+        .map(|(n, v)| {
+            let want = fx
+                .get(&format!("grad.{n}"))
+                .unwrap_or_else(|| panic!("{name}: fixture lacks grad.{n}"));
+            let got = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {n}"))
+                .to_device(&Device::Cpu)
+                .unwrap();
+            let norm = |t: &Tensor| {
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .sqrt() as f64
+            };
+            let diff = norm(&(&got - want).unwrap());
+            (n.clone(), diff / norm(want).max(1e-30))
+        })
+        .collect()
 }

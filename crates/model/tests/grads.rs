@@ -3,51 +3,8 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor, Var};
-use coil_model::{next_token_loss, HybridLm};
+use candle_core::Device;
 use common::*;
-use std::collections::BTreeMap;
-
-/// (name, ‖g − g_hf‖ / ‖g_hf‖) for every parameter of a fixture.
-fn grad_errors(name: &str) -> Vec<(String, f64)> {
-    let fx = load_fixture(name);
-    let model = load_model(name);
-    let vars: Vec<(String, Var)> = model
-        .named_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-        .collect();
-    let map: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let model = HybridLm::load(&model.config, &map, &Device::Cpu, DType::F32).unwrap();
-    let ids = &fx["input_ids"];
-    let loss = next_token_loss(&model.forward(ids, None).unwrap(), ids).unwrap();
-    let grads = loss.backward().unwrap();
-    vars.iter()
-        .map(|(n, v)| {
-            let want = fx
-                .get(&format!("grad.{n}"))
-                .unwrap_or_else(|| panic!("{name}: fixture lacks grad.{n}"));
-            let got = grads
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("{name}: no gradient for {n}"));
-            let norm = |t: &Tensor| {
-                t.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .sqrt() as f64
-            };
-            let diff = norm(&(got - want).unwrap());
-            (n.clone(), diff / norm(want).max(1e-30))
-        })
-        .collect()
-}
 
 #[test]
 fn gradients_match_hf_for_every_parameter() {
@@ -58,7 +15,7 @@ fn gradients_match_hf_for_every_parameter() {
         "nemotron_h_tiny",
         "nemotron_h_gelu",
     ] {
-        let errs = grad_errors(name);
+        let errs = grad_errors(name, &Device::Cpu);
         assert!(!errs.is_empty());
         let worst = errs.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
         eprintln!(

@@ -150,7 +150,7 @@ pub fn recipe(name: &str, mode: Mode) -> Result<Recipe> {
         run: RunSection {
             dir: PathBuf::from("runs"),
             name: run_name("default", mode),
-            device: "cpu".into(),
+            device: coil_model::device::DEFAULT_DEVICE.into(),
             progress: true,
             sample_tokens: 0,
             sample_prompt: String::new(),

@@ -50,7 +50,7 @@ pub struct RunSection {
     pub dir: PathBuf,
     /// NeMo `name`.
     pub name: String,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `auto` (a GPU when the build has CUDA and one is present), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Show a progress bar on a terminal and print log lines.
     pub progress: bool,

@@ -128,16 +128,20 @@ impl AdamW {
     /// Global L2 norm of the accumulated gradients.
     pub fn grad_norm(&self) -> Result<f64> {
         let mut sq = 0f64;
+        // On a GPU the per-tensor sums stay on the device and come back in one transfer.
+        let mut on_device: Vec<Tensor> = vec![];
         for p in &self.params {
-            sq += if fused::applies(&p.grad) {
-                fused::sum_sq(&p.grad)?
+            if fused::applies(&p.grad) {
+                sq += fused::sum_sq(&p.grad)?;
             } else {
-                p.grad
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?
-            };
+                on_device.push(p.grad.sqr()?.sum_all()?.reshape(1)?);
+            }
+        }
+        if !on_device.is_empty() {
+            let sums = Tensor::cat(&on_device, 0)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+            sq += sums.iter().sum::<f64>();
         }
         Ok(sq.sqrt())
     }

@@ -276,3 +276,41 @@ fn non_finite_loss_stops_the_run_naming_the_step() {
         .to_string();
     assert!(e.contains("step 1") && e.contains("NaN"), "{e}");
 }
+
+/// The same run on the GPU tracks the CPU run step by step (f32: to rounding; bf16-mixed: loosely), and its
+/// checkpoint loads on the CPU. Run by hand on a GPU machine:
+/// `cargo test --release --features cuda -p coil-train --test train_loop -- --ignored`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_run_tracks_the_cpu_run() {
+    let gpu = Device::new_cuda(0).expect("a CUDA GPU");
+    for (precision, tol) in [(Precision::F32, 1e-3), (Precision::Bf16Mixed, 0.05)] {
+        let (dc, dg) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut rc = run(dc.path(), "M*M-", 20, 100, 3e-3);
+        rc.trainer.precision = precision;
+        let sc = train(&rc, corpus(64, 0, 20 * 8), None::<Bytes>).unwrap();
+        let mut rg = run(dg.path(), "M*M-", 20, 100, 3e-3);
+        rg.trainer.precision = precision;
+        rg.device = gpu.clone();
+        let sg = train(&rg, corpus(64, 0, 20 * 8), None::<Bytes>).unwrap();
+        assert_eq!(sc.losses.len(), sg.losses.len());
+        for ((step, a), (_, b)) in sc.losses.iter().zip(&sg.losses) {
+            eprintln!("{precision:?} step {step}: cpu {a:.5} cuda {b:.5}");
+            assert!(
+                (a - b).abs() <= tol * a,
+                "{precision:?} step {step}: cpu {a} vs cuda {b}"
+            );
+        }
+        let last = sg.losses.last().unwrap().1;
+        assert!(
+            last < sg.losses[0].1 * 0.8,
+            "{precision:?}: loss did not fall on cuda"
+        );
+        let ck = checkpoint::load(&sg.last_checkpoint.unwrap(), &Device::Cpu).unwrap();
+        assert!(ck
+            .weights
+            .values()
+            .all(|t| t.dtype() == candle_core::DType::F32));
+    }
+}

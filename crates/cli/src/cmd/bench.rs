@@ -14,6 +14,9 @@ pub enum BenchCommand {
     Generate(super::bench_generate::GenerateBenchArgs),
     /// Training-step throughput: forward, backward and AdamW on random tokens with random weights.
     Train(super::bench_train::TrainBenchArgs),
+    /// The SSD scan of one Mamba2 layer: forward and forward+backward (the shapes of mamba_ssm's
+    /// mamba_chunk_scan_combined).
+    Ssd(super::bench_ssd::SsdBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -37,7 +40,7 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub chunk_size: Option<usize>,
     /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
     pub device: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -49,6 +52,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Generate(a) => super::bench_generate::run(a),
         BenchCommand::Train(a) => super::bench_train::run(a),
+        BenchCommand::Ssd(a) => super::bench_ssd::run(a),
     }
 }
 

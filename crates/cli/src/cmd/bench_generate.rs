@@ -42,6 +42,10 @@ pub struct GenerateBenchArgs {
     /// Print one JSON object per configuration instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Device: auto, cpu, cuda or cuda:N. On a GPU the whole batch is one tensor and every step is the model's
+    /// forward with T = 1, in the precision of --weights.
+    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
+    pub device: String,
 }
 
 /// Best of several multithreaded read passes over `mib` MiB, in bytes/s.
@@ -101,6 +105,10 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
         );
     }
     let cfg = p.config;
+    let device = coil_model::device::select_device(&a.device).context("--device")?;
+    if !device.is_cpu() {
+        return run_on_device(&a, &cfg, &device);
+    }
     let lm =
         HybridLm::init(&cfg, 0, &Device::Cpu, DType::F32).context("initialising random weights")?;
     let threads = rayon::current_num_threads();
@@ -174,6 +182,133 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
                     100.0 * decode_tok_s / roofline,
                     weight_bytes as f64 / 1e6,
                     state_bytes as f64 / 1e6,
+                    m.prefill_s
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy bandwidth of `dev` in bytes/s (read + write of a 1 GiB buffer, best of 5).
+fn device_bandwidth(dev: &Device) -> Result<f64> {
+    let n = 1usize << 28;
+    let buf = candle_core::Tensor::ones(n, DType::F32, dev)?;
+    let mut best = 0f64;
+    for _ in 0..6 {
+        dev.synchronize()?;
+        let t = Instant::now();
+        let c = buf.copy()?;
+        dev.synchronize()?;
+        best = best.max((2 * 4 * n) as f64 / t.elapsed().as_secs_f64());
+        drop(c);
+    }
+    Ok(best)
+}
+
+/// Greedy generation of the whole batch on `lm`'s device, argmax on the device; prefill and decode timed apart.
+fn run_once_on_device(
+    lm: &HybridLm,
+    ids: &candle_core::Tensor,
+    new: usize,
+) -> Result<(Timing, usize)> {
+    let dev = lm.device();
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    let (logits, mut state) = lm.forward_with_state(ids, None, None, true)?;
+    let mut next = logits.argmax_keepdim(candle_core::D::Minus1)?.squeeze(2)?;
+    dev.synchronize()?;
+    let t1 = Instant::now();
+    let state_bytes: usize = state
+        .layers
+        .iter()
+        .map(|l| match l {
+            coil_model::LayerState::Mamba(m) => {
+                m.conv.elem_count() * m.conv.dtype().size_in_bytes()
+                    + m.ssm.elem_count() * m.ssm.dtype().size_in_bytes()
+            }
+            coil_model::LayerState::Attention(c) => {
+                (c.k.elem_count() + c.v.elem_count()) * c.k.dtype().size_in_bytes()
+            }
+            coil_model::LayerState::Stateless => 0,
+        })
+        .sum();
+    for _ in 1..new {
+        let (logits, st) = lm.forward_with_state(&next, Some(&state), None, true)?;
+        state = st;
+        next = logits.argmax_keepdim(candle_core::D::Minus1)?.squeeze(2)?;
+    }
+    dev.synchronize()?;
+    Ok((
+        Timing {
+            prefill_s: (t1 - t0).as_secs_f64(),
+            decode_s: t1.elapsed().as_secs_f64(),
+        },
+        state_bytes,
+    ))
+}
+
+fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Device) -> Result<()> {
+    let bw = device_bandwidth(dev)?;
+    let label = coil_model::device::device_label(dev);
+    let n_params = coil_model::params::num_parameters(cfg)?;
+    if !a.json {
+        println!(
+            "generate {} (random weights), prompt {} + {} new tokens on {label}; copy bandwidth {:.0} GB/s",
+            a.preset,
+            a.prompt,
+            a.new_tokens,
+            bw / 1e9
+        );
+    }
+    for w in &a.weights {
+        let dtype = match w {
+            WeightsArg::F32 => DType::F32,
+            WeightsArg::Bf16 => DType::BF16,
+        };
+        let lm = HybridLm::init(cfg, 0, dev, dtype).context("initialising random weights")?;
+        for &batch in &a.batch {
+            let ids: Vec<u32> = (0..batch * a.prompt)
+                .map(|i| {
+                    let (b, t) = (i / a.prompt, i % a.prompt);
+                    (((b * 7919 + t) as u64 * 2654435761) % cfg.vocab_size as u64) as u32
+                })
+                .collect();
+            let ids = candle_core::Tensor::from_vec(ids, (batch, a.prompt), dev)?;
+            run_once_on_device(&lm, &ids, a.new_tokens)?;
+            let mut runs = Vec::with_capacity(a.iters);
+            let mut state_bytes = 0;
+            for _ in 0..a.iters {
+                let (t, sb) = run_once_on_device(&lm, &ids, a.new_tokens)?;
+                state_bytes = sb;
+                runs.push(t);
+            }
+            runs.sort_by(|x, y| (x.prefill_s + x.decode_s).total_cmp(&(y.prefill_s + y.decode_s)));
+            let m = &runs[runs.len() / 2];
+            let steps = a.new_tokens - 1;
+            let decode_tok_s = (batch * steps) as f64 / m.decode_s;
+            let e2e_tok_s = (batch * a.new_tokens) as f64 / (m.prefill_s + m.decode_s);
+            // A step reads every weight once and reads and writes each sequence's state.
+            let weight_bytes = n_params as usize * dtype.size_in_bytes();
+            let roofline = batch as f64 * bw / (weight_bytes + 2 * state_bytes) as f64;
+            let dt = format!("{dtype:?}").to_lowercase();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "generate", "impl": "coil", "preset": a.preset, "weights": dt, "batch": batch,
+                        "prompt": a.prompt, "new_tokens": a.new_tokens, "device": label,
+                        "bandwidth_gb_s": bw / 1e9, "prefill_s": m.prefill_s, "decode_s": m.decode_s,
+                        "decode_tokens_per_s": decode_tok_s, "end_to_end_new_tokens_per_s": e2e_tok_s,
+                        "weight_bytes_per_step": weight_bytes, "state_bytes_per_step": 2 * state_bytes,
+                        "roofline_tokens_per_s": roofline, "roofline_fraction": decode_tok_s / roofline,
+                    })
+                );
+            } else {
+                println!(
+                    "  {dt:>4} batch {batch}: decode {decode_tok_s:8.1} tok/s ({:.1}% of roofline {roofline:.0}), \
+                     end to end {e2e_tok_s:.1} new tok/s (prefill {:.3} s)",
+                    100.0 * decode_tok_s / roofline,
                     m.prefill_s
                 );
             }

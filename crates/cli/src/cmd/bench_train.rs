@@ -31,7 +31,7 @@ pub struct TrainBenchArgs {
     /// Override the SSD chunk size of the preset.
     #[arg(long)]
     pub chunk_size: Option<usize>,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
     pub device: String,
     /// Print one JSON object instead of text.
     #[arg(long)]

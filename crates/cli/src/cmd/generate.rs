@@ -82,31 +82,40 @@ pub struct GenerateArgs {
     /// dt clamp in the decode step.
     #[arg(long, value_enum, default_value = "coil")]
     pub decode_dt: DecodeDtArg,
-    /// Tensor-parallel size (needs the GPU build; only 1 here).
+    /// Tensor-parallel size (only 1 so far).
     #[arg(long, default_value_t = 1)]
     pub tp: usize,
-    /// FP8 inference (needs the GPU build).
+    /// FP8 inference (not implemented yet).
     #[arg(long)]
     pub fp8: bool,
+    /// Device: auto (a GPU when built with CUDA and one is present), cpu, cuda or cuda:N. On a GPU the model
+    /// runs in the precision of --weights and prompts of equal length decode as one batch.
+    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
+    pub device: String,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     if a.tp != 1 {
         bail!(
-            "--tp {}: tensor-parallel generation needs the GPU build of Coil; this build decodes on the CPU \
-             (drop --tp or use --tp 1)",
+            "--tp {}: tensor-parallel generation is not implemented yet (drop --tp or use --tp 1)",
             a.tp
         );
     }
     if a.fp8 {
-        bail!("--fp8: FP8 inference needs the GPU build of Coil; drop --fp8 to decode in f32/bf16 on the CPU");
+        bail!("--fp8: FP8 inference is not implemented yet; drop --fp8 to decode in f32 or bf16");
     }
+    let device = coil_model::device::select_device(&a.device).context("--device")?;
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
     };
-    let lm = HybridLm::from_dir(&a.model, &Device::Cpu, DType::F32)
+    let dtype = match (device.is_cpu(), a.weights) {
+        // The CPU engine converts its own step weights; its prefill stays f32.
+        (true, _) | (false, WeightsArg::F32) => DType::F32,
+        (false, WeightsArg::Bf16) => DType::BF16,
+    };
+    let lm = HybridLm::from_dir(&a.model, &device, dtype)
         .with_context(|| format!("--model {}: loading the model", a.model.display()))?;
     let tokenizer = open_tokenizer(&a)?;
     let text_mode = a.input_ids.is_none();
@@ -124,20 +133,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     sampling
         .validate(model_vocab, vocab_limit)
         .context("--top-k / --top-p / --temperature")?;
-    let engine = Engine::new(
-        lm,
-        EngineOptions {
-            weights: match a.weights {
-                WeightsArg::F32 => WeightDtype::F32,
-                WeightsArg::Bf16 => WeightDtype::Bf16,
-            },
-            dt_clamp: match a.decode_dt {
-                DecodeDtArg::Coil => DecodeDtClamp::SameAsPrefill,
-                DecodeDtArg::Hf => DecodeDtClamp::HfUnclamped,
-            },
-        },
-    )
-    .context("preparing the decode step")?;
+    let on_device = !device.is_cpu();
+    if on_device && matches!(a.decode_dt, DecodeDtArg::Hf) {
+        bail!(
+            "--decode-dt hf: on a GPU every step is the model's own forward, which clamps dt as prefill does; \
+             use --device cpu for HF's unclamped step"
+        );
+    }
+    let engine = if on_device {
+        None
+    } else {
+        Some(make_engine(lm.clone(), &a)?)
+    };
     let params = GenerateParams {
         max_new_tokens: a.num_tokens_to_generate,
         sampling,
@@ -157,7 +164,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let _ = stdout.flush();
     }
     let t0 = Instant::now();
-    let results = generate(&engine, &prompts, &params, &mut |_, id| {
+    let mut on_token = |_, id| {
         if let (true, Some(tok)) = (stream, tokenizer.as_deref()) {
             streamed.push(id);
             if let Ok(text) = tok.decode(&streamed) {
@@ -168,7 +175,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 }
             }
         }
-    })
+    };
+    let results = match &engine {
+        Some(e) => generate(e, &prompts, &params, &mut on_token),
+        None => coil_infer::generate_on_device(&lm, &prompts, &params, &mut on_token),
+    }
     .context("generating")?;
     let secs = t0.elapsed().as_secs_f64();
     if stream {
@@ -206,6 +217,24 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
+}
+
+/// The CPU decode engine with the step weights and dt clamp the flags ask for.
+fn make_engine(lm: HybridLm, a: &GenerateArgs) -> Result<Engine> {
+    Engine::new(
+        lm,
+        EngineOptions {
+            weights: match a.weights {
+                WeightsArg::F32 => WeightDtype::F32,
+                WeightsArg::Bf16 => WeightDtype::Bf16,
+            },
+            dt_clamp: match a.decode_dt {
+                DecodeDtArg::Coil => DecodeDtClamp::SameAsPrefill,
+                DecodeDtArg::Hf => DecodeDtClamp::HfUnclamped,
+            },
+        },
+    )
+    .context("preparing the decode step")
 }
 
 fn open_tokenizer(a: &GenerateArgs) -> Result<Option<Box<dyn Tokenizer>>> {

@@ -21,7 +21,7 @@ pub struct LogitsArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
     pub device: String,
     /// Also write `grad.<name>` (f32) for every parameter: the gradient of `loss`, named as in the checkpoint.
     #[arg(long)]

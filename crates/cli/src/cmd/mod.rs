@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_generate;
+pub mod bench_ssd;
 pub mod bench_train;
 pub mod data;
 pub mod generate;

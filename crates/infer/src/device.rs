@@ -1,0 +1,125 @@
+//! Generation on the model's own device (CUDA): the model's chunked forward for the prefill and the same
+//! forward with T = 1 for every step (`HybridLm::forward_with_state`), batched as one tensor per group of
+//! prompts of equal length. Sampling follows the same Megatron rules as the CPU engine ([`crate::sampling`]), on
+//! the host, from each step's logits [B, V].
+//!
+//! Unlike the CPU engine ([`crate::generate`]), a batch here is one tensor, so prompts of different lengths go in
+//! separate batches (no padding ever enters a state); a sequence that stops early keeps its row until its batch
+//! ends, and its later tokens are dropped.
+
+use crate::error::{InferError, Result};
+use crate::generate::{GenerateParams, Generation, OnToken, StopReason};
+use crate::sampling::Sampler;
+use candle_core::{DType, Device, Tensor};
+use coil_model::HybridLm;
+
+/// Generates for every prompt on `lm`'s device; `on_token` sees each kept token as it is sampled.
+/// Same contract and results as [`crate::generate`] (greedy tokens are identical up to device rounding).
+pub fn generate_on_device(
+    lm: &HybridLm,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_token: &mut OnToken,
+) -> Result<Vec<Generation>> {
+    let vocab = lm.config.vocab_size;
+    params.sampling.validate(vocab, params.vocab_limit)?;
+    if params.max_batch == 0 {
+        return Err(InferError::Invalid(
+            "the maximum batch size must be at least 1".into(),
+        ));
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(InferError::Invalid(format!(
+                "prompt {i} is empty: it needs at least one token (add a BOS token)"
+            )));
+        }
+        if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
+            return Err(InferError::Invalid(format!(
+                "prompt {i}: token id {t} is outside the vocabulary [0, {vocab})"
+            )));
+        }
+    }
+    let mut results: Vec<Generation> = prompts
+        .iter()
+        .map(|_| Generation {
+            tokens: Vec::with_capacity(params.max_new_tokens),
+            stop: StopReason::Length,
+        })
+        .collect();
+    if params.max_new_tokens == 0 {
+        return Ok(results);
+    }
+    // Batches: prompts of one length, in order of first appearance, at most max_batch each.
+    let mut by_len: Vec<(usize, Vec<usize>)> = vec![];
+    for (i, p) in prompts.iter().enumerate() {
+        match by_len.iter_mut().find(|(l, _)| *l == p.len()) {
+            Some((_, v)) => v.push(i),
+            None => by_len.push((p.len(), vec![i])),
+        }
+    }
+    for (_, members) in by_len {
+        for batch in members.chunks(params.max_batch) {
+            run_batch(lm, prompts, batch, params, on_token, &mut results)?;
+        }
+    }
+    Ok(results)
+}
+
+fn run_batch(
+    lm: &HybridLm,
+    prompts: &[Vec<u32>],
+    batch: &[usize],
+    params: &GenerateParams,
+    on_token: &mut OnToken,
+    results: &mut [Generation],
+) -> Result<()> {
+    let dev = lm.device();
+    let len = prompts[batch[0]].len();
+    let ids: Vec<i64> = batch
+        .iter()
+        .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
+        .collect();
+    let ids = Tensor::from_vec(ids, (batch.len(), len), dev)?;
+    let (mut logits, mut state) = lm.forward_with_state(&ids, None, None, true)?;
+    let mut samplers: Vec<Sampler> = batch
+        .iter()
+        .map(|&i| Sampler::new(params.sampling, params.seed, i as u64, params.vocab_limit))
+        .collect();
+    let mut done = vec![false; batch.len()];
+    loop {
+        let rows = host_rows(&logits, batch.len())?;
+        let mut next = Vec::with_capacity(batch.len());
+        for (r, &i) in batch.iter().enumerate() {
+            let tok = samplers[r].sample(&rows[r]);
+            next.push(tok as i64);
+            if done[r] {
+                continue;
+            }
+            on_token(i, tok);
+            let g = &mut results[i];
+            g.tokens.push(tok);
+            if params.eos == Some(tok) {
+                g.stop = StopReason::Eos;
+                done[r] = true;
+            } else if g.tokens.len() >= params.max_new_tokens {
+                done[r] = true;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            return Ok(());
+        }
+        let step_ids = Tensor::from_vec(next, (batch.len(), 1), dev)?;
+        (logits, state) = lm.forward_with_state(&step_ids, Some(&state), None, true)?;
+    }
+}
+
+/// The last-position logits [B, 1, V] (or [B, V]) as host rows of f32.
+fn host_rows(logits: &Tensor, batch: usize) -> Result<Vec<Vec<f32>>> {
+    let v = logits.elem_count() / batch;
+    let flat = logits
+        .to_dtype(DType::F32)?
+        .reshape((batch, v))?
+        .to_device(&Device::Cpu)?;
+    Ok(flat.to_vec2::<f32>()?)
+}
