@@ -7,7 +7,9 @@
 # commands printed), table.md (tools/gpu/table.py over results.jsonl).
 # Environment: BENCH_ONLY=first_call,ssd,train,generate (comma list, default all, run in that order);
 # BENCH_DEADLINE_S=560 (stop starting commands after that many seconds, shorten the last ones' timeouts; 0 = none);
-# COIL=/path/to/coil (skip the decompression); PYTHON=python3 (the peer's interpreter).
+# COIL=/path/to/coil (skip the decompression); PYTHON=python3 (the peer's interpreter);
+# PEER_ONLY=first_call,ssd,train,generate (the parts the peer runs in, default all: a later run can measure Coil
+# alone where the peer's numbers from an earlier run of the same session stand).
 # No `set -e`: one failing or hanging command must not stop the others (each has a timeout).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
@@ -30,6 +32,8 @@ fi
 
 log() { echo "$*" | tee -a "$LOG"; }
 want() { [[ "$ONLY" == *",$1,"* ]]; }
+PEER_PARTS=",${PEER_ONLY:-first_call,ssd,train,generate},"
+peer_wanted() { [[ "$PEER_PARTS" == *",$1,"* ]]; }
 elapsed() { echo $(( $(date +%s) - T0 )); }
 
 # run_one BENCH SHAPE IMPL TIMEOUT_S [--expect KEY=V1,V2] [--synth FIELD] -- COMMAND...
@@ -40,6 +44,10 @@ run_one() {
   local extra=()
   while [[ $# -gt 0 && "$1" != "--" ]]; do extra+=("$1" "$2"); shift 2; done
   shift
+  if [[ "$impl" == mamba_ssm ]] && ! peer_wanted "$bench"; then
+    log "### SKIP $bench | $shape | $impl (not in PEER_ONLY)"
+    return
+  fi
   local left=$(( DEADLINE_S - $(elapsed) ))
   if (( DEADLINE_S > 0 && left < 15 )); then
     log "### SKIP $bench | $shape | $impl (deadline ${DEADLINE_S}s reached)"

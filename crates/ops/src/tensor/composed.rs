@@ -188,7 +188,7 @@ pub fn ssd(
         .permute((0, 1, 3, 2, 4))?
         .contiguous()?; // [B,Z,G,Q,N]
     let da = dtc.broadcast_mul(&f(a)?.reshape((1, 1, heads, 1))?)?;
-    let s = da.cumsum(3)?; // [B,Z,H,Q]
+    let s = cumsum_last(&da)?; // [B,Z,H,Q]
     let masks = Masks::new(batch, nz, q, segments, &dev)?;
 
     // Intra-chunk: L[i,j] = exp(s_i − s_j) for j ≤ i (same example), scaled by dt_j, times C_i·B_j.
@@ -229,7 +229,7 @@ pub fn ssd(
     let c_cum = Tensor::cat(
         &[
             &Tensor::zeros((batch, heads, 1), DType::F32, &dev)?,
-            &totals.cumsum(2)?,
+            &cumsum_last(&totals)?,
         ],
         2,
     )?; // [B,H,Z+1]
@@ -265,6 +265,19 @@ pub fn ssd(
         .narrow(1, 0, seqlen)?;
     let y = (y + f(x)?.broadcast_mul(&f(d)?.reshape((1, 1, heads, 1))?)?)?;
     Ok((y, final_state))
+}
+
+/// Inclusive cumulative sum over the last dimension, as one 2-D matmul with an upper-triangular matrix of ones
+/// (candle's own `cumsum` hands strided inputs to a CUDA matmul that rejects them).
+fn cumsum_last(t: &Tensor) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let n = *dims.last().unwrap_or(&1);
+    let rows = t.elem_count() / n.max(1);
+    let triu = Tensor::triu2(n, DType::F32, t.device())?;
+    t.contiguous()?
+        .reshape((rows, n))?
+        .matmul(&triu)?
+        .reshape(dims)
 }
 
 /// Batched matmul over equal leading dims, flattened to one batch dim (candle's kernels take at most two
@@ -322,7 +335,7 @@ fn ssd_step(
         Some(s0) => (f(s0)?.broadcast_mul(&decay)? + upd)?,
         None => upd,
     };
-    let y = state.matmul(&ch.unsqueeze(3)?)?.squeeze(3)?; // [B,H,P]
+    let y = mm(&state, &ch.unsqueeze(3)?)?.squeeze(3)?; // [B,H,P]
     let y = (y + xs.broadcast_mul(&f(d)?.reshape((1, heads, 1))?)?)?;
     Ok((y.reshape((batch, 1, heads, hd))?, state))
 }
