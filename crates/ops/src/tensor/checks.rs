@@ -315,45 +315,67 @@ fn mixer_cases(dev: &Device, dtype: DType, tol: f32) -> Result<Vec<CaseResult>> 
         let want = mixer_core_forward(dims, (b, t), &zx, &w, pv, ids.as_deref());
         let want_g = mixer_core_backward(dims, (b, t), &zx, &w, pv, ids.as_deref(), &dout);
 
-        let zx_v = Var::from_tensor(&put(&zx, &[b, t, dims.in_width()], dev, dtype)?)?;
-        let w_v = Var::from_tensor(&put(&w, &[c, k], dev, dtype)?)?;
-        let p_v = Var::from_tensor(&put(&params, &[dims.params_len()], dev, dtype)?)?;
-        let segs = ids.map(|ids| Segments {
+        let segs = ids.clone().map(|ids| Segments {
             batch: b,
             seqlen: t,
             ids,
         });
-        let got = composed::mixer_core(
-            zx_v.as_tensor(),
-            w_v.as_tensor(),
-            p_v.as_tensor(),
-            dims,
-            segs.as_ref(),
-        )?;
-        let dout_t = put(&dout, &[b, t, dims.inner()], dev, DType::F32)?;
-        let grads = (got.mul(&dout_t)?).sum_all()?.backward()?;
-        let grad_of = |v: &Var| -> Result<Vec<f32>> {
-            match grads.get(v.as_tensor()) {
-                Some(t) => host(t),
-                None => candle_core::bail!("no gradient"),
+        let seq_t = ids
+            .as_ref()
+            .map(|v| Tensor::from_slice(v, (b, t), dev))
+            .transpose()?;
+        // Two routes: the composed chain under autograd, and the public op (`mixer_core_packed`: on a GPU its
+        // forward runs the composed chain without a graph and its backward recomputes it).
+        for route in ["composed", "op"] {
+            let zx_v = Var::from_tensor(&put(&zx, &[b, t, dims.in_width()], dev, dtype)?)?;
+            let w_v = Var::from_tensor(&put(&w, &[c, k], dev, dtype)?)?;
+            let p_v = Var::from_tensor(&put(&params, &[dims.params_len()], dev, dtype)?)?;
+            let got = if route == "composed" {
+                composed::mixer_core(
+                    zx_v.as_tensor(),
+                    w_v.as_tensor(),
+                    p_v.as_tensor(),
+                    dims,
+                    segs.as_ref(),
+                )?
+            } else {
+                super::mixer_core_packed(
+                    zx_v.as_tensor(),
+                    w_v.as_tensor(),
+                    p_v.as_tensor(),
+                    dims,
+                    seq_t.as_ref(),
+                )?
+                .to_dtype(DType::F32)?
+            };
+            let dout_t = put(&dout, &[b, t, dims.inner()], dev, DType::F32)?;
+            let grads = (got.mul(&dout_t)?).sum_all()?.backward()?;
+            let grad_of = |v: &Var| -> Result<Vec<f32>> {
+                match grads.get(v.as_tensor()) {
+                    Some(t) => host(t),
+                    None => candle_core::bail!("no gradient"),
+                }
+            };
+            let name = format!(
+                "mixer core ({route}) H{h} P{p} G{g} N{n} K{k} Q{q} limit {limit:?} B{b} T{t} pieces={pieces}"
+            );
+            // Values come back in the dtype of their inputs: bf16 rounding (2⁻⁸ relative) for bf16, except the
+            // composed chain's output, which stays f32.
+            let bf16 = dtype != DType::F32;
+            let gtol = if bf16 { 1e-2 } else { 1e-4 };
+            let ftol = if bf16 && route == "op" { 1e-2 } else { tol };
+            for (what, got_v, want_v, tl) in [
+                ("forward", host(&got)?, want.clone(), ftol),
+                ("d zxbcdt", grad_of(&zx_v)?, want_g.d_zxbcdt.clone(), gtol),
+                ("d conv_w", grad_of(&w_v)?, want_g.d_conv_w.clone(), gtol),
+                ("d params", grad_of(&p_v)?, want_g.packed_params(), gtol),
+            ] {
+                res.push(CaseResult {
+                    name: format!("{name}: {what}"),
+                    err: scaled_err(&got_v, &want_v),
+                    tol: tl,
+                });
             }
-        };
-        let name = format!(
-            "mixer core H{h} P{p} G{g} N{n} K{k} Q{q} limit {limit:?} B{b} T{t} pieces={pieces}"
-        );
-        // Gradients come back in the dtype of their variable: bf16 rounding (2⁻⁸ relative) for bf16 inputs.
-        let gtol = if dtype == DType::F32 { 1e-4 } else { 1e-2 };
-        for (what, got_v, want_v, tl) in [
-            ("forward", host(&got)?, want.clone(), tol),
-            ("d zxbcdt", grad_of(&zx_v)?, want_g.d_zxbcdt.clone(), gtol),
-            ("d conv_w", grad_of(&w_v)?, want_g.d_conv_w.clone(), gtol),
-            ("d params", grad_of(&p_v)?, want_g.packed_params(), gtol),
-        ] {
-            res.push(CaseResult {
-                name: format!("{name}: {what}"),
-                err: scaled_err(&got_v, &want_v),
-                tol: tl,
-            });
         }
     }
     Ok(res)

@@ -99,6 +99,47 @@ impl CustomOp3 for MixerCoreOp {
         ))
     }
 
+    /// The composed forward ([`super::composed::mixer_core`]) on the GPU's tensors, with no autograd graph: the
+    /// backward recomputes it, so training keeps only each layer's in_proj output, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::op::BackpropOp;
+        use candle_core::Storage;
+        let (batch, seqlen) = check_shapes(&self.dims, l1.dims(), l2.dims(), l3.dims())?;
+        let tensor = |s: &candle_core::CudaStorage, l: &Layout| -> Result<Tensor> {
+            if l.start_offset() != 0 || !l.is_contiguous() {
+                bail!("mixer core: inputs must be fresh contiguous tensors inside the op");
+            }
+            Ok(Tensor::from_storage(
+                Storage::Cuda(s.try_clone(l)?),
+                l.shape().clone(),
+                BackpropOp::none(),
+                false,
+            ))
+        };
+        let out = super::composed::mixer_core(
+            &tensor(s1, l1)?,
+            &tensor(s2, l2)?,
+            &tensor(s3, l3)?,
+            self.dims,
+            self.segments(batch, seqlen).as_ref(),
+        )?
+        .force_contiguous()?;
+        let (st, l) = out.storage_and_layout();
+        match &*st {
+            Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            _ => bail!("mixer core: the composed forward left the GPU"),
+        }
+    }
+
     fn bwd(
         &self,
         zx: &Tensor,
@@ -109,6 +150,9 @@ impl CustomOp3 for MixerCoreOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = &self.dims;
         let (batch, seqlen) = check_shapes(dims, zx.dims(), conv_w.dims(), params.dims())?;
+        if !matches!(zx.device(), Device::Cpu) {
+            return self.recompute_bwd(zx, conv_w, params, grad, (batch, seqlen));
+        }
         let op = "mixer core backward";
         let (zxv, wv, pv, gv) = (
             host_f32(&zx.detach(), op)?,
@@ -132,6 +176,46 @@ impl CustomOp3 for MixerCoreOp {
             Some(Tensor::from_vec(g.d_conv_w, conv_w.shape(), dev)?),
             Some(Tensor::from_vec(d_params, params.shape(), dev)?),
         ))
+    }
+}
+
+impl MixerCoreOp {
+    fn segments(&self, batch: usize, seqlen: usize) -> Option<super::composed::Segments> {
+        self.seq_idx
+            .clone()
+            .map(|ids| super::composed::Segments { batch, seqlen, ids })
+    }
+
+    /// The backward on devices without a hand-written one: the composed forward again, on this layer alone,
+    /// differentiated by candle autograd.
+    fn recompute_bwd(
+        &self,
+        zx: &Tensor,
+        conv_w: &Tensor,
+        params: &Tensor,
+        grad: &Tensor,
+        (batch, seqlen): (usize, usize),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let zv = candle_core::Var::from_tensor(&zx.detach())?;
+        let wv = candle_core::Var::from_tensor(&conv_w.detach())?;
+        let pv = candle_core::Var::from_tensor(&params.detach())?;
+        let out = super::composed::mixer_core(
+            zv.as_tensor(),
+            wv.as_tensor(),
+            pv.as_tensor(),
+            self.dims,
+            self.segments(batch, seqlen).as_ref(),
+        )?;
+        let grads = (out * grad.detach().to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        let take = |v: &candle_core::Var| -> Result<Option<Tensor>> {
+            match grads.get(v.as_tensor()) {
+                Some(g) => Ok(Some(g.clone())),
+                None => Ok(Some(v.as_tensor().zeros_like()?)),
+            }
+        };
+        Ok((take(&zv)?, take(&wv)?, take(&pv)?))
     }
 }
 
@@ -182,12 +266,18 @@ pub fn mixer_core_packed(
     let seq_idx = seq_idx
         .map(|s| super::seq_idx_host(s, batch, seqlen))
         .transpose()?;
-    if !matches!(zxbcdt.device(), Device::Cpu) {
-        let segments = seq_idx.map(|ids| super::composed::Segments { batch, seqlen, ids });
-        return super::composed::mixer_core(zxbcdt, conv_w, params, dims, segments.as_ref())?
-            .to_dtype(zxbcdt.dtype());
-    }
-    let f32_contig = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    // Other devices run the op too (forward: the composed chain without a graph; backward: recomputed), so a
+    // training step keeps one tensor per layer instead of every intermediate of the composed chain. Inputs are
+    // fresh f32 copies there (the GPU forward wraps their storage).
+    let on_cpu = matches!(zxbcdt.device(), Device::Cpu);
+    let f32_contig = |t: &Tensor| -> Result<Tensor> {
+        let t = t.to_dtype(DType::F32)?;
+        if on_cpu {
+            t.contiguous()
+        } else {
+            t.force_contiguous()
+        }
+    };
     let out = f32_contig(zxbcdt)?.apply_op3(
         &f32_contig(conv_w)?,
         &f32_contig(params)?,
