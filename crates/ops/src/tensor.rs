@@ -36,7 +36,9 @@ pub fn seq_idx_host(seq_idx: &Tensor, batch: usize, seqlen: usize) -> Result<Vec
             seq_idx.dtype()
         );
     }
+    // On the host first: not every device has a cast kernel for every integer pair (CUDA lacks i32 → i64).
     let v = seq_idx
+        .to_device(&Device::Cpu)?
         .to_dtype(DType::I64)?
         .flatten_all()?
         .to_vec1::<i64>()?;
