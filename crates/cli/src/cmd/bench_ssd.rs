@@ -87,7 +87,7 @@ pub fn run(a: SsdBenchArgs) -> Result<()> {
     {
         bail!("every size and --iters must be positive");
     }
-    if a.heads % a.groups != 0 {
+    if !a.heads.is_multiple_of(a.groups) {
         bail!(
             "--heads {} is not divisible by --groups {}",
             a.heads,

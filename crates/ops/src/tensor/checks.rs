@@ -102,9 +102,11 @@ fn put(v: &[f32], shape: &[usize], dev: &Device, dtype: DType) -> Result<Tensor>
         .to_device(dev)
 }
 
+/// (B, T, H, P, G, N, Q, initial state, packed pieces)
+type SsdCase = (usize, usize, usize, usize, usize, usize, usize, bool, usize);
+
 fn ssd_cases(dev: &Device, dtype: DType, tol: f32) -> Result<Vec<CaseResult>> {
-    // (B, T, H, P, G, N, Q, initial state, packed pieces)
-    let table: [(usize, usize, usize, usize, usize, usize, usize, bool, usize); 8] = [
+    let table: [SsdCase; 8] = [
         (1, 1, 2, 4, 1, 8, 4, false, 1),
         (3, 1, 4, 4, 2, 8, 4, true, 1),
         (2, 7, 4, 4, 2, 8, 4, true, 1),

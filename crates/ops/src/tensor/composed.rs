@@ -122,7 +122,7 @@ pub fn gated_rmsnorm(
 ) -> Result<Tensor> {
     let width = w.elem_count();
     let dims = y.dims().to_vec();
-    if groups == 0 || width % groups != 0 || dims.last() != Some(&width) {
+    if groups == 0 || !width.is_multiple_of(groups) || dims.last() != Some(&width) {
         bail!("gated_rmsnorm: weight of {width} channels, {groups} groups, input {dims:?}");
     }
     let u = (y.to_dtype(DType::F32)? * candle_nn_free_silu(&z.to_dtype(DType::F32)?)?)?;
