@@ -7,7 +7,7 @@
 //! separate batches (no padding ever enters a state); a sequence that stops early keeps its row until its batch
 //! ends, and its later tokens are dropped.
 
-use crate::error::{InferError, Result};
+use crate::error::Result;
 use crate::generate::{GenerateParams, Generation, OnToken, StopReason};
 use crate::sampling::Sampler;
 use candle_core::{DType, Device, Tensor};
@@ -21,32 +21,7 @@ pub fn generate_on_device(
     params: &GenerateParams,
     on_token: &mut OnToken,
 ) -> Result<Vec<Generation>> {
-    let vocab = lm.config.vocab_size;
-    params.sampling.validate(vocab, params.vocab_limit)?;
-    if params.max_batch == 0 {
-        return Err(InferError::Invalid(
-            "the maximum batch size must be at least 1".into(),
-        ));
-    }
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(InferError::Invalid(format!(
-                "prompt {i} is empty: it needs at least one token (add a BOS token)"
-            )));
-        }
-        if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
-            return Err(InferError::Invalid(format!(
-                "prompt {i}: token id {t} is outside the vocabulary [0, {vocab})"
-            )));
-        }
-    }
-    let mut results: Vec<Generation> = prompts
-        .iter()
-        .map(|_| Generation {
-            tokens: Vec::with_capacity(params.max_new_tokens),
-            stop: StopReason::Length,
-        })
-        .collect();
+    let mut results = crate::generate::start(prompts, params, lm.config.vocab_size)?;
     if params.max_new_tokens == 0 {
         return Ok(results);
     }

@@ -44,6 +44,40 @@ struct Active {
     next: u32,
 }
 
+/// Checks the request (sampling settings, batch size, prompts: non-empty, ids below `vocab`) and returns one
+/// empty result per prompt.
+pub(crate) fn start(
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    vocab: usize,
+) -> Result<Vec<Generation>> {
+    params.sampling.validate(vocab, params.vocab_limit)?;
+    if params.max_batch == 0 {
+        return Err(InferError::Invalid(
+            "the maximum batch size must be at least 1".into(),
+        ));
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(InferError::Invalid(format!(
+                "prompt {i} is empty: it needs at least one token (add a BOS token)"
+            )));
+        }
+        if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
+            return Err(InferError::Invalid(format!(
+                "prompt {i}: token id {t} is outside the vocabulary [0, {vocab})"
+            )));
+        }
+    }
+    Ok(prompts
+        .iter()
+        .map(|_| Generation {
+            tokens: Vec::with_capacity(params.max_new_tokens),
+            stop: StopReason::Length,
+        })
+        .collect())
+}
+
 /// Generates for every prompt; `on_token` sees each token as soon as it is sampled.
 pub fn generate(
     engine: &Engine,
@@ -52,24 +86,7 @@ pub fn generate(
     on_token: &mut OnToken,
 ) -> Result<Vec<Generation>> {
     let vocab = engine.vocab_size();
-    params.sampling.validate(vocab, params.vocab_limit)?;
-    if params.max_batch == 0 {
-        return Err(InferError::Invalid(
-            "the maximum batch size must be at least 1".into(),
-        ));
-    }
-    if let Some((i, _)) = prompts.iter().enumerate().find(|(_, p)| p.is_empty()) {
-        return Err(InferError::Invalid(format!(
-            "prompt {i} is empty: it needs at least one token (add a BOS token)"
-        )));
-    }
-    let mut results: Vec<Generation> = prompts
-        .iter()
-        .map(|_| Generation {
-            tokens: Vec::with_capacity(params.max_new_tokens),
-            stop: StopReason::Length,
-        })
-        .collect();
+    let mut results = start(prompts, params, vocab)?;
     if params.max_new_tokens == 0 {
         return Ok(results);
     }
