@@ -64,9 +64,18 @@ fn unsupported_and_invalid_flags_fail_with_clear_messages() {
         "--input-ids",
         ids.to_str().unwrap(),
     ];
-    let cases: [(&[&str], &str); 5] = [
-        (&["--tp", "2"], "needs the GPU build"),
-        (&["--fp8"], "needs the GPU build"),
+    let no_cuda = !candle_core::utils::cuda_is_available();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--tp", "2"], "not implemented yet"),
+        (&["--fp8"], "not implemented yet"),
+        (
+            &["--device", if no_cuda { "cuda" } else { "tpu" }],
+            if no_cuda {
+                "--features cuda"
+            } else {
+                "unknown device"
+            },
+        ),
         (&["--top-k", "2", "--top-p", "0.5"], "cannot both be set"),
         (&["--prompts", "hi"], "not both"),
         (
