@@ -10,7 +10,9 @@ use candle_core::{bail, DType, Device, Result, Tensor};
 
 pub mod checks;
 pub mod composed;
+pub mod cross_entropy;
 mod mixer_op;
+pub use cross_entropy::row_cross_entropy;
 pub use mixer_op::{mixer_core, mixer_core_packed, pack_mixer_params};
 
 fn t_is_cpu(t: &Tensor) -> bool {

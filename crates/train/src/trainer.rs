@@ -9,7 +9,7 @@ use crate::error::{io, Result, TrainError};
 use crate::metrics::{JsonlWriter, TensorBoardWriter};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::LrSchedule;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use coil_data::{Batch, DataCursor, Loader, SampleSource};
 use coil_model::{HybridLm, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -97,11 +97,11 @@ pub struct TrainSummary {
 pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
     let [b, t] = batch.shape;
     let tokens = Tensor::from_vec(batch.tokens.clone(), (b, t), device)?;
-    let labels = Tensor::from_vec(
-        batch.labels.iter().map(|&v| v as u32).collect::<Vec<_>>(),
-        (b, t, 1),
-        device,
-    )?;
+    let labels: Vec<u32> = batch
+        .labels
+        .iter()
+        .map(|&v| u32::try_from(v).unwrap_or(u32::MAX))
+        .collect();
     let mask = Tensor::from_vec(batch.loss_mask.clone(), (b, t), device)?;
     // Packed rows: each example sees only itself (the model restarts its state at every seq_idx change).
     let seq_idx = match &batch.seq_idx {
@@ -120,9 +120,16 @@ pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(
         None => None,
     };
     let logits = model.forward_packed(&tokens, seq_idx.as_ref(), None)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let ce = logp.gather(&labels, 2)?.squeeze(2)?.neg()?;
-    let sum = (ce * &mask)?.sum_all()?;
+    let v = logits.dim(2)?;
+    // One fused pass per row on the CPU (coil_ops::tensor::cross_entropy); composed ops elsewhere.
+    let ce = coil_ops::tensor::row_cross_entropy(&logits.reshape((b * t, v))?, &labels)
+        .map_err(|e| {
+            TrainError::Invalid(format!(
+                "loss: {e} (a label is not a token id of this model)"
+            ))
+        })?
+        .reshape((b, t))?;
+    let sum = (ce * mask.to_dtype(DType::F32)?)?.sum_all()?;
     Ok((sum, batch.num_loss_tokens() as f64))
 }
 
