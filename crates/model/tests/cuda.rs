@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use coil_model::{next_token_loss, Trace};
+use coil_model::next_token_loss;
 use common::*;
 
 const FIXTURES: [&str; 5] = [
@@ -47,34 +47,7 @@ fn rel_norm(a: &Tensor, b: &Tensor) -> f32 {
 fn fixtures_match_hf_on_cuda_in_f32() {
     let dev = gpu();
     for name in FIXTURES {
-        let fx = load_fixture(name);
-        let model = load_model_on(name, &dev, DType::F32);
-        let ids = fx["input_ids"].to_device(&dev).unwrap();
-        let mut trace = Trace::default();
-        let logits = model.forward(&ids, Some(&mut trace)).unwrap();
-        let err = max_abs(&logits, &fx["logits"]);
-        let loss = next_token_loss(&logits, &ids)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let want = fx["loss"].to_vec1::<f32>().unwrap()[0];
-        eprintln!("{name} f32 on cuda: logits max-abs {err:.2e}, loss {loss} vs HF {want}");
-        assert!(err <= 1e-4, "{name}: logits max-abs error {err}");
-        assert!(
-            (loss - want).abs() <= 1e-5,
-            "{name}: loss {loss} vs HF {want}"
-        );
-        let mut checked = 0;
-        for (key, want) in fx.iter().filter(|(k, _)| k.starts_with("act.")) {
-            let got = trace
-                .0
-                .get(key)
-                .unwrap_or_else(|| panic!("{name}: {key} not recorded"));
-            let e = max_abs(got, want);
-            assert!(e <= 1e-4, "{name}: {key} max-abs error {e}");
-            checked += 1;
-        }
-        assert!(checked >= 6, "{name}: only {checked} activations compared");
+        check_fixture_forward(name, &dev);
     }
 }
 

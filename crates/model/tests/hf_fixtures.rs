@@ -3,7 +3,6 @@
 mod common;
 
 use candle_core::Device;
-use coil_model::{next_token_loss, Trace};
 use common::*;
 
 const FIXTURES: [&str; 5] = [
@@ -17,33 +16,8 @@ const FIXTURES: [&str; 5] = [
 #[test]
 fn logits_loss_and_activations_match_hf() {
     for name in FIXTURES {
+        let logits = check_fixture_forward(name, &Device::Cpu);
         let fx = load_fixture(name);
-        let model = load_model(name);
-        let ids = &fx["input_ids"];
-        let mut trace = Trace::default();
-        let logits = model.forward(ids, Some(&mut trace)).unwrap();
-        let err = max_abs(&logits, &fx["logits"]);
-        assert!(err <= 1e-4, "{name}: logits max-abs error {err}");
-        let loss = next_token_loss(&logits, ids)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let want = fx["loss"].to_vec1::<f32>().unwrap()[0];
-        assert!(
-            (loss - want).abs() <= 1e-5,
-            "{name}: loss {loss} vs HF {want}"
-        );
-        let mut checked = 0;
-        for (key, want) in fx.iter().filter(|(k, _)| k.starts_with("act.")) {
-            let got = trace
-                .0
-                .get(key)
-                .unwrap_or_else(|| panic!("{name}: activation {key} not recorded"));
-            let err = max_abs(got, want);
-            assert!(err <= 1e-4, "{name}: {key} max-abs error {err}");
-            checked += 1;
-        }
-        assert!(checked >= 6, "{name}: only {checked} activations compared");
         // The fixture tool's independent f64 reference agrees too. (Its MLP is relu2 only, so it does not
         // describe the gelu fixture; that fixture's fixture.json says ok=false for this reason alone.)
         if name != "nemotron_h_gelu" {

@@ -66,6 +66,17 @@ struct Timing {
     decode_s: f64,
 }
 
+/// `batch` fixed pseudo-random prompts of `len` ids below `vocab` (the same on every device and run).
+fn bench_prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..len)
+                .map(|i| (((b * 7919 + i) as u64 * 2654435761) % vocab as u64) as u32)
+                .collect()
+        })
+        .collect()
+}
+
 /// One generation of `new` tokens per prompt, greedy; prefill and decode timed apart.
 fn run_once(e: &Engine, prompts: &[Vec<u32>], new: usize) -> Result<Timing> {
     let v = e.vocab_size();
@@ -137,15 +148,7 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
             },
         )?;
         for &batch in &a.batch {
-            let prompts: Vec<Vec<u32>> = (0..batch)
-                .map(|b| {
-                    (0..a.prompt)
-                        .map(|i| {
-                            (((b * 7919 + i) as u64 * 2654435761) % cfg.vocab_size as u64) as u32
-                        })
-                        .collect()
-                })
-                .collect();
+            let prompts = bench_prompts(batch, a.prompt, cfg.vocab_size);
             run_once(&e, &prompts, a.new_tokens)?;
             let mut runs: Vec<Timing> = (0..a.iters)
                 .map(|_| run_once(&e, &prompts, a.new_tokens))
@@ -268,12 +271,7 @@ fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Dev
         };
         let lm = HybridLm::init(cfg, 0, dev, dtype).context("initialising random weights")?;
         for &batch in &a.batch {
-            let ids: Vec<u32> = (0..batch * a.prompt)
-                .map(|i| {
-                    let (b, t) = (i / a.prompt, i % a.prompt);
-                    (((b * 7919 + t) as u64 * 2654435761) % cfg.vocab_size as u64) as u32
-                })
-                .collect();
+            let ids: Vec<u32> = bench_prompts(batch, a.prompt, cfg.vocab_size).concat();
             let ids = candle_core::Tensor::from_vec(ids, (batch, a.prompt), dev)?;
             run_once_on_device(&lm, &ids, a.new_tokens)?;
             let mut runs = Vec::with_capacity(a.iters);

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
-use coil_model::{next_token_loss, HybridLm};
+use coil_model::{next_token_loss, HybridLm, Trace};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -106,4 +106,38 @@ pub fn grad_errors(name: &str, dev: &Device) -> Vec<(String, f64)> {
             (n.clone(), diff / norm(want).max(1e-30))
         })
         .collect()
+}
+
+/// Runs fixture `name` on `dev` in f32 and checks logits (max-abs ≤ 1e-4), loss (≤ 1e-5) and every recorded
+/// `act.*` activation (≤ 1e-4, at least 6) against HF's; returns the logits.
+pub fn check_fixture_forward(name: &str, dev: &Device) -> Tensor {
+    let fx = load_fixture(name);
+    let model = load_model_on(name, dev, DType::F32);
+    let ids = fx["input_ids"].to_device(dev).unwrap();
+    let mut trace = Trace::default();
+    let logits = model.forward(&ids, Some(&mut trace)).unwrap();
+    let err = max_abs(&logits, &fx["logits"]);
+    let loss = next_token_loss(&logits, &ids)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let want = fx["loss"].to_vec1::<f32>().unwrap()[0];
+    eprintln!("{name} f32 on {dev:?}: logits max-abs {err:.2e}, loss {loss} vs HF {want}");
+    assert!(err <= 1e-4, "{name}: logits max-abs error {err}");
+    assert!(
+        (loss - want).abs() <= 1e-5,
+        "{name}: loss {loss} vs HF {want}"
+    );
+    let mut checked = 0;
+    for (key, want) in fx.iter().filter(|(k, _)| k.starts_with("act.")) {
+        let got = trace
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}: activation {key} not recorded"));
+        let e = max_abs(got, want);
+        assert!(e <= 1e-4, "{name}: {key} max-abs error {e}");
+        checked += 1;
+    }
+    assert!(checked >= 6, "{name}: only {checked} activations compared");
+    logits
 }

@@ -88,11 +88,11 @@ pub fn causal_conv1d_silu(
     if let Some(b) = bias {
         out = out.broadcast_add(&b.to_dtype(DType::F32)?.reshape((1, 1, ch))?)?;
     }
-    candle_nn_free_silu(&out)
+    silu(&out)
 }
 
-/// `x · sigmoid(x)`, composed (differentiable; candle's own `silu` has no CUDA backward in every version).
-fn candle_nn_free_silu(x: &Tensor) -> Result<Tensor> {
+/// `x · sigmoid(x)` from elementary ops, so its gradient comes from candle autograd on every device.
+fn silu(x: &Tensor) -> Result<Tensor> {
     let sig = (x.neg()?.exp()? + 1.0)?.recip()?;
     x * sig
 }
@@ -125,7 +125,7 @@ pub fn gated_rmsnorm(
     if groups == 0 || !width.is_multiple_of(groups) || dims.last() != Some(&width) {
         bail!("gated_rmsnorm: weight of {width} channels, {groups} groups, input {dims:?}");
     }
-    let u = (y.to_dtype(DType::F32)? * candle_nn_free_silu(&z.to_dtype(DType::F32)?)?)?;
+    let u = (y.to_dtype(DType::F32)? * silu(&z.to_dtype(DType::F32)?)?)?;
     let rows = u.elem_count() / width;
     let ug = u.reshape((rows, groups, width / groups))?;
     let inv = (ug.sqr()?.mean_keepdim(D::Minus1)? + eps)?

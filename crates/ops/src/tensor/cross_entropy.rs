@@ -107,12 +107,12 @@ pub fn row_cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 pub fn composed_row_cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let rows = targets.len();
     let t = Tensor::from_slice(targets, (rows, 1), logits.device())?;
-    let logp = candle_nn_free_log_softmax(&logits.to_dtype(DType::F32)?)?;
+    let logp = log_softmax(&logits.to_dtype(DType::F32)?)?;
     logp.gather(&t, 1)?.squeeze(1)?.neg()
 }
 
 /// `x − logsumexp(x)` over the last dimension (max shift detached).
-fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
+fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&m)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
