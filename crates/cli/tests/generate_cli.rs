@@ -1,21 +1,8 @@
 //! The `coil generate` contract: `--input-ids` in, `tokens` (generated ids only) out, equal to HF's greedy
 //! tokens; clear errors for what this build cannot do.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures")
-        .join(name)
-}
-
-fn coil(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_coil"))
-        .args(args)
-        .output()
-        .expect("coil runs")
-}
+mod common;
+use common::{coil, coil_model_io, fixture};
 
 #[test]
 fn input_ids_to_output_tokens_equal_hf_greedy() {
@@ -23,12 +10,7 @@ fn input_ids_to_output_tokens_equal_hf_greedy() {
     let out = dir.path().join("gen.safetensors");
     for name in ["nemotron_h_tiny", "mamba2_tiny"] {
         let fx = fixture(name);
-        let o = coil(&[
-            "generate",
-            "--model",
-            fx.to_str().unwrap(),
-            "--input-ids",
-            fx.join("fixture.safetensors").to_str().unwrap(),
+        let flags = [
             "--num-tokens-to-generate",
             "20",
             "--top-k",
@@ -36,9 +18,9 @@ fn input_ids_to_output_tokens_equal_hf_greedy() {
             "--top-p",
             "0",
             "--ignore-eos",
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        ];
+        let ids = fx.join("fixture.safetensors");
+        let o = coil_model_io("generate", &fx, "--input-ids", &ids, &out, &flags);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let cpu = candle_core::Device::Cpu;
         let got = candle_core::safetensors::load(&out, &cpu).unwrap();

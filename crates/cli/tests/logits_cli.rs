@@ -1,40 +1,27 @@
 //! The `coil logits` contract: input_ids in, logits + loss (+ grad.<name>) out; clear errors on bad input.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+use common::{coil_model_io, fixture};
+use std::path::Path;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures")
-        .join(name)
+/// `coil logits` on a fixture's own `input_ids`; returns (written tensors, the fixture's tensors).
+fn logits_of_fixture(fx: &Path, out: &Path, extra: &[&str]) -> (Tensors, Tensors) {
+    let input = fx.join("fixture.safetensors");
+    let o = coil_model_io("logits", fx, "--input", &input, out, extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cpu = candle_core::Device::Cpu;
+    let got = candle_core::safetensors::load(out, &cpu).unwrap();
+    (got, candle_core::safetensors::load(&input, &cpu).unwrap())
 }
 
-fn coil(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_coil"))
-        .args(args)
-        .output()
-        .expect("coil runs")
-}
+type Tensors = std::collections::HashMap<String, candle_core::Tensor>;
 
 #[test]
 fn writes_logits_and_loss_matching_the_fixture() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("out.safetensors");
     let fx = fixture("nemotron_h_tiny");
-    let o = coil(&[
-        "logits",
-        "--model",
-        fx.to_str().unwrap(),
-        "--input",
-        fx.join("fixture.safetensors").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-    let want =
-        candle_core::safetensors::load(fx.join("fixture.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
+    let (got, want) = logits_of_fixture(&fx, &out, &[]);
     assert_eq!(got["logits"].dims(), &[2, 37, 256]);
     assert_eq!(got["logits"].dtype(), candle_core::DType::F32);
     assert_eq!(got["loss"].dims(), &[1]);
@@ -54,21 +41,7 @@ fn grads_flag_writes_every_parameter_gradient() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("g.safetensors");
     let fx = fixture("mamba2_tiny");
-    let o = coil(&[
-        "logits",
-        "--grads",
-        "--model",
-        fx.to_str().unwrap(),
-        "--input",
-        fx.join("fixture.safetensors").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-    let want =
-        candle_core::safetensors::load(fx.join("fixture.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
+    let (got, want) = logits_of_fixture(&fx, &out, &["--grads"]);
     let grad_names: Vec<_> = want.keys().filter(|k| k.starts_with("grad.")).collect();
     assert!(!grad_names.is_empty());
     for k in grad_names {
@@ -91,15 +64,7 @@ fn bad_inputs_are_clear_errors() {
         &bad,
     )
     .unwrap();
-    let o = coil(&[
-        "logits",
-        "--model",
-        fx.to_str().unwrap(),
-        "--input",
-        bad.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = coil_model_io("logits", &fx, "--input", &bad, &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()
@@ -108,15 +73,15 @@ fn bad_inputs_are_clear_errors() {
         "{err}"
     );
     // a model directory that does not exist
-    let o = coil(&[
+    let input = fx.join("fixture.safetensors");
+    let o = coil_model_io(
         "logits",
-        "--model",
-        "/nonexistent/model",
+        Path::new("/nonexistent/model"),
         "--input",
-        fx.join("fixture.safetensors").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+        &input,
+        &out,
+        &[],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("/nonexistent/model"),

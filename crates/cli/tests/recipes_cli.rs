@@ -1,24 +1,8 @@
 //! Contract tests of `coil recipes`, `coil recipe show`, `coil pretrain` / `coil finetune` and the executors.
 
+mod common;
+use common::{coil, text};
 use std::path::Path;
-use std::process::{Command, Output};
-
-/// Runs `coil` in a fresh working directory, so relative recipe paths (`runs/...`) never land in the source tree.
-fn coil(args: &[&str]) -> Output {
-    let cwd = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    Command::new(env!("CARGO_BIN_EXE_coil"))
-        .args(args)
-        .current_dir(cwd.path())
-        .output()
-        .unwrap_or_else(|e| panic!("running coil: {e}"))
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn recipes_json_contract() {

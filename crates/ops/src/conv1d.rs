@@ -237,38 +237,6 @@ mod tests {
     use super::*;
     use crate::testutil::{max_abs_diff, Lcg};
 
-    /// Direct transcription of the definition, one output at a time.
-    fn naive(
-        x: &[f32],
-        (bsz, t_len, ch): (usize, usize, usize),
-        w: &[f32],
-        k: usize,
-        bias: &[f32],
-        hist: Option<&[f32]>,
-    ) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        for b in 0..bsz {
-            for t in 0..t_len {
-                for c in 0..ch {
-                    let mut acc = bias[c] as f64;
-                    for kk in 0..k {
-                        let s = t as isize - (k as isize - 1) + kk as isize;
-                        let v = if s >= 0 {
-                            x[(b * t_len + s as usize) * ch + c]
-                        } else {
-                            hist.map_or(0.0, |h| {
-                                h[(b * ch + c) * (k - 1) + (k as isize - 1 + s) as usize]
-                            })
-                        };
-                        acc += w[c * k + kk] as f64 * v as f64;
-                    }
-                    out[(b * t_len + t) * ch + c] = silu(acc as f32);
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn matches_naive_definition_with_and_without_history() {
         for (i, &(bsz, t_len, ch, k)) in [(1, 1, 3, 4), (2, 7, 5, 4), (2, 2, 6, 3), (1, 20, 8, 2)]
@@ -282,13 +250,27 @@ mod tests {
             let hist = r.vec(bsz * ch * (k - 1), -1.0, 1.0);
             for h in [None, Some(hist.as_slice())] {
                 let got = causal_conv1d_silu(&x, (bsz, t_len, ch), &w, k, Some(&bias), h, None);
-                let want = naive(&x, (bsz, t_len, ch), &w, k, &bias, h);
+                let h64 = h.map(w64);
+                let want = forward64(
+                    &w64(&x),
+                    (bsz, t_len, ch),
+                    &w64(&w),
+                    k,
+                    &w64(&bias),
+                    h64.as_deref(),
+                );
+                let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
                 assert!(max_abs_diff(&got, &want) < 1e-6, "case {i}");
             }
         }
     }
 
-    /// The definition in f64 end to end (for finite differences).
+    fn w64(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&a| a as f64).collect()
+    }
+
+    /// Direct transcription of the definition in f64, one output at a time (the reference for the
+    /// kernel and for finite differences).
     fn forward64(
         x: &[f64],
         (bsz, t_len, ch): (usize, usize, usize),
@@ -342,7 +324,6 @@ mod tests {
             let h = with_hist.then_some(hist.as_slice());
             let g = causal_conv1d_silu_backward(&x, dims, &w, k, Some(&bias), h, None, &dout);
             assert_eq!(g.dhistory.len(), if with_hist { hist.len() } else { 0 });
-            let w64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             let args = [w64(&x), w64(&w), w64(&bias), w64(&hist)];
             let loss = |a: &[Vec<f64>; 4]| -> f64 {
                 let hs = with_hist.then_some(a[3].as_slice());
