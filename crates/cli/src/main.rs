@@ -1,5 +1,6 @@
 //! `coil`: train and serve Mamba2 and hybrid Mamba-Transformer models.
 
+mod alloc;
 mod cmd;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    alloc::tune_for_large_tensors();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Recipes(a) => cmd::recipe::run_list(a),
