@@ -7,7 +7,7 @@ use crate::layers::mamba::{Mamba2Mixer, MambaState};
 use crate::layers::{mlp::Mlp, rms_norm, Linear};
 use crate::params::param_specs;
 use crate::weights::{Loader, WeightSource};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -331,6 +331,23 @@ impl HybridLm {
                 None
             },
         })
+    }
+
+    /// The same model with every parameter an autograd variable (same values, dtype and device), and the
+    /// variables by checkpoint name: differentiate a loss of its forward and read a parameter's gradient with
+    /// `grads.get(var.as_tensor())`.
+    pub fn trainable(&self) -> Result<(HybridLm, Vec<(String, Var)>)> {
+        let vars = self
+            .named_tensors()?
+            .into_iter()
+            .map(|(n, t)| Ok((n, Var::from_tensor(&t)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let map: BTreeMap<String, Tensor> = vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let model = HybridLm::load(&self.config, &map, self.device(), self.dtype)?;
+        Ok((model, vars))
     }
 
     /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`].

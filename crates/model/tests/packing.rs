@@ -4,10 +4,8 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use coil_model::HybridLm;
+use candle_core::{DType, Device, Tensor, D};
 use common::*;
-use std::collections::BTreeMap;
 
 /// Per packed row: pieces of the matching fixture row (lengths summing to its 37 tokens). Boundaries fall
 /// inside chunks and on chunk edges (16, 32 for chunk 16), with pieces shorter than the conv width (1, 3).
@@ -65,23 +63,6 @@ fn piece_loss(logits: &Tensor, ids: &Tensor) -> Tensor {
         .unwrap()
 }
 
-/// The model with every parameter an autograd variable, and those variables by name.
-fn trainable(name: &str) -> (HybridLm, Vec<(String, Var)>) {
-    let model = load_model(name);
-    let vars: Vec<(String, Var)> = model
-        .named_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-        .collect();
-    let map: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let model = HybridLm::load(&model.config, &map, &Device::Cpu, DType::F32).unwrap();
-    (model, vars)
-}
-
 fn norm(t: &Tensor) -> f64 {
     t.sqr()
         .unwrap()
@@ -97,7 +78,7 @@ fn compare(name: &str) -> (f32, f64, String, f32, f32) {
     let ids = &load_fixture(name)["input_ids"];
     let t = ids.dim(1).unwrap();
     let seq = seq_idx(t);
-    let (model, vars) = trainable(name);
+    let (model, vars) = load_model(name).trainable().unwrap();
 
     let packed = model.forward_packed(ids, Some(&seq), None).unwrap();
     let mut loss_packed = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();

@@ -2,12 +2,11 @@
 //! packed micro-batch and its gradients equal the sums over its examples run alone, and a short fine-tuning run
 //! on packed rows trains.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use coil_data::{Batch, PackedSftDataset, SampleSource, SftConfig, SftDataset, SftExample};
 use coil_model::HybridLm;
 use coil_train::trainer::masked_loss;
 use coil_train::{train, AdamWConfig, LrSchedule, Precision, Start, TrainRun, TrainerConfig};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 const ROW: usize = 32;
@@ -59,18 +58,10 @@ fn packed_micro_batch_loss_and_gradients_equal_the_sum_over_its_examples() {
     assert!(batch.seq_idx.is_some());
 
     let dev = Device::Cpu;
-    let base = HybridLm::from_dir(&fixture_dir(), &dev, DType::F32).unwrap();
-    let vars: Vec<(String, Var)> = base
-        .named_tensors()
+    let (model, vars) = HybridLm::from_dir(&fixture_dir(), &dev, DType::F32)
         .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-        .collect();
-    let map: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let model = HybridLm::load(&base.config, &map, &dev, DType::F32).unwrap();
+        .trainable()
+        .unwrap();
 
     let (sum_packed, count_packed) = masked_loss(&model, &batch, &dev).unwrap();
     let mut sum_alone = Tensor::zeros((), DType::F32, &dev).unwrap();

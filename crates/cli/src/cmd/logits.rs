@@ -1,10 +1,10 @@
 //! `coil logits`: run a model on given token ids and write logits and loss, for exact comparisons.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use coil_model::{next_token_loss, HybridLm};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Compute logits and the next-token loss of a model on token ids from a safetensors file.
@@ -39,23 +39,10 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         bail!("--grads needs at least 2 tokens per sequence (the loss is over next-token predictions)");
     }
     // With --grads the parameters become autograd variables and the loss is differentiated.
-    let vars: Vec<(String, Var)> = if args.grads {
-        model
-            .named_tensors()?
-            .into_iter()
-            .map(|(n, t)| Ok((n, Var::from_tensor(&t)?)))
-            .collect::<Result<_>>()?
+    let (model, vars) = if args.grads {
+        model.trainable()?
     } else {
-        Vec::new()
-    };
-    let model = if args.grads {
-        let map: BTreeMap<String, Tensor> = vars
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
-        HybridLm::load(&model.config, &map, &device, DType::F32)?
-    } else {
-        model
+        (model, Vec::new())
     };
     let logits = model.forward(&ids, None).with_context(|| {
         format!(

@@ -1,9 +1,8 @@
 //! Helpers shared by the model tests.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use coil_model::{next_token_loss, HybridLm, Trace};
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -68,18 +67,7 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
 /// (name, ‖g − g_hf‖ / ‖g_hf‖) for every parameter of a fixture, computed on `dev`.
 pub fn grad_errors(name: &str, dev: &Device) -> Vec<(String, f64)> {
     let fx = load_fixture(name);
-    let model = load_model_on(name, dev, DType::F32);
-    let vars: Vec<(String, Var)> = model
-        .named_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-        .collect();
-    let map: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let model = HybridLm::load(&model.config, &map, dev, DType::F32).unwrap();
+    let (model, vars) = load_model_on(name, dev, DType::F32).trainable().unwrap();
     let ids = &fx["input_ids"].to_device(dev).unwrap();
     let loss = next_token_loss(&model.forward(ids, None).unwrap(), ids).unwrap();
     let grads = loss.backward().unwrap();
