@@ -94,6 +94,34 @@ pub struct MambaConfig {
     pub dt_init_floor: f64,
 }
 
+impl MambaConfig {
+    /// A mixer of these sizes with Megatron's defaults for the rest: conv width 4 with bias, no projection bias,
+    /// dt unclamped above 0, dt initialised log-uniform in [1e-3, 0.1] with floor 1e-4.
+    pub fn megatron(
+        num_heads: usize,
+        head_dim: usize,
+        n_groups: usize,
+        state_size: usize,
+        chunk_size: usize,
+    ) -> Self {
+        MambaConfig {
+            num_heads,
+            head_dim,
+            n_groups,
+            state_size,
+            conv_kernel: 4,
+            chunk_size,
+            conv_bias: true,
+            proj_bias: false,
+            dt_clamp_min: 0.0,
+            dt_clamp_max: None,
+            dt_init_min: 1e-3,
+            dt_init_max: 0.1,
+            dt_init_floor: 1e-4,
+        }
+    }
+}
+
 /// The per-segment layout of one Mamba2 mixer, in checkpoint order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MixerDims {
