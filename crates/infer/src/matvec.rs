@@ -111,14 +111,16 @@ impl Matrix {
         // `dispatch` runs the kernel compiled for the widest vector unit this CPU has (AVX2 on x86-64),
         // chosen at run time, so a portable build still vectorises the dot products 8 lanes wide.
         let arch = pulp::Arch::new();
-        let block = |first_row: usize, out: &mut [f32]| {
-            arch.dispatch(RowBlock {
+        let bf16_avx2 = bf16_avx2::rows(self);
+        let block = |first_row: usize, out: &mut [f32]| match bf16_avx2 {
+            Some(rows) => rows.times(x, batch, first_row, out),
+            None => arch.dispatch(RowBlock {
                 m: self,
                 x,
                 batch,
                 first_row,
                 out,
-            })
+            }),
         };
         if rows * cols < PARALLEL_MIN {
             block(0, out);
@@ -249,18 +251,51 @@ fn row_times<S: pulp::Simd>(
     }
     for (g, og) in o.chunks_mut(GROUP).enumerate() {
         let b0 = g * GROUP;
-        match og.len() {
-            1 => dots::<S, 1>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            2 => dots::<S, 2>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            3 => dots::<S, 3>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            4 => dots::<S, 4>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            5 => dots::<S, 5>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            6 => dots::<S, 6>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            7 => dots::<S, 7>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-            _ => dots::<S, 8>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og),
-        }
+        by_group_len!(og.len(), B => dots::<S, B>(simd, w, std::array::from_fn(|k| xs(b0 + k)), og));
     }
 }
+
+/// Runs `$body` with the const `$b` = `$len` (1 to [`GROUP`]): the group kernels keep `B` accumulators in
+/// registers, so their width is a compile-time constant.
+macro_rules! by_group_len {
+    ($len:expr, $b:ident => $body:expr) => {
+        match $len {
+            1 => {
+                const $b: usize = 1;
+                $body
+            }
+            2 => {
+                const $b: usize = 2;
+                $body
+            }
+            3 => {
+                const $b: usize = 3;
+                $body
+            }
+            4 => {
+                const $b: usize = 4;
+                $body
+            }
+            5 => {
+                const $b: usize = 5;
+                $body
+            }
+            6 => {
+                const $b: usize = 6;
+                $body
+            }
+            7 => {
+                const $b: usize = 7;
+                $body
+            }
+            _ => {
+                const $b: usize = 8;
+                $body
+            }
+        }
+    };
+}
+use by_group_len;
 
 /// One weight row against `B` vectors: each vector of weights is loaded once and used `B` times.
 #[inline(always)]
@@ -312,6 +347,140 @@ fn widen(v: bf16) -> f32 {
     f32::from_bits((v.to_bits() as u32) << 16)
 }
 
+/// bf16 rows on x86-64 with AVX2 and FMA: the weights are widened in registers as they are loaded, eight at
+/// a time, so a row streams from memory once and is never stored widened (the portable path widens 512
+/// columns into a stack buffer and reads them back). Other CPUs take the portable path.
+#[cfg(target_arch = "x86_64")]
+mod bf16_avx2 {
+    use super::{Matrix, Store, GROUP};
+    use half::slice::HalfFloatSliceExt;
+    use std::arch::x86_64::*;
+
+    /// A bf16 matrix's bits, when this CPU has AVX2 and FMA.
+    #[derive(Clone, Copy)]
+    pub struct Rows<'a> {
+        bits: &'a [u16],
+        cols: usize,
+    }
+
+    pub fn rows(m: &Matrix) -> Option<Rows<'_>> {
+        match &m.store {
+            Store::Bf16(d)
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") =>
+            {
+                Some(Rows {
+                    bits: d.reinterpret_cast(),
+                    cols: m.cols,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    impl Rows<'_> {
+        /// `out` [rows in block, batch] = the rows from `first_row` times every `x` row.
+        pub fn times(self, x: &[f32], batch: usize, first_row: usize, out: &mut [f32]) {
+            let cols = self.cols;
+            assert!(x.len() >= batch * cols, "matvec: x too short");
+            for (i, o) in out.chunks_exact_mut(batch).enumerate() {
+                let r = first_row + i;
+                let w = &self.bits[r * cols..(r + 1) * cols];
+                // SAFETY: `rows` checked that the CPU has AVX2 and FMA; the kernels read `cols` values from
+                // `w` and from each `x` row, which the slices above and the assert guarantee.
+                unsafe {
+                    if batch == 1 {
+                        o[0] = dot(w, &x[..cols]);
+                        continue;
+                    }
+                    for (g, og) in o.chunks_mut(GROUP).enumerate() {
+                        let b0 = g * GROUP;
+                        let xs = |k: usize| &x[(b0 + k) * cols..(b0 + k + 1) * cols];
+                        by_group_len!(og.len(), B => dots::<B>(w, std::array::from_fn(xs), og));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Eight bf16 values widened to f32 (exact: a bf16 is the high half of an f32).
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        let h = _mm_loadu_si128(p.cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    fn widen(bits: u16) -> f32 {
+        f32::from_bits((bits as u32) << 16)
+    }
+
+    /// `Σ w·x` with four accumulators (FMA latency hidden); `x` as long as `w`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot(w: &[u16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = j + 8 * k;
+                *a = _mm256_fmadd_ps(load8(wp.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
+            }
+            j += 32;
+        }
+        while j + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(load8(wp.add(j)), _mm256_loadu_ps(xp.add(j)), acc[0]);
+            j += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(s) + (j..n).map(|t| widen(w[t]) * x[t]).sum::<f32>()
+    }
+
+    /// `o[b] += Σ_j w[j]·xs[b][j]`: each widened weight vector is used for all `B` sequences.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots<const B: usize>(w: &[u16], xs: [&[f32]; B], o: &mut [f32]) {
+        let n = w.len();
+        let wp = w.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); B];
+        let mut j = 0;
+        while j + 8 <= n {
+            let a = load8(wp.add(j));
+            for b in 0..B {
+                acc[b] = _mm256_fmadd_ps(a, _mm256_loadu_ps(xs[b].as_ptr().add(j)), acc[b]);
+            }
+            j += 8;
+        }
+        for b in 0..B {
+            o[b] += hsum(acc[b]) + (j..n).map(|t| widen(w[t]) * xs[b][t]).sum::<f32>();
+        }
+    }
+}
+
+/// Non-x86 CPUs: always the portable path.
+#[cfg(not(target_arch = "x86_64"))]
+mod bf16_avx2 {
+    use super::Matrix;
+
+    #[derive(Clone, Copy)]
+    pub enum Rows {}
+
+    pub fn rows(_: &Matrix) -> Option<Rows> {
+        None
+    }
+
+    impl Rows {
+        pub fn times(self, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
+            match self {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +515,38 @@ mod tests {
                         .map(|(a, b)| (a - b).abs())
                         .fold(0f32, f32::max);
                     assert!(err < 1e-4, "{rows}x{cols} {dtype:?} batch {batch}: {err}");
+                }
+            }
+        }
+    }
+
+    /// `matvec` picks one bf16 kernel per CPU; both must match the reference wherever they can run.
+    #[test]
+    fn portable_and_avx2_bf16_kernels_match_the_reference() {
+        for &(rows, cols) in &[(3, 5), (37, 19), (40, 96), (9, 257)] {
+            let m = Matrix::new(lcg(rows * cols, 3), rows, cols, WeightDtype::Bf16);
+            for batch in [1, 2, 8, 11] {
+                let x = lcg(batch * cols, 5);
+                let want = m.matvec_reference(&x, batch); // [batch, rows]
+                let mut paths = vec![("portable", vec![0f32; rows * batch])];
+                pulp::Arch::new().dispatch(RowBlock {
+                    m: &m,
+                    x: &x,
+                    batch,
+                    first_row: 0,
+                    out: &mut paths[0].1,
+                });
+                if let Some(fast) = bf16_avx2::rows(&m) {
+                    let mut out = vec![0f32; rows * batch];
+                    fast.times(&x, batch, 0, &mut out);
+                    paths.push(("avx2", out));
+                }
+                for (name, out) in paths {
+                    // `out` is [rows, batch]
+                    let err = (0..rows * batch)
+                        .map(|i| (out[(i % rows) * batch + i / rows] - want[i]).abs())
+                        .fold(0f32, f32::max);
+                    assert!(err < 1e-4, "{name} {rows}x{cols} batch {batch}: {err}");
                 }
             }
         }
