@@ -114,6 +114,26 @@ impl AdamW {
         Ok(())
     }
 
+    /// Sums the accumulated gradients over the data-parallel ranks (one exchange of all of them, through the
+    /// host); afterwards every rank holds the same gradients, so the replicated optimizer steps agree.
+    pub fn all_reduce_grads(&mut self, comm: &mut dyn crate::dist::Collective) -> Result<()> {
+        if comm.world_size() == 1 {
+            return Ok(());
+        }
+        let mut flat = Vec::with_capacity(self.params.iter().map(|p| p.grad.elem_count()).sum());
+        for p in &self.params {
+            flat.extend(p.grad.flatten_all()?.to_vec1::<f32>()?);
+        }
+        comm.all_reduce_sum(&mut flat)?;
+        let mut off = 0;
+        for p in &mut self.params {
+            let n = p.grad.elem_count();
+            p.grad = Tensor::from_slice(&flat[off..off + n], p.grad.shape(), p.grad.device())?;
+            off += n;
+        }
+        Ok(())
+    }
+
     pub fn zero_grad(&mut self) -> Result<()> {
         for p in &mut self.params {
             if fused::applies(&p.grad) {

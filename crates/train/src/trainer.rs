@@ -142,14 +142,29 @@ fn next_batch<S: SampleSource>(loader: &mut Loader<S>, what: &str, step: u64) ->
     })
 }
 
-/// Runs (or resumes) training. Resumes from the newest complete checkpoint in `run.run_dir` when one exists.
+/// Runs (or resumes) training in this one process. Resumes from the newest complete checkpoint in
+/// `run.run_dir` when one exists.
 pub fn train<S: SampleSource, V: SampleSource>(
     run: &TrainRun,
     train_data: S,
     val_data: Option<V>,
 ) -> Result<TrainSummary> {
+    train_with(run, train_data, val_data, &mut crate::dist::SingleProcess)
+}
+
+/// [`train`] as one rank of a data-parallel group: every rank runs this with the same run and data. Each
+/// takes its slice of every global batch (Megatron's sampler), the gradients and loss sums are summed over the
+/// ranks before each optimizer step, and the replicated steps keep every rank's weights identical. Rank 0 alone
+/// writes the run directory (recipe, metrics, TensorBoard, checkpoints, plot) and runs validation.
+pub fn train_with<S: SampleSource, V: SampleSource>(
+    run: &TrainRun,
+    train_data: S,
+    val_data: Option<V>,
+    comm: &mut dyn crate::dist::Collective,
+) -> Result<TrainSummary> {
     let tc = &run.trainer;
-    let dp = 1usize;
+    let (dp, rank) = (comm.world_size(), comm.rank());
+    let root = rank == 0;
     if tc.micro_batch_size == 0
         || !tc
             .global_batch_size
@@ -163,10 +178,12 @@ pub fn train<S: SampleSource, V: SampleSource>(
     }
     let accum = tc.global_batch_size / (tc.micro_batch_size * dp);
     let dtype = tc.precision.compute_dtype();
-    std::fs::create_dir_all(&run.run_dir).map_err(io(&run.run_dir))?;
-    checkpoint::remove_stale_temporaries(&run.run_dir)?;
-    let recipe_path = run.run_dir.join("recipe.toml");
-    std::fs::write(&recipe_path, &run.recipe_toml).map_err(io(&recipe_path))?;
+    if root {
+        std::fs::create_dir_all(&run.run_dir).map_err(io(&run.run_dir))?;
+        checkpoint::remove_stale_temporaries(&run.run_dir)?;
+        let recipe_path = run.run_dir.join("recipe.toml");
+        std::fs::write(&recipe_path, &run.recipe_toml).map_err(io(&recipe_path))?;
+    }
 
     // Weights and optimizer state: newest checkpoint, else the start.
     let latest = checkpoint::list_checkpoints(&run.run_dir)?.pop();
@@ -246,12 +263,19 @@ pub fn train<S: SampleSource, V: SampleSource>(
         consumed_samples: state.consumed_samples,
     };
     let mut loader = with_padding(
-        Loader::new(train_data, tc.micro_batch_size, 0, dp, cursor)?,
+        Loader::new(train_data, tc.micro_batch_size, rank, dp, cursor)?,
         run.padding,
     );
-    let mut metrics = JsonlWriter::open(&run.run_dir.join("metrics.jsonl"))?;
-    let mut tb = TensorBoardWriter::create(&run.run_dir.join("tb"))?;
-    let tty = run.progress && std::io::stderr().is_terminal();
+    let mut writers = if root {
+        Some((
+            JsonlWriter::open(&run.run_dir.join("metrics.jsonl"))?,
+            TensorBoardWriter::create(&run.run_dir.join("tb"))?,
+        ))
+    } else {
+        None
+    };
+    let progress = run.progress && root;
+    let tty = progress && std::io::stderr().is_terminal();
     let bar = if tty {
         indicatif::ProgressBar::new(tc.max_steps)
     } else {
@@ -267,7 +291,7 @@ pub fn train<S: SampleSource, V: SampleSource>(
     let say = |line: String| {
         if tty {
             bar.println(line);
-        } else if run.progress {
+        } else if progress {
             eprintln!("{line}");
         }
     };
@@ -294,11 +318,18 @@ pub fn train<S: SampleSource, V: SampleSource>(
             let batch = next_batch(&mut loader, "training", step)?;
             seen_tokens += (batch.shape[0] * batch.shape[1]) as f64;
             let (sum, count) = masked_loss(&model, &batch, &run.device)?;
-            let mb = (sum.clone() / (count.max(1.0) * accum as f64))?;
+            // NeMo's loss: the mean over all global micro-batches of each one's token mean.
+            let mb = (sum.clone() / (count.max(1.0) * (accum * dp) as f64))?;
             let grads = mb.backward()?;
             opt.accumulate(&grads, 1.0)?;
             loss_sum += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             loss_tokens += count;
+        }
+        if dp > 1 {
+            opt.all_reduce_grads(comm)?;
+            let mut sums = [loss_sum, loss_tokens, seen_tokens];
+            comm.all_reduce_sum_f64(&mut sums)?;
+            [loss_sum, loss_tokens, seen_tokens] = sums;
         }
         let loss = loss_sum / loss_tokens.max(1.0);
         if !loss.is_finite() {
@@ -319,7 +350,8 @@ pub fn train<S: SampleSource, V: SampleSource>(
         let tok_s = seen_tokens / dt.max(1e-9);
         summary.losses.push((step, loss));
 
-        let validate = val_data.is_some()
+        let validate = root
+            && val_data.is_some()
             && tc.val_check_interval > 0
             && (step % tc.val_check_interval == 0 || step == tc.max_steps);
         let mut last_val = None;
@@ -333,7 +365,7 @@ pub fn train<S: SampleSource, V: SampleSource>(
         state.val_loss = last_val;
         let log =
             tc.log_every_n_steps > 0 && (step % tc.log_every_n_steps == 0 || step == tc.max_steps);
-        if log || last_val.is_some() {
+        if let (true, Some((metrics, tb))) = (log || last_val.is_some(), writers.as_mut()) {
             let mut m = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s, "consumed_samples": state.consumed_samples});
             let mut scalars = vec![
                 ("train/loss", loss as f32),
@@ -353,8 +385,9 @@ pub fn train<S: SampleSource, V: SampleSource>(
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s"));
 
-        let ckpt_now = (tc.val_check_interval > 0 && step % tc.val_check_interval == 0)
-            || step == tc.max_steps;
+        let ckpt_now = root
+            && ((tc.val_check_interval > 0 && step % tc.val_check_interval == 0)
+                || step == tc.max_steps);
         if ckpt_now {
             let dir = checkpoint::save(
                 &run.run_dir,
@@ -369,13 +402,14 @@ pub fn train<S: SampleSource, V: SampleSource>(
         }
     }
     bar.finish_and_clear();
-    drop(metrics);
-    // The plot is a convenience: failing to draw it does not fail a finished run.
-    let png = run.run_dir.join("loss.png");
-    let plotted = crate::plot::read_metrics(&run.run_dir.join("metrics.jsonl"))
-        .and_then(|(train, val)| crate::plot::loss_curve_png(&png, &train, &val));
-    if let Err(e) = plotted {
-        eprintln!("warning: could not write {}: {e}", png.display());
+    if writers.take().is_some() {
+        // The plot is a convenience: failing to draw it does not fail a finished run.
+        let png = run.run_dir.join("loss.png");
+        let plotted = crate::plot::read_metrics(&run.run_dir.join("metrics.jsonl"))
+            .and_then(|(train, val)| crate::plot::loss_curve_png(&png, &train, &val));
+        if let Err(e) = plotted {
+            eprintln!("warning: could not write {}: {e}", png.display());
+        }
     }
     summary.final_step = state.step;
     summary.tokens_per_s = tokens_total / started.elapsed().as_secs_f64().max(1e-9);

@@ -8,7 +8,8 @@ use coil_model::config::{
 };
 use coil_model::ModelConfig;
 use coil_train::{
-    checkpoint, train, AdamWConfig, LrSchedule, Precision, Start, TrainRun, TrainerConfig,
+    checkpoint, dist, dist::Collective, train, train_with, AdamWConfig, LrSchedule, Precision,
+    Start, TrainRun, TrainerConfig,
 };
 
 /// Byte-level windows of the embedded Shakespeare text: sample i starts at i·stride.
@@ -179,6 +180,71 @@ fn resume_gives_the_identical_loss_sequence() {
         full.losses[3..].to_vec(),
         "steps 4..8 after resume equal the uninterrupted run"
     );
+}
+
+/// Data parallelism: ranks that each take their slice of every global batch and sum gradients train the same
+/// model as one process taking the whole batch (up to the order of the gradient sums), and every rank ends
+/// with the same weights; rank 0 alone writes the run.
+#[test]
+fn data_parallel_ranks_train_what_one_process_trains() {
+    let steps = 6;
+    let one_dir = tempfile::tempdir().unwrap();
+    let mut one_run = run(one_dir.path(), "M*M-", steps, 3, 2e-3);
+    one_run.trainer.micro_batch_size = 2; // 4 micro-batches per step of 8
+    let one = train(&one_run, corpus(32, 0, 64), Some(corpus(32, 150_000, 8))).unwrap();
+    let one_ck = checkpoint::list_checkpoints(one_dir.path()).unwrap();
+    let weights = |dir: &std::path::Path| {
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let want = weights(&one_ck.last().unwrap().1);
+
+    for world in [2, 4] {
+        let dp_dir = tempfile::tempdir().unwrap();
+        let mut dp_run = run(dp_dir.path(), "M*M-", steps, 3, 2e-3);
+        dp_run.trainer.micro_batch_size = 2;
+        let group = dist::loopback_group(world).unwrap();
+        let summaries: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = group
+                .into_iter()
+                .map(|mut comm| {
+                    let r = &dp_run;
+                    s.spawn(move || {
+                        let val = (comm.rank() == 0).then(|| corpus(32, 150_000, 8));
+                        train_with(r, corpus(32, 0, 64), val, &mut comm).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, s) in summaries.iter().enumerate() {
+            assert_eq!(
+                s.losses, summaries[0].losses,
+                "rank {rank} logs rank 0's losses"
+            );
+            assert_eq!(s.last_checkpoint.is_some(), rank == 0, "rank {rank}");
+        }
+        for ((step, a), (_, b)) in summaries[0].losses.iter().zip(&one.losses) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs(),
+                "world {world} step {step}: {a} vs {b}"
+            );
+        }
+        assert_eq!(summaries[0].val_losses.len(), 2, "rank 0 validates");
+        let dp_ck = checkpoint::list_checkpoints(dp_dir.path()).unwrap();
+        assert_eq!(dp_ck.len(), one_ck.len());
+        let got = weights(&dp_ck.last().unwrap().1);
+        for (name, w) in &want {
+            let d = (w - &got[name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "world {world}: {name} differs by {d}");
+        }
+    }
 }
 
 #[test]
