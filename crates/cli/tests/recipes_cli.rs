@@ -109,31 +109,60 @@ fn direct_refuses_a_world_size_it_cannot_honour() {
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(
-        err.contains("8 ranks") && err.contains("not implemented"),
+        err.contains("8 ranks") && err.contains("--executor local"),
         "{err}"
     );
 }
 
+/// The losses of a run's metrics.jsonl, by step.
+fn logged_losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", run_dir.display()));
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
+            (
+                v["step"].as_u64().unwrap_or(0),
+                v["loss"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn local_executor_workers_rendezvous_and_agree() {
+fn local_executor_ranks_train_data_parallel_like_one_process() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let run_dir = format!("run.dir={}", dir.path().display());
-    let o = coil(&[
-        "pretrain",
-        "--recipe",
-        "demo",
-        "--executor",
-        "local",
-        "parallel.num_gpus_per_node=3",
-        "trainer.global_batch_size=24",
-        "executor.master_port=0",
-        &run_dir,
-    ]);
-    let (out, err) = text(&o);
-    assert!(
-        !o.status.success(),
-        "a world size of 3 must stop: {out}{err}"
+    let short = [
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "trainer.global_batch_size=6",
+        "trainer.micro_batch_size=1",
+        "trainer.seq_length=64",
+        "run.sample_tokens=0",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let mut args = vec!["pretrain", "--recipe", "demo"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&short);
+        let dir_arg = format!("run.dir={}", dir.path().display());
+        let name_arg = format!("run.name={name}");
+        args.push(&dir_arg);
+        args.push(&name_arg);
+        let o = coil(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{name}: {out}{err}");
+        (out, err)
+    };
+    let (out, err) = run(
+        "dp3",
+        &[
+            "--executor",
+            "local",
+            "parallel.num_gpus_per_node=3",
+            "executor.master_port=0",
+        ],
     );
+    // every rank met the others on one id
     let ids: Vec<(String, String)> = out
         .lines()
         .filter_map(|l| {
@@ -152,8 +181,41 @@ fn local_executor_workers_rendezvous_and_agree() {
             "{ids:?}"
         );
     }
+    assert!(err.contains("over 3 data-parallel ranks"), "{err}");
+    assert!(err.contains("rank 2 done: step 3"), "{err}");
+    // the same recipe in one process: the same losses (up to the order of the gradient sums)
+    run("one", &[]);
+    let dp = logged_losses(&dir.path().join("dp3"));
+    let one = logged_losses(&dir.path().join("one"));
+    assert_eq!(dp.len(), 3);
+    assert_eq!(dp.len(), one.len());
+    for ((step, a), (_, b)) in dp.iter().zip(&one) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {step}: {a} vs {b}");
+    }
+    assert!(dir
+        .path()
+        .join("dp3/checkpoints/step-3/model.safetensors")
+        .is_file());
+}
+
+#[test]
+fn local_executor_refuses_model_parallel_splits() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let o = coil(&[
+        "pretrain",
+        "--recipe",
+        "demo",
+        "--executor",
+        "local",
+        "parallel.num_gpus_per_node=2",
+        "parallel.tensor_parallelism=2",
+        "executor.master_port=0",
+        &format!("run.dir={}", dir.path().display()),
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}{err}");
     assert!(
-        err.contains("multi-GPU training is not implemented yet"),
+        err.contains("tensor_parallelism 2") && err.contains("not implemented yet"),
         "{err}"
     );
 }

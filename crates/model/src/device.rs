@@ -40,6 +40,18 @@ pub fn select_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// The device spec for local rank `local_rank` of a multi-process launch: `auto` and `cuda` become that rank's own
+/// GPU (`cuda:<local_rank>`, as torchrun's LOCAL_RANK maps ranks to GPUs) when this build and machine have CUDA,
+/// `auto` stays on the CPU otherwise; `cpu` and an explicit `cuda:N` are kept as given.
+pub fn for_local_rank(spec: &str, local_rank: usize) -> String {
+    match spec {
+        "cuda" => format!("cuda:{local_rank}"),
+        "auto" if candle_core::utils::cuda_is_available() => format!("cuda:{local_rank}"),
+        "auto" => "cpu".into(),
+        other => other.into(),
+    }
+}
+
 /// `cpu` or `cuda:N`, for logs and benchmark records.
 pub fn device_label(d: &Device) -> String {
     match d.location() {
@@ -52,6 +64,20 @@ pub fn device_label(d: &Device) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_get_their_own_gpu() {
+        assert_eq!(for_local_rank("cuda", 3), "cuda:3");
+        assert_eq!(for_local_rank("cpu", 3), "cpu");
+        assert_eq!(for_local_rank("cuda:1", 3), "cuda:1");
+        let auto = for_local_rank("auto", 2);
+        let want = if candle_core::utils::cuda_is_available() {
+            "cuda:2"
+        } else {
+            "cpu"
+        };
+        assert_eq!(auto, want);
+    }
 
     #[test]
     fn specs() {

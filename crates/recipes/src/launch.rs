@@ -2,7 +2,8 @@
 //! process per GPU with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and
 //! prefixes and collects their output; `slurm` writes an sbatch script whose srun starts the same workers on
 //! num_nodes x num_gpus_per_node tasks. Workers meet at a rank-0 TCP rendezvous that hands every rank the
-//! same 128-byte id (the slot NCCL's unique id will travel in once multi-GPU training lands).
+//! same 128-byte id (the slot an NCCL unique id fits) and keeps the connections open for data-parallel training
+//! (`coil_train::dist::TcpCollective`).
 
 use crate::error::{io, RecipeError, Result};
 use crate::recipe::Recipe;
@@ -77,13 +78,28 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the rendezvous leaves each rank: the run's id and the open connections of the group.
+#[derive(Debug)]
+pub struct Rendezvous {
+    /// The same hex id on every rank.
+    pub id: String,
+    /// Rank 0: the connections to ranks 1, 2, ... in rank order; any other rank: its connection to rank 0.
+    /// Training exchanges its gradients over them (`coil_train::dist::TcpCollective`).
+    pub links: Vec<TcpStream>,
+}
+
 /// Meets the other ranks: rank 0 listens on MASTER_ADDR:MASTER_PORT, every other rank connects (retrying until
-/// `timeout`) and says its rank; once all have arrived rank 0 sends each the same id. Returns the id as hex.
-pub fn rendezvous(env: &WorkerEnv, timeout: Duration) -> Result<String> {
+/// `timeout`) and says its rank; once all have arrived rank 0 sends each the same id. The connections stay
+/// open. Nothing else travels on them until every rank has its id, so the line reads below never buffer
+/// bytes that belong to the exchanges after them.
+pub fn rendezvous(env: &WorkerEnv, timeout: Duration) -> Result<Rendezvous> {
     let addr = format!("{}:{}", env.master_addr, env.master_port);
     let err = |m: String| RecipeError::Launch(format!("rendezvous at {addr}: {m}"));
     if env.world_size == 1 {
-        return Ok(hex(&fresh_id()));
+        return Ok(Rendezvous {
+            id: hex(&fresh_id()),
+            links: Vec::new(),
+        });
     }
     let deadline = Instant::now() + timeout;
     if env.rank == 0 {
@@ -130,7 +146,11 @@ pub fn rendezvous(env: &WorkerEnv, timeout: Duration) -> Result<String> {
         for (_, s) in &mut peers {
             writeln!(s, "{id}").map_err(|e| err(e.to_string()))?;
         }
-        Ok(id)
+        peers.sort_by_key(|(r, _)| *r);
+        Ok(Rendezvous {
+            id,
+            links: peers.into_iter().map(|(_, s)| s).collect(),
+        })
     } else {
         let target = addr
             .to_socket_addrs()
@@ -154,7 +174,7 @@ pub fn rendezvous(env: &WorkerEnv, timeout: Duration) -> Result<String> {
             .set_read_timeout(Some(left))
             .map_err(|e| err(e.to_string()))?;
         let mut line = String::new();
-        BufReader::new(stream)
+        BufReader::new(&stream)
             .read_line(&mut line)
             .map_err(|e| err(e.to_string()))?;
         let id = line.trim().to_string();
@@ -165,7 +185,10 @@ pub fn rendezvous(env: &WorkerEnv, timeout: Duration) -> Result<String> {
                 2 * UNIQUE_ID_BYTES
             )));
         }
-        Ok(id)
+        Ok(Rendezvous {
+            id,
+            links: vec![stream],
+        })
     }
 }
 
@@ -346,7 +369,7 @@ mod tests {
                 })
             })
             .collect();
-        let ids: Vec<String> = handles
+        let met: Vec<Rendezvous> = handles
             .into_iter()
             .map(|h| {
                 h.join()
@@ -354,7 +377,17 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{e}"))
             })
             .collect();
-        assert_eq!(ids[0].len(), 2 * UNIQUE_ID_BYTES);
-        assert!(ids.iter().all(|i| *i == ids[0]));
+        assert_eq!(met[0].id.len(), 2 * UNIQUE_ID_BYTES);
+        assert!(met.iter().all(|m| m.id == met[0].id));
+        // rank 0 holds one link per other rank, in rank order; the others one link each
+        assert_eq!(met[0].links.len(), world - 1);
+        assert!(met[1..].iter().all(|m| m.links.len() == 1));
+        for (r, m) in met.iter().enumerate().skip(1) {
+            let theirs = m.links[0].local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let ours = met[0].links[r - 1]
+                .peer_addr()
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(theirs, ours, "rank {r}'s link sits at position {}", r - 1);
+        }
     }
 }

@@ -9,6 +9,7 @@ use coil_infer::{generate, Engine, EngineOptions, GenerateParams, SamplingParams
 use coil_model::HybridLm;
 use coil_recipes::launch::{rendezvous, run_local, run_slurm, WorkerEnv};
 use coil_recipes::{apply_overrides, from_toml, recipe, to_toml, ExecutorKind, Mode, Recipe};
+use coil_train::dist::{Collective, SingleProcess, TcpCollective};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,8 +31,10 @@ pub enum ExecutorArg {
 repeats it from the start), data.kind=mock|pretrain|shakespeare|squad (switches the data variant), `key=` unsets an \
 optional key. NeMo spellings data.global_batch_size, data.micro_batch_size, data.seq_length, trainer.devices, \
 trainer.num_nodes, resume_path, dir, name are accepted.\n\nThe local and slurm executors start `coil worker` \
-processes with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; until multi-GPU training lands, \
-a run of more than one rank meets at the rendezvous and then stops with an error."
+processes with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set. They meet at a rank-0 TCP \
+rendezvous and train data-parallel: each rank takes its slice of every global batch on its own device (LOCAL_RANK \
+picks the GPU), the gradients are summed over the ranks through rank 0 each step, and rank 0 writes the run. \
+Splitting the model (tensor, pipeline or context parallelism > 1) is not implemented yet and is refused."
 )]
 pub struct RunArgs {
     /// Built-in recipe (see `coil recipes`), e.g. demo, mamba2_130m, nemotronh_8b.
@@ -110,15 +113,15 @@ pub fn run(a: RunArgs, mode: Mode) -> Result<()> {
             let world = r.parallel.world_size();
             if world > 1 {
                 bail!(
-                    "the recipe asks for {} node(s) x {} GPU(s) = {world} ranks, but multi-GPU training is not \
-                     implemented yet and the direct executor runs one process; for a single-process run set \
-                     parallel.num_nodes=1 parallel.num_gpus_per_node=1 parallel.tensor_parallelism=1 \
-                     parallel.pipeline_parallelism=1 (or check the launch with --executor local)",
+                    "the recipe asks for {} node(s) x {} GPU(s) = {world} ranks, but the direct executor runs \
+                     one process; start one process per GPU with --executor local (this machine) or \
+                     --executor slurm, or set parallel.num_nodes=1 parallel.num_gpus_per_node=1 \
+                     parallel.tensor_parallelism=1 parallel.pipeline_parallelism=1 for a single-process run",
                     r.parallel.num_nodes,
                     r.parallel.num_gpus_per_node
                 );
             }
-            train_here(&r)
+            train_here(&r, &mut SingleProcess)
         }
         ExecutorKind::Local => {
             let plan = write_plan(&r)?;
@@ -192,48 +195,76 @@ pub fn run_worker(a: WorkerArgs) -> Result<()> {
         master_addr: "127.0.0.1".into(),
         master_port: 29500,
     });
-    let id = rendezvous(&env, Duration::from_secs(120))?;
+    let met = rendezvous(&env, Duration::from_secs(120))?;
     println!(
-        "rendezvous done: rank {} of {} (local rank {}), id {id}",
-        env.rank, env.world_size, env.local_rank
+        "rendezvous done: rank {} of {} (local rank {}), id {}",
+        env.rank, env.world_size, env.local_rank, met.id
     );
     let _ = std::io::stdout().flush();
-    if env.world_size > 1 {
+    let p = &r.parallel;
+    let model_parallel = p.tensor_parallelism * p.pipeline_parallelism * p.context_parallelism;
+    if env.world_size > 1 && model_parallel > 1 {
         bail!(
-            "rank {} of {}: multi-GPU training is not implemented yet; stopping rather than training on one \
-             GPU. Run with parallel.num_nodes=1 parallel.num_gpus_per_node=1",
+            "rank {} of {}: the recipe splits the model (tensor_parallelism {}, pipeline_parallelism {}, \
+             context_parallelism {}), which is not implemented yet; data parallelism is: set \
+             parallel.tensor_parallelism=1 parallel.pipeline_parallelism=1 parallel.context_parallelism=1 to \
+             train a full copy of the model on every rank",
             env.rank,
-            env.world_size
+            env.world_size,
+            p.tensor_parallelism,
+            p.pipeline_parallelism,
+            p.context_parallelism
         );
     }
-    train_here(&r)
+    let mut r = r;
+    if env.world_size > 1 {
+        r.run.device = coil_model::device::for_local_rank(&r.run.device, env.local_rank);
+    }
+    let mut comm = TcpCollective::new(env.rank, env.world_size, met.links)?;
+    train_here(&r, &mut comm)
 }
 
-/// Trains in this process, then prints where everything went and, when asked, a generated sample.
-fn train_here(r: &Recipe) -> Result<()> {
+/// Trains in this process (one rank of `comm`), then rank 0 prints where everything went and, when asked, a
+/// generated sample.
+fn train_here(r: &Recipe, comm: &mut dyn Collective) -> Result<()> {
+    let root = comm.rank() == 0;
     let t0 = Instant::now();
     let run = r.train_run(to_toml(r)?)?;
     let tokenizer = r.load_tokenizer()?;
     let params = coil_model::params::num_parameters(&r.model)?;
-    eprintln!(
-        "coil {} {}: {} parameters, pattern {}, {} steps of {} x {} tokens, run dir {}",
-        r.mode.as_str(),
-        r.recipe,
-        human_count(params),
-        r.model.pattern,
-        r.trainer.max_steps,
-        r.trainer.global_batch_size,
-        r.trainer.seq_length,
-        run.run_dir.display()
-    );
+    if root {
+        eprintln!(
+            "coil {} {}: {} parameters, pattern {}, {} steps of {} x {} tokens{}, run dir {}",
+            r.mode.as_str(),
+            r.recipe,
+            human_count(params),
+            r.model.pattern,
+            r.trainer.max_steps,
+            r.trainer.global_batch_size,
+            r.trainer.seq_length,
+            match comm.world_size() {
+                1 => String::new(),
+                n => format!(" over {n} data-parallel ranks"),
+            },
+            run.run_dir.display()
+        );
+    }
     let data = coil_data::build_data(&r.data, tokenizer.as_ref(), &r.run_shape())
         .context("building the data (see the [data] table of the recipe)")?;
     let run = coil_train::TrainRun {
         padding: data.padding,
         ..run
     };
-    let summary = coil_train::train(&run, data.train, data.validation)?;
+    let summary = coil_train::train_with(&run, data.train, data.validation, comm)?;
     let secs = t0.elapsed().as_secs_f64();
+    if !root {
+        eprintln!(
+            "rank {} done: step {} in {secs:.0} s",
+            comm.rank(),
+            summary.final_step
+        );
+        return Ok(());
+    }
     let last = coil_train::checkpoint::list_checkpoints(&run.run_dir)?
         .pop()
         .map(|(_, d)| d);
