@@ -392,6 +392,7 @@ mod bf16_avx2 {
                         o[0] = dot(w, &x[..cols]);
                         continue;
                     }
+                    o.fill(0.0); // the group kernels add to it
                     for (g, og) in o.chunks_mut(GROUP).enumerate() {
                         let b0 = g * GROUP;
                         let xs = |k: usize| &x[(b0 + k) * cols..(b0 + k + 1) * cols];
@@ -497,6 +498,13 @@ mod tests {
             .collect()
     }
 
+    /// The largest |difference|, infinite where one is NaN (`f32::max` would drop it).
+    fn worst(diffs: impl Iterator<Item = f32>) -> f32 {
+        diffs
+            .map(|d| if d.is_nan() { f32::INFINITY } else { d.abs() })
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn matvec_matches_reference_for_both_dtypes_batches_and_sizes() {
         // Small (one thread), odd widths (remainder lanes) and large (parallel blocks).
@@ -505,15 +513,13 @@ mod tests {
                 let m = Matrix::new(lcg(rows * cols, 7), rows, cols, dtype);
                 for batch in [1, 3, 8, 11] {
                     let x = lcg(batch * cols, 11);
-                    let mut y = vec![0f32; batch * rows];
-                    let mut yt = vec![0f32; batch * rows];
+                    // Scratch and output hold garbage, as they do between decode steps.
+                    let mut y = vec![f32::NAN; batch * rows];
+                    let mut yt = vec![f32::NAN; batch * rows];
                     m.matvec(&x, batch, &mut y, &mut yt);
+                    m.matvec(&x, batch, &mut y, &mut yt); // and again over the first result
                     let want = m.matvec_reference(&x, batch);
-                    let err = y
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                    let err = worst(y.iter().zip(&want).map(|(a, b)| a - b));
                     assert!(err < 1e-4, "{rows}x{cols} {dtype:?} batch {batch}: {err}");
                 }
             }
@@ -528,7 +534,8 @@ mod tests {
             for batch in [1, 2, 8, 11] {
                 let x = lcg(batch * cols, 5);
                 let want = m.matvec_reference(&x, batch); // [batch, rows]
-                let mut paths = vec![("portable", vec![0f32; rows * batch])];
+                                                          // Outputs start as garbage: the kernels must overwrite, not add to, what is there.
+                let mut paths = vec![("portable", vec![f32::NAN; rows * batch])];
                 pulp::Arch::new().dispatch(RowBlock {
                     m: &m,
                     x: &x,
@@ -537,15 +544,15 @@ mod tests {
                     out: &mut paths[0].1,
                 });
                 if let Some(fast) = bf16_avx2::rows(&m) {
-                    let mut out = vec![0f32; rows * batch];
+                    let mut out = vec![f32::NAN; rows * batch];
                     fast.times(&x, batch, 0, &mut out);
                     paths.push(("avx2", out));
                 }
                 for (name, out) in paths {
                     // `out` is [rows, batch]
-                    let err = (0..rows * batch)
-                        .map(|i| (out[(i % rows) * batch + i / rows] - want[i]).abs())
-                        .fold(0f32, f32::max);
+                    let err = worst(
+                        (0..rows * batch).map(|i| out[(i % rows) * batch + i / rows] - want[i]),
+                    );
                     assert!(err < 1e-4, "{name} {rows}x{cols} batch {batch}: {err}");
                 }
             }
