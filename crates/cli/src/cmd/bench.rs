@@ -56,22 +56,30 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-fn forward(a: ForwardArgs) -> Result<()> {
-    let Some(p) = presets::preset(&a.preset) else {
+/// The model config of a preset for a benchmark, with the SSD chunk size overridden when asked.
+pub(crate) fn preset_config(
+    name: &str,
+    chunk_size: Option<usize>,
+) -> Result<coil_model::ModelConfig> {
+    let Some(p) = presets::preset(name) else {
         bail!(
-            "unknown preset {:?}; one of: {}",
-            a.preset,
+            "unknown preset {name:?}; one of: {}",
             presets::PRESET_NAMES.join(", ")
         );
     };
+    let mut cfg = p.config;
+    if let Some(q) = chunk_size {
+        cfg.mamba.chunk_size = q;
+    }
+    Ok(cfg)
+}
+
+fn forward(a: ForwardArgs) -> Result<()> {
+    let cfg = preset_config(&a.preset, a.chunk_size)?;
     if a.tokens == 0 || a.batch == 0 || a.iters == 0 {
         bail!("--tokens, --batch and --iters must be positive");
     }
     let device = coil_model::device::select_device(&a.device)?;
-    let mut cfg = p.config;
-    if let Some(q) = a.chunk_size {
-        cfg.mamba.chunk_size = q;
-    }
     let n_params = coil_model::params::num_parameters(&cfg)?;
     let t0 = Instant::now();
     let model =

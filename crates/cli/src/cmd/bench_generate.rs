@@ -13,7 +13,7 @@ use clap::Args;
 use coil_infer::matvec::parallel_sum;
 use coil_infer::sampling::argmax;
 use coil_infer::{Engine, EngineOptions, WeightDtype};
-use coil_model::{presets, HybridLm};
+use coil_model::HybridLm;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -103,19 +103,12 @@ fn run_once(e: &Engine, prompts: &[Vec<u32>], new: usize) -> Result<Timing> {
 }
 
 pub fn run(a: GenerateBenchArgs) -> Result<()> {
-    let Some(p) = presets::preset(&a.preset) else {
-        bail!(
-            "unknown preset {:?}; one of: {}",
-            a.preset,
-            presets::PRESET_NAMES.join(", ")
-        );
-    };
+    let cfg = super::bench::preset_config(&a.preset, None)?;
     if a.prompt == 0 || a.new_tokens < 2 || a.iters == 0 || a.batch.contains(&0) {
         bail!(
             "--prompt and --iters must be positive, --new-tokens at least 2, batch sizes positive"
         );
     }
-    let cfg = p.config;
     let device = coil_model::device::select_device(&a.device).context("--device")?;
     if !device.is_cpu() {
         return run_on_device(&a, &cfg, &device);

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use coil_data::{Batch, Sample};
-use coil_model::{presets, HybridLm};
+use coil_model::HybridLm;
 use coil_train::{trainer::masked_loss, AdamW, AdamWConfig, Precision};
 use std::time::Instant;
 
@@ -39,13 +39,7 @@ pub struct TrainBenchArgs {
 }
 
 pub fn run(a: TrainBenchArgs) -> Result<()> {
-    let Some(p) = presets::preset(&a.preset) else {
-        bail!(
-            "unknown preset {:?}; one of: {}",
-            a.preset,
-            presets::PRESET_NAMES.join(", ")
-        );
-    };
+    let cfg = super::bench::preset_config(&a.preset, a.chunk_size)?;
     if a.batch == 0 || a.seq_length == 0 || a.steps == 0 {
         bail!("--batch, --seq-length and --steps must be positive");
     }
@@ -55,10 +49,6 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         other => bail!("--precision {other:?}: expected 32 or bf16-mixed"),
     };
     let device = coil_model::device::select_device(&a.device)?;
-    let mut cfg = p.config;
-    if let Some(q) = a.chunk_size {
-        cfg.mamba.chunk_size = q;
-    }
     let n_params = coil_model::params::num_parameters(&cfg)?;
     let masters = coil_model::params::init_params(&cfg, 0, &device, DType::F32)?
         .into_iter()
