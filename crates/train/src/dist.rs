@@ -38,6 +38,9 @@ impl Collective for SingleProcess {
     }
 }
 
+/// Values per message of [`TcpCollective::all_reduce_sum`] (4 MiB of f32).
+const PIECE: usize = 1 << 20;
+
 /// Rank 0 holds a connection to every other rank; every other rank holds its connection to rank 0.
 pub struct TcpCollective {
     rank: usize,
@@ -122,10 +125,13 @@ impl Collective for TcpCollective {
         self.world
     }
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
-        let mut bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.reduce_bytes(&mut bytes, add_le!(f32))?;
-        for (v, b) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
-            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        // In pieces, so the wire copy stays small whatever the tensor's size.
+        for piece in buf.chunks_mut(PIECE) {
+            let mut bytes: Vec<u8> = piece.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.reduce_bytes(&mut bytes, add_le!(f32))?;
+            for (v, b) in piece.iter_mut().zip(bytes.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
         }
         Ok(())
     }
@@ -187,6 +193,32 @@ mod tests {
         for (v, d) in &results {
             assert_eq!(v.as_slice(), want.as_slice());
             assert_eq!(d.as_slice(), [1.5, 3.0].as_slice());
+        }
+    }
+
+    #[test]
+    fn buffers_longer_than_one_message_are_summed_whole() {
+        let n = 2 * PIECE + 3;
+        let group = loopback_group(2).unwrap();
+        let sums: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = group
+                .into_iter()
+                .map(|mut c| {
+                    s.spawn(move || {
+                        let r = c.rank() as f32;
+                        let mut v: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 + r).collect();
+                        c.all_reduce_sum(&mut v).unwrap();
+                        v
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for v in &sums {
+            assert!(v
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == 2.0 * (i % 1000) as f32 + 1.0));
         }
     }
 

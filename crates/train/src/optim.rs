@@ -114,22 +114,17 @@ impl AdamW {
         Ok(())
     }
 
-    /// Sums the accumulated gradients over the data-parallel ranks (one exchange of all of them, through the
-    /// host); afterwards every rank holds the same gradients, so the replicated optimizer steps agree.
+    /// Sums the accumulated gradients over the data-parallel ranks, one parameter at a time through the host
+    /// (so the extra host memory is one parameter's, not the model's); afterwards every rank holds the same
+    /// gradients, so the replicated optimizer steps agree.
     pub fn all_reduce_grads(&mut self, comm: &mut dyn crate::dist::Collective) -> Result<()> {
         if comm.world_size() == 1 {
             return Ok(());
         }
-        let mut flat = Vec::with_capacity(self.params.iter().map(|p| p.grad.elem_count()).sum());
-        for p in &self.params {
-            flat.extend(p.grad.flatten_all()?.to_vec1::<f32>()?);
-        }
-        comm.all_reduce_sum(&mut flat)?;
-        let mut off = 0;
         for p in &mut self.params {
-            let n = p.grad.elem_count();
-            p.grad = Tensor::from_slice(&flat[off..off + n], p.grad.shape(), p.grad.device())?;
-            off += n;
+            let mut g = p.grad.flatten_all()?.to_vec1::<f32>()?;
+            comm.all_reduce_sum(&mut g)?;
+            p.grad = Tensor::from_vec(g, p.grad.shape(), p.grad.device())?;
         }
         Ok(())
     }
