@@ -30,16 +30,7 @@ fn rel_norm(a: &Tensor, b: &Tensor) -> f32 {
             .unwrap()
     };
     let (a, b) = (cpu(a), cpu(b));
-    let n = |t: &Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt()
-    };
-    n(&(&a - &b).unwrap()) / n(&b).max(1e-30)
+    (l2_norm(&(&a - &b).unwrap()) / l2_norm(&b).max(1e-30)) as f32
 }
 
 #[test]

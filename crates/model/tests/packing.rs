@@ -63,16 +63,6 @@ fn piece_loss(logits: &Tensor, ids: &Tensor) -> Tensor {
         .unwrap()
 }
 
-fn norm(t: &Tensor) -> f64 {
-    t.sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt() as f64
-}
-
 /// (max |logits packed − alone|, worst relative gradient error, its parameter, loss packed, loss alone).
 fn compare(name: &str) -> (f32, f64, String, f32, f32) {
     let ids = &load_fixture(name)["input_ids"];
@@ -108,7 +98,7 @@ fn compare(name: &str) -> (f32, f64, String, f32, f32) {
                 .get(v.as_tensor())
                 .unwrap_or_else(|| panic!("{name}: no grad for {n}")),
         );
-        let e = norm(&(gp - ga).unwrap()) / norm(ga).max(1e-30);
+        let e = l2_norm(&(gp - ga).unwrap()) / l2_norm(ga).max(1e-30);
         if e > worst {
             (worst, worst_name) = (e, n.clone());
         }

@@ -64,6 +64,17 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     dir
 }
 
+/// ‖t‖ over all elements (an f32 tensor).
+pub fn l2_norm(t: &Tensor) -> f64 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt() as f64
+}
+
 /// (name, ‖g − g_hf‖ / ‖g_hf‖) for every parameter of a fixture, computed on `dev`.
 pub fn grad_errors(name: &str, dev: &Device) -> Vec<(String, f64)> {
     let fx = load_fixture(name);
@@ -81,17 +92,8 @@ pub fn grad_errors(name: &str, dev: &Device) -> Vec<(String, f64)> {
                 .unwrap_or_else(|| panic!("{name}: no gradient for {n}"))
                 .to_device(&Device::Cpu)
                 .unwrap();
-            let norm = |t: &Tensor| {
-                t.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .sqrt() as f64
-            };
-            let diff = norm(&(&got - want).unwrap());
-            (n.clone(), diff / norm(want).max(1e-30))
+            let diff = l2_norm(&(&got - want).unwrap());
+            (n.clone(), diff / l2_norm(want).max(1e-30))
         })
         .collect()
 }
