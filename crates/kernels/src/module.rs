@@ -1,0 +1,100 @@
+//! Loading the embedded cubins into a device's context, once per device and function.
+
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, DriverError,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Why a kernel did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The GPU (or these sizes) has no kernel here; the caller should take its portable path.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The arguments do not describe valid memory for the kernel (a bug in the caller).
+    #[error("{kernel}: {what}")]
+    Invalid { kernel: &'static str, what: String },
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] DriverError),
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// A cubin per architecture for one kernel source.
+pub(crate) struct Cubins {
+    name: &'static str,
+    sm80: &'static [u8],
+    sm90: &'static [u8],
+}
+
+macro_rules! cubins {
+    ($name:literal) => {
+        Cubins {
+            name: $name,
+            sm80: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".sm80.cubin")),
+            sm90: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".sm90.cubin")),
+        }
+    };
+}
+
+pub(crate) static SSD_FWD: Cubins = cubins!("ssd_fwd");
+
+impl Cubins {
+    /// The cubin that runs on compute capability (major, minor).
+    fn for_arch(&self, (major, minor): (i32, i32)) -> Result<&'static [u8]> {
+        match major {
+            8 => Ok(self.sm80),
+            9 if minor == 0 => Ok(self.sm90),
+            _ => Err(KernelError::Unsupported(format!(
+                "no {} kernel for compute capability {major}.{minor} in this build (sm_80 and sm_90 only)",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// Loaded modules and functions, keyed by device ordinal.
+#[derive(Default)]
+struct Loaded {
+    modules: HashMap<(usize, &'static str), Arc<CudaModule>>,
+    functions: HashMap<(usize, &'static str), CudaFunction>,
+}
+
+fn cache() -> &'static Mutex<Loaded> {
+    static CACHE: OnceLock<Mutex<Loaded>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// `function` of the `cubins` module on `ctx`'s device, loaded once per device, with its dynamic shared memory
+/// limit raised to `smem_bytes`.
+pub(crate) fn function(
+    ctx: &Arc<CudaContext>,
+    cubins: &'static Cubins,
+    function: &'static str,
+    smem_bytes: u32,
+) -> Result<CudaFunction> {
+    let ordinal = ctx.ordinal();
+    let mut loaded = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = loaded.functions.get(&(ordinal, function)) {
+        return Ok(f.clone());
+    }
+    let module = match loaded.modules.get(&(ordinal, cubins.name)) {
+        Some(m) => m.clone(),
+        None => {
+            let image = cubins.for_arch(ctx.compute_capability()?)?;
+            let m = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
+            loaded.modules.insert((ordinal, cubins.name), m.clone());
+            m
+        }
+    };
+    let f = module.load_function(function)?;
+    f.set_attribute(
+        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem_bytes as i32,
+    )?;
+    loaded.functions.insert((ordinal, function), f.clone());
+    Ok(f)
+}
