@@ -486,23 +486,10 @@ mod bf16_avx2 {
 mod tests {
     use super::*;
 
-    fn lcg(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use coil_testutil::{max_abs_diff, Lcg};
 
-    /// The largest |difference|, infinite where one is NaN (`f32::max` would drop it).
-    fn worst(diffs: impl Iterator<Item = f32>) -> f32 {
-        diffs
-            .map(|d| if d.is_nan() { f32::INFINITY } else { d.abs() })
-            .fold(0f32, f32::max)
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        Lcg(seed).vec(n, -1.0, 1.0)
     }
 
     #[test]
@@ -519,7 +506,7 @@ mod tests {
                     m.matvec(&x, batch, &mut y, &mut yt);
                     m.matvec(&x, batch, &mut y, &mut yt); // and again over the first result
                     let want = m.matvec_reference(&x, batch);
-                    let err = worst(y.iter().zip(&want).map(|(a, b)| a - b));
+                    let err = max_abs_diff(&y, &want);
                     assert!(err < 1e-4, "{rows}x{cols} {dtype:?} batch {batch}: {err}");
                 }
             }
@@ -550,9 +537,10 @@ mod tests {
                 }
                 for (name, out) in paths {
                     // `out` is [rows, batch]
-                    let err = worst(
-                        (0..rows * batch).map(|i| out[(i % rows) * batch + i / rows] - want[i]),
-                    );
+                    let out: Vec<f32> = (0..rows * batch)
+                        .map(|i| out[(i % rows) * batch + i / rows])
+                        .collect();
+                    let err = max_abs_diff(&out, &want);
                     assert!(err < 1e-4, "{name} {rows}x{cols} batch {batch}: {err}");
                 }
             }

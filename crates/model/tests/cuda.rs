@@ -21,18 +21,6 @@ fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA GPU (these tests run by hand on a GPU machine)")
 }
 
-/// ‖a − b‖ / ‖b‖ over all elements.
-fn rel_norm(a: &Tensor, b: &Tensor) -> f32 {
-    let cpu = |t: &Tensor| {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .to_device(&Device::Cpu)
-            .unwrap()
-    };
-    let (a, b) = (cpu(a), cpu(b));
-    (l2_norm(&(&a - &b).unwrap()) / l2_norm(&b).max(1e-30)) as f32
-}
-
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fixtures_match_hf_on_cuda_in_f32() {
@@ -51,7 +39,7 @@ fn fixtures_match_hf_on_cuda_in_bf16() {
         let model = load_model_on(name, &dev, DType::BF16);
         let ids = fx["input_ids"].to_device(&dev).unwrap();
         let logits = model.forward(&ids, None).unwrap();
-        let rel = rel_norm(&logits, &fx["logits"]);
+        let rel = coil_testutil::rel_l2(&logits, &fx["logits"]) as f32;
         let loss = next_token_loss(&logits, &ids)
             .unwrap()
             .to_dtype(DType::F32)

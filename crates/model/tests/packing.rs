@@ -98,7 +98,7 @@ fn compare(name: &str) -> (f32, f64, String, f32, f32) {
                 .get(v.as_tensor())
                 .unwrap_or_else(|| panic!("{name}: no grad for {n}")),
         );
-        let e = l2_norm(&(gp - ga).unwrap()) / l2_norm(ga).max(1e-30);
+        let e = coil_testutil::rel_l2(gp, ga);
         if e > worst {
             (worst, worst_name) = (e, n.clone());
         }

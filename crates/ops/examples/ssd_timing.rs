@@ -4,6 +4,7 @@
 //! Prints the median of several runs of each and their ratio.
 
 use coil_ops::ssd::{ssd_chunked, ssd_chunked_backward, SsdDims, SsdInputs};
+use coil_testutil::Lcg;
 use std::time::Instant;
 
 fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
@@ -39,17 +40,8 @@ fn main() {
     };
     let q = v[6];
     // Deterministic, well-conditioned inputs (dt in (0.001, 0.1), A in (-4, -0.5)).
-    let mut seed = 1u64;
-    let mut gen = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((seed >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    };
+    let mut rng = Lcg(1);
+    let mut gen = |n: usize, lo: f32, hi: f32| rng.vec(n, lo, hi);
     let (x, dt, av) = (
         gen(dims.x_len(), -1.0, 1.0),
         gen(dims.dt_len(), 0.001, 0.1),

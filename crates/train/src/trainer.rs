@@ -121,7 +121,7 @@ pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(
     };
     let logits = model.forward_packed(&tokens, seq_idx.as_ref(), None)?;
     let v = logits.dim(2)?;
-    // One fused pass per row on the CPU (coil_ops::tensor::cross_entropy); composed ops elsewhere.
+    // One fused pass per row on the CPU (coil_ops::cross_entropy); composed ops elsewhere.
     let ce = coil_ops::tensor::row_cross_entropy(&logits.reshape((b * t, v))?, &labels)
         .map_err(|e| {
             TrainError::Invalid(format!(

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use coil_data::{Batch, PackedSftDataset, SampleSource, SftConfig, SftDataset, SftExample};
 use coil_model::HybridLm;
+use coil_testutil::{rel_l2, Lcg};
 use coil_train::trainer::masked_loss;
 use coil_train::{train, AdamWConfig, LrSchedule, Precision, Start, TrainRun, TrainerConfig};
 use std::path::PathBuf;
@@ -18,13 +19,8 @@ fn fixture_dir() -> PathBuf {
 
 /// `n` SFT examples (prompt ++ answer ++ EOS 2) of 4 to 19 ids from a small alphabet, seeded.
 fn examples(n: usize, seed: u64) -> SftDataset {
-    let mut state = seed;
-    let mut next = |m: u64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) % m
-    };
+    let mut rng = Lcg(seed);
+    let mut next = |m: u64| rng.below(m);
     let examples = (0..n)
         .map(|_| {
             let len = 4 + next(16) as usize;
@@ -87,22 +83,13 @@ fn packed_micro_batch_loss_and_gradients_equal_the_sum_over_its_examples() {
         sum_packed.backward().unwrap(),
         sum_alone.backward().unwrap(),
     );
-    let norm = |t: &Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt()
-    };
     let mut worst = (0f32, String::new());
     for (n, v) in &vars {
         let (p, a) = (
             gp.get(v.as_tensor()).unwrap(),
             ga.get(v.as_tensor()).unwrap(),
         );
-        let e = norm(&(p - a).unwrap()) / norm(a).max(1e-30);
+        let e = rel_l2(p, a) as f32;
         if e > worst.0 {
             worst = (e, n.clone());
         }

@@ -7,6 +7,7 @@ use coil_model::config::{
     AttentionConfig, Family, MambaConfig, MlpActivation, MlpConfig, SpecialTokens,
 };
 use coil_model::ModelConfig;
+use coil_testutil::max_abs_diff;
 use coil_train::{
     checkpoint, dist, dist::Collective, train, train_with, AdamWConfig, LrSchedule, Precision,
     Start, TrainRun, TrainerConfig,
@@ -234,14 +235,7 @@ fn data_parallel_ranks_train_what_one_process_trains() {
         assert_eq!(dp_ck.len(), one_ck.len());
         let got = weights(&dp_ck.last().unwrap().1);
         for (name, w) in &want {
-            let d = (w - &got[name])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(w, &got[name]);
             assert!(d < 1e-5, "world {world}: {name} differs by {d}");
         }
     }

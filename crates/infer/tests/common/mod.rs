@@ -52,10 +52,7 @@ pub fn logits_at(t: &Tensor, b: usize, i: usize) -> Vec<f32> {
     t.get(b).unwrap().get(i).unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// The largest |a − b| (NaN when either side holds one).
 pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
+    coil_testutil::max_abs_diff(a, b)
 }

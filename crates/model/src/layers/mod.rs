@@ -1,7 +1,8 @@
 //! The three layer kinds of a hybrid stack and their shared pieces (linear projection, RMSNorm).
 //!
 //! Layers hold tensors under their checkpoint names' structure and compute with device-agnostic candle ops;
-//! the Mamba2 mixer's special ops go through `coil_ops::tensor`, the only place that picks a device path.
+//! the Mamba2 mixer's special ops go through `coil_ops::tensor` (each op's `mod.rs` in coil-ops picks the device
+//! path).
 
 pub mod attention;
 pub mod mamba;

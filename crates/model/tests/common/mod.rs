@@ -31,28 +31,9 @@ pub fn load_model_on(name: &str, dev: &Device, dtype: DType) -> HybridLm {
     HybridLm::from_dir(&fixture_dir(name), dev, dtype).expect("model loads")
 }
 
+/// The largest |a − b| of two tensors of one shape (NaN when either side holds one).
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_device(&Device::Cpu)
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_device(&Device::Cpu)
-        .unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    coil_testutil::max_abs_diff(a, b)
 }
 
 /// Copies a fixture's model files to a fresh temporary directory for tests that modify them.
@@ -62,17 +43,6 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
         std::fs::copy(fixture_dir(name).join(f), dir.path().join(f)).unwrap();
     }
     dir
-}
-
-/// ‖t‖ over all elements (an f32 tensor).
-pub fn l2_norm(t: &Tensor) -> f64 {
-    t.sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt() as f64
 }
 
 /// (name, ‖g − g_hf‖ / ‖g_hf‖) for every parameter of a fixture, computed on `dev`.
@@ -92,8 +62,7 @@ pub fn grad_errors(name: &str, dev: &Device) -> Vec<(String, f64)> {
                 .unwrap_or_else(|| panic!("{name}: no gradient for {n}"))
                 .to_device(&Device::Cpu)
                 .unwrap();
-            let diff = l2_norm(&(&got - want).unwrap());
-            (n.clone(), diff / l2_norm(want).max(1e-30))
+            (n.clone(), coil_testutil::rel_l2(&got, want))
         })
         .collect()
 }

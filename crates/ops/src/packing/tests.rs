@@ -4,14 +4,14 @@
 //! (which only the first example sees).
 
 use super::*;
-use crate::conv1d::{causal_conv1d_silu, causal_conv1d_silu_backward};
+use crate::conv1d::cpu::{causal_conv1d_silu, causal_conv1d_silu_backward};
 use crate::mixer_core::tests::{tiny_dims, MixerCase};
 use crate::mixer_core::{mixer_core_backward, mixer_core_forward, MixerCoreDims, MixerParams};
 use crate::ssd::{
     ssd_chunked, ssd_chunked_backward, ssd_reference, ssd_reference_backward, SsdDims, SsdGrads,
     SsdInputs,
 };
-use crate::testutil::{max_abs_diff, Lcg};
+use coil_testutil::{max_abs_diff, rel_err, Lcg};
 
 #[test]
 fn segment_ids_count_changes_per_row() {
@@ -65,12 +65,6 @@ fn paste(dst: &mut [f32], (batch, t_len): (usize, usize), b: usize, t0: usize, p
 
 fn add(dst: &mut [f32], part: &[f32]) {
     dst.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-}
-
-/// max |got − want| / max |want| (floored, so all-zero gradients compare absolutely).
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-    max_abs_diff(got, want) / scale
 }
 
 // ---------------------------------------------------------------------------------------------------- SSD
@@ -459,7 +453,7 @@ fn packed_mixer_core_equals_each_example_alone_forward_and_backward() {
 
 #[test]
 fn candle_op_with_seq_idx_runs_the_packed_slice_op_and_checks_seq_idx() -> candle_core::Result<()> {
-    use crate::tensor::{mixer_core_packed, pack_mixer_params};
+    use crate::mixer_core::{mixer_core_packed, pack_mixer_params};
     use candle_core::{DType, Device, Tensor, Var};
     let dims = tiny_dims((0.0, f32::INFINITY));
     let rows: &[&[usize]] = &[&[2, 1, 3], &[6]];

@@ -3,27 +3,37 @@
 //! Per batch `b` and head `h` (group `g = h / (H/G)`), with state `s` of shape [P, N]:
 //! `s_t = exp(dt_t·A_h)·s_{t-1} + dt_t · x_t ⊗ B_t[g]`, `y_t = s_t · C_t[g] + D_h · x_t`.
 //!
-//! [`ssd_reference`] runs that recurrence step by step (in f64); [`ssd_chunked`] is the matmul-based chunked
-//! algorithm used for prefill and training. Both take an initial state and return the final state.
-//! [`ssd_reference_backward`] and [`ssd_chunked_backward`] are their gradients (numerics.md §2.4).
-//!
 //! Layouts (row-major): x [B,T,H,P], dt [B,T,H] (already softplus'd and clamped), A [H] (negative), B and C
 //! [B,T,G,N], D [H], states [B,H,P,N], y [B,T,H,P], seq_idx [B,T].
 //!
 //! Packing (see [`crate::packing`]): with `seq_idx`, the state is zeroed before every boundary `t`
 //! (`seq_idx[t] != seq_idx[t−1]`), i.e. `exp(dt_t·A)` is replaced by 0 there; the initial state reaches only the
 //! first segment, and the final state is that of the last segment. In the chunked algorithm every decay factor
-//! between two positions of different segments is 0 (see `chunked.rs`).
+//! between two positions of different segments is 0 (see `cpu.rs`).
+//!
+//! Implementations, each with an initial state in and the final state out:
+//! - [`reference`](mod@reference): the sequential recurrence in f64, forward and backward, and the f32 decode step;
+//! - [`cpu`]: the chunked matmul algorithm on f32 slices, forward and backward (prefill and training on the CPU);
+//! - [`composed`]: the chunked algorithm from candle tensor ops, differentiable by candle autograd (the path of
+//!   every other device until a fused kernel lands there, and a checked twin after);
+//! - [`ssd`] / [`ssd_packed`] (this file): the tensor-level entry point, the one place that picks among them by
+//!   device. A CUDA kernel plugs in at `cuda_fwd` below.
+//!
+//! The training backward runs inside the mixer-core op ([`crate::mixer_core`](mod@crate::mixer_core)); this
+//! entry point is forward only (prefill and chained calls).
 
-mod backward;
-mod chunked;
-mod reference;
+pub mod composed;
+pub mod cpu;
+pub mod reference;
 
-pub use backward::{ssd_chunked_backward, ssd_reference_backward, SsdGrads, HEADS_PER_TASK};
-pub use chunked::ssd_chunked;
-#[cfg(test)]
-pub(crate) use reference::{forward64, Inputs64};
-pub use reference::{ssd_reference, ssd_step};
+pub use cpu::{
+    ssd_chunked, ssd_chunked_backward, ssd_chunked_backward_into, ssd_chunked_into, HEADS_PER_TASK,
+};
+pub use reference::{ssd_reference, ssd_reference_backward, ssd_step};
+
+use crate::host::{dims4, expect_shape, host_f32};
+use crate::packing::{seq_idx_host, Segments};
+use candle_core::{bail, Device, Result, Tensor};
 
 /// Sizes of one SSD call: `B` batch, `T` time, `H` heads, `P` head dim, `G` groups, `N` state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +110,243 @@ pub struct SsdOutput {
     pub final_state: Vec<f32>,
 }
 
+/// Gradients of one SSD call, in the layouts of [`SsdInputs`]: dx [B,T,H,P], ddt [B,T,H], da [H] (w.r.t. the
+/// negative `A`, summed over b and t), db, dc [B,T,G,N], dd [H], d_initial_state [B,H,P,N] (zeros when the call
+/// had no initial state).
+#[derive(Clone, Debug)]
+pub struct SsdGrads {
+    pub dx: Vec<f32>,
+    pub ddt: Vec<f32>,
+    pub da: Vec<f32>,
+    pub db: Vec<f32>,
+    pub dc: Vec<f32>,
+    pub dd: Vec<f32>,
+    pub d_initial_state: Vec<f32>,
+}
+
+impl SsdGrads {
+    /// Zero gradients sized for `dims`.
+    pub fn zeros(dims: SsdDims) -> Self {
+        SsdGrads {
+            dx: vec![0.0; dims.x_len()],
+            ddt: vec![0.0; dims.dt_len()],
+            da: vec![0.0; dims.heads],
+            db: vec![0.0; dims.bc_len()],
+            dc: vec![0.0; dims.bc_len()],
+            dd: vec![0.0; dims.heads],
+            d_initial_state: vec![0.0; dims.state_len()],
+        }
+    }
+
+    /// Panics naming the field when one is not sized for `dims` (a caller bug).
+    pub fn check(&self, dims: &SsdDims) {
+        assert_eq!(self.dx.len(), dims.x_len(), "ssd grads: dx length");
+        assert_eq!(self.ddt.len(), dims.dt_len(), "ssd grads: ddt length");
+        assert_eq!(self.da.len(), dims.heads, "ssd grads: dA length");
+        assert_eq!(self.db.len(), dims.bc_len(), "ssd grads: dB length");
+        assert_eq!(self.dc.len(), dims.bc_len(), "ssd grads: dC length");
+        assert_eq!(self.dd.len(), dims.heads, "ssd grads: dD length");
+        assert_eq!(
+            self.d_initial_state.len(),
+            dims.state_len(),
+            "ssd grads: d_initial_state length"
+        );
+    }
+}
+
+pub(crate) fn check_grads_in(dims: &SsdDims, inp: &SsdInputs, dy: &[f32], d_final: Option<&[f32]>) {
+    inp.check(dims);
+    assert_eq!(dy.len(), dims.x_len(), "ssd backward: dy length");
+    if let Some(s) = d_final {
+        assert_eq!(
+            s.len(),
+            dims.state_len(),
+            "ssd backward: d_final_state length"
+        );
+    }
+}
+
+/// Chunked SSD on tensors. `x` [B,T,H,P], `dt` [B,T,H], `a` [H], `b`/`c` [B,T,G,N], `d` [H], `initial_state`
+/// [B,H,P,N], any float dtype. Returns `(y [B,T,H,P], final_state [B,H,P,N])`, both f32.
+#[allow(clippy::too_many_arguments)]
+pub fn ssd(
+    x: &Tensor,
+    dt: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    d: &Tensor,
+    initial_state: Option<&Tensor>,
+    chunk: usize,
+) -> Result<(Tensor, Tensor)> {
+    ssd_packed(x, dt, a, b, c, d, initial_state, None, chunk)
+}
+
+/// [`ssd`] for packed rows: `seq_idx` [B,T] (any integer dtype) names the example of every position, and the
+/// state restarts wherever it changes ([`crate::packing`]). `None` is [`ssd`].
+#[allow(clippy::too_many_arguments)]
+pub fn ssd_packed(
+    x: &Tensor,
+    dt: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    d: &Tensor,
+    initial_state: Option<&Tensor>,
+    seq_idx: Option<&Tensor>,
+    chunk: usize,
+) -> Result<(Tensor, Tensor)> {
+    let dims = check_shapes(x, dt, a, b, c, d, initial_state, chunk)?;
+    let seq_idx = seq_idx
+        .map(|s| seq_idx_host(s, dims.batch, dims.seqlen))
+        .transpose()?;
+    let args = Args {
+        x,
+        dt,
+        a,
+        b,
+        c,
+        d,
+        initial_state,
+    };
+    match x.device() {
+        Device::Cpu => cpu_fwd(dims, args, seq_idx.as_deref(), chunk),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda_fwd(dims, args, seq_idx, chunk),
+        _ => composed_fwd(dims, args, seq_idx, chunk),
+    }
+}
+
+/// The tensor arguments of one call, shapes checked.
+#[derive(Clone, Copy)]
+struct Args<'a> {
+    x: &'a Tensor,
+    dt: &'a Tensor,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    d: &'a Tensor,
+    initial_state: Option<&'a Tensor>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_shapes(
+    x: &Tensor,
+    dt: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    d: &Tensor,
+    initial_state: Option<&Tensor>,
+    chunk: usize,
+) -> Result<SsdDims> {
+    let (batch, seqlen, heads, head_dim) = dims4(x, "ssd x")?;
+    let (_, _, groups, state) = dims4(b, "ssd B")?;
+    if groups == 0 || heads % groups != 0 {
+        bail!("ssd: {heads} heads not divisible by {groups} groups");
+    }
+    if chunk == 0 {
+        bail!("ssd: chunk size must be positive");
+    }
+    expect_shape(dt, &[batch, seqlen, heads], "ssd dt")?;
+    expect_shape(a, &[heads], "ssd A")?;
+    expect_shape(b, &[batch, seqlen, groups, state], "ssd B")?;
+    expect_shape(c, &[batch, seqlen, groups, state], "ssd C")?;
+    expect_shape(d, &[heads], "ssd D")?;
+    if let Some(s) = initial_state {
+        expect_shape(s, &[batch, heads, head_dim, state], "ssd initial state")?;
+    }
+    Ok(SsdDims {
+        batch,
+        seqlen,
+        heads,
+        head_dim,
+        groups,
+        state,
+    })
+}
+
+/// The CPU path: [`cpu::ssd_chunked`] on host copies.
+fn cpu_fwd(
+    dims: SsdDims,
+    t: Args,
+    seq_idx: Option<&[i32]>,
+    chunk: usize,
+) -> Result<(Tensor, Tensor)> {
+    let op = "ssd";
+    let (xv, dtv, av, bv, cv, dv) = (
+        host_f32(t.x, op)?,
+        host_f32(t.dt, op)?,
+        host_f32(t.a, op)?,
+        host_f32(t.b, op)?,
+        host_f32(t.c, op)?,
+        host_f32(t.d, op)?,
+    );
+    let init = t.initial_state.map(|s| host_f32(s, op)).transpose()?;
+    let inp = SsdInputs {
+        x: &xv,
+        dt: &dtv,
+        a: &av,
+        b: &bv,
+        c: &cv,
+        d: &dv,
+        initial_state: init.as_deref(),
+        seq_idx,
+    };
+    let out = ssd_chunked(dims, inp, chunk);
+    let dev = t.x.device();
+    let SsdDims {
+        batch,
+        seqlen,
+        heads,
+        head_dim,
+        state,
+        ..
+    } = dims;
+    Ok((
+        Tensor::from_vec(out.y, (batch, seqlen, heads, head_dim), dev)?,
+        Tensor::from_vec(out.final_state, (batch, heads, head_dim, state), dev)?,
+    ))
+}
+
+/// The CUDA path. Today the composed twin; the fused SSD forward of `crates/kernels` replaces this body (and
+/// [`composed_fwd`] stays the twin the case table checks it against).
+#[cfg(feature = "cuda")]
+fn cuda_fwd(
+    dims: SsdDims,
+    t: Args,
+    seq_idx: Option<Vec<i32>>,
+    chunk: usize,
+) -> Result<(Tensor, Tensor)> {
+    composed_fwd(dims, t, seq_idx, chunk)
+}
+
+/// Any other device: [`composed::ssd`].
+fn composed_fwd(
+    dims: SsdDims,
+    t: Args,
+    seq_idx: Option<Vec<i32>>,
+    chunk: usize,
+) -> Result<(Tensor, Tensor)> {
+    let segments = seq_idx.map(|ids| Segments {
+        batch: dims.batch,
+        seqlen: dims.seqlen,
+        ids,
+    });
+    composed::ssd(
+        t.x,
+        t.dt,
+        t.a,
+        t.b,
+        t.c,
+        t.d,
+        t.initial_state,
+        chunk,
+        segments.as_ref(),
+    )
+}
+
 #[cfg(test)]
-mod backward_tests;
+mod property_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

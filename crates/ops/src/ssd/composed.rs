@@ -1,8 +1,8 @@
-//! The mixer ops composed from candle tensor ops: the path for every device without a hand-written kernel
-//! (CUDA today), and differentiable through candle autograd with no backward of its own.
+//! The SSD composed from candle tensor ops: the path for every device without a hand-written kernel (CUDA
+//! today), and differentiable through candle autograd with no backward of its own.
 //!
 //! Everything runs in f32 (inputs are converted on entry, so bf16 activations get f32 arithmetic and an f32
-//! state). The SSD is the chunked matmul form of numerics.md §2.2, written with whole-tensor ops:
+//! state). It is the chunked matmul form of numerics.md §2.2, written with whole-tensor ops:
 //!
 //! ```text
 //! per chunk z (Q positions), head h:   dA = dt·A,  s = cumsum(dA)                     [B,Z,H,Q]
@@ -16,124 +16,10 @@
 //! different examples is `exp(−∞) = 0`. Masks enter as additive `0 / −∞` biases before `exp`, so no `exp` ever
 //! sees a positive argument it could overflow on.
 
-use candle_core::{bail, DType, Device, Result, Tensor, D};
-
-/// Host-side description of packed rows: `seq_idx` [B,T] as `i32`.
-#[derive(Clone, Debug)]
-pub struct Segments {
-    pub batch: usize,
-    pub seqlen: usize,
-    pub ids: Vec<i32>,
-}
-
-impl Segments {
-    fn id(&self, b: usize, t: usize) -> i32 {
-        // Padding past the end continues the last example.
-        self.ids[b * self.seqlen + t.min(self.seqlen - 1)]
-    }
-}
+use crate::packing::Segments;
+use candle_core::{bail, DType, Device, Result, Tensor};
 
 const NEG_INF: f32 = f32::NEG_INFINITY;
-
-/// `x` [B,T,C], `w` [C,K] (or [C,1,K]), `bias` [C], `history` [B,C,K−1] (the raw columns before `x`, oldest
-/// first) → `silu(conv(x) + bias)` [B,T,C], f32. With `segments`, taps that reach into another example read 0.
-pub fn causal_conv1d_silu(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    history: Option<&Tensor>,
-    segments: Option<&Segments>,
-) -> Result<Tensor> {
-    let (batch, seqlen, ch) = x.dims3()?;
-    let k = *w.dims().last().unwrap_or(&0);
-    if k == 0 || w.elem_count() != ch * k {
-        bail!("conv1d: weight {:?} does not match {ch} channels", w.dims());
-    }
-    let x = x.to_dtype(DType::F32)?;
-    let w = w.to_dtype(DType::F32)?.reshape((ch, k))?;
-    let dev = x.device();
-    let hist = match history {
-        Some(h) => h.to_dtype(DType::F32)?.transpose(1, 2)?,
-        None => Tensor::zeros((batch, k - 1, ch), DType::F32, dev)?,
-    };
-    let xp = Tensor::cat(&[&hist, &x], 1)?; // [B, T+K−1, C]
-    let mut acc: Option<Tensor> = None;
-    for tap in 0..k {
-        let back = k - 1 - tap; // how far before t this tap reads
-        let wk = w.narrow(1, tap, 1)?.reshape((1, 1, ch))?;
-        let mut term = xp.narrow(1, tap, seqlen)?.broadcast_mul(&wk)?;
-        if let (Some(seg), true) = (segments, back > 0) {
-            let mask: Vec<f32> = (0..batch)
-                .flat_map(|b| {
-                    (0..seqlen).map(move |t| {
-                        let same = t >= back && seg.id(b, t - back) == seg.id(b, t);
-                        // Taps before t = 0 read the history, which only exists for the first example.
-                        let from_history = t < back && seg.id(b, 0) == seg.id(b, t);
-                        if same || from_history {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            term = term.broadcast_mul(&Tensor::from_vec(mask, (batch, seqlen, 1), dev)?)?;
-        }
-        acc = Some(match acc {
-            Some(a) => (a + term)?,
-            None => term,
-        });
-    }
-    let mut out = acc.expect("k > 0");
-    if let Some(b) = bias {
-        out = out.broadcast_add(&b.to_dtype(DType::F32)?.reshape((1, 1, ch))?)?;
-    }
-    silu(&out)
-}
-
-/// `x · sigmoid(x)` from elementary ops, so its gradient comes from candle autograd on every device.
-fn silu(x: &Tensor) -> Result<Tensor> {
-    let sig = (x.neg()?.exp()? + 1.0)?.recip()?;
-    x * sig
-}
-
-/// `clamp(softplus(dt_raw + bias), lo, hi)` in f32: `dt_raw` [..., H], `bias` [H].
-pub fn dt_softplus(dt_raw: &Tensor, bias: &Tensor, (lo, hi): (f32, f32)) -> Result<Tensor> {
-    let v = dt_raw
-        .to_dtype(DType::F32)?
-        .broadcast_add(&bias.to_dtype(DType::F32)?)?;
-    // softplus(v) = max(v, 0) + log(1 + exp(−|v|)): never overflows.
-    let sp = (v.relu()? + (v.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let sp = if lo > 0.0 { sp.maximum(lo)? } else { sp };
-    if hi.is_finite() {
-        sp.minimum(hi)
-    } else {
-        Ok(sp)
-    }
-}
-
-/// Group-wise gated RMSNorm in f32: `u = y ⊙ silu(z)`, `w ⊙ u_g / sqrt(mean(u_g²) + eps)`; `y`, `z` [..., I].
-pub fn gated_rmsnorm(
-    y: &Tensor,
-    z: &Tensor,
-    w: &Tensor,
-    groups: usize,
-    eps: f64,
-) -> Result<Tensor> {
-    let width = w.elem_count();
-    let dims = y.dims().to_vec();
-    if groups == 0 || !width.is_multiple_of(groups) || dims.last() != Some(&width) {
-        bail!("gated_rmsnorm: weight of {width} channels, {groups} groups, input {dims:?}");
-    }
-    let u = (y.to_dtype(DType::F32)? * silu(&z.to_dtype(DType::F32)?)?)?;
-    let rows = u.elem_count() / width;
-    let ug = u.reshape((rows, groups, width / groups))?;
-    let inv = (ug.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-        .sqrt()?
-        .recip()?;
-    let normed = ug.broadcast_mul(&inv)?.reshape(dims)?;
-    normed.broadcast_mul(&w.to_dtype(DType::F32)?)
-}
 
 /// Chunked SSD. `x` [B,T,H,P], `dt` [B,T,H] (after softplus), `a` [H], `b`/`c` [B,T,G,N], `d` [H],
 /// `initial_state` [B,H,P,N] → `(y [B,T,H,P], final_state [B,H,P,N])`, f32.
@@ -410,53 +296,4 @@ impl Masks {
             start: Some(Tensor::from_vec(start, (batch, nz, 1, q), dev)?),
         })
     }
-}
-
-/// The mixer core (see [`crate::mixer_core`]) composed from tensor ops: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K]
-/// or [C,1,K], `params` packed as [`super::pack_mixer_params`] makes it → [B,T,I], f32. Differentiable.
-pub fn mixer_core(
-    zxbcdt: &Tensor,
-    conv_w: &Tensor,
-    params: &Tensor,
-    dims: crate::mixer_core::MixerCoreDims,
-    segments: Option<&Segments>,
-) -> Result<Tensor> {
-    let (batch, seqlen, _) = zxbcdt.dims3()?;
-    let (i, gn, h, ch) = (
-        dims.inner(),
-        dims.bc_width(),
-        dims.heads,
-        dims.conv_channels(),
-    );
-    let zx = zxbcdt.to_dtype(DType::F32)?;
-    let p = params.to_dtype(DType::F32)?;
-    let z = zx.narrow(2, 0, i)?;
-    let xbc_raw = zx.narrow(2, i, ch)?;
-    let dt_raw = zx.narrow(2, i + ch, h)?;
-    let conv_bias = p.narrow(0, 0, ch)?;
-    let dt_bias = p.narrow(0, ch, h)?;
-    let a_log = p.narrow(0, ch + h, h)?;
-    let d = p.narrow(0, ch + 2 * h, h)?;
-    let norm_w = p.narrow(0, ch + 3 * h, i)?;
-
-    let xbc = causal_conv1d_silu(&xbc_raw, conv_w, Some(&conv_bias), None, segments)?;
-    let x = xbc
-        .narrow(2, 0, i)?
-        .reshape((batch, seqlen, h, dims.head_dim))?;
-    let bm = xbc
-        .narrow(2, i, gn)?
-        .reshape((batch, seqlen, dims.groups, dims.state))?;
-    let cm = xbc
-        .narrow(2, i + gn, gn)?
-        .reshape((batch, seqlen, dims.groups, dims.state))?;
-    let dt = dt_softplus(&dt_raw, &dt_bias, dims.dt_limit)?;
-    let a = a_log.exp()?.neg()?;
-    let (y, _) = ssd(&x, &dt, &a, &bm, &cm, &d, None, dims.chunk, segments)?;
-    gated_rmsnorm(
-        &y.reshape((batch, seqlen, i))?,
-        &z,
-        &norm_w,
-        dims.groups,
-        dims.eps as f64,
-    )
 }

@@ -1,8 +1,28 @@
-//! Backward of the SSD scan (numerics.md §2.4): gradients of `(y, final_state)` with respect to every input.
+//! The fast CPU SSD: the chunked algorithm (numerics.md §2.2-2.4) on f32 slices, forward and backward.
 //!
-//! [`ssd_reference_backward`] is plain reverse-mode through the sequential recurrence (f64, every state kept).
-//! [`ssd_chunked_backward`] is the chunked algorithm used in training. It recomputes what the forward built
-//! (in-chunk cumsums `acs`, `C·Bᵀ`, the states entering each chunk) and then walks the chunks backwards:
+//! ## Forward ([`ssd_chunked`])
+//!
+//! Per (b, h) and chunk of `L ≤ Q` steps, with `x̄ = dt·x`, `a = dt·A`, `acs = cumsum(a)` inside the chunk:
+//! 1. `Y = (CBᵀ ⊙ decay) · x̄` where `decay[l, s] = exp(acs_l − acs_s)` for `s ≤ l` (diagonal block);
+//! 2. `Y += diag(exp(acs)) · C · Hᵀ` (contribution of the state entering the chunk);
+//! 3. `H ← exp(acs_last)·H + (w ⊙ x̄)ᵀ · B` with `w_s = exp(acs_last − acs_s)` (state passing);
+//! 4. `y = Y + D·x`.
+//!
+//! The last chunk is simply shorter (no padding), which is exactly HF's zero-padding after `dt·x` and `dt·A`.
+//!
+//! Packed rows (`seq_idx`): `acs` stays the plain in-chunk cumsum, and each decay factor above is kept only
+//! between positions of one segment ([`crate::packing`]): `decay[l, s]` needs `seg_l = seg_s`, the state read
+//! `exp(acs_l)` needs `seg_l` = the segment of the state entering the chunk (that of position `t0 − 1`; segment
+//! 0 for the initial state), `w_s` needs `seg_s = seg_last`, and the state passing `exp(acs_last)` needs
+//! `seg_last` = the entering segment. All others are 0, so nothing crosses a boundary; within a segment every
+//! exponent is the same as without packing. `exp_if` is that rule.
+//! `C·Bᵀ` depends only on the group, so it is computed once per (b, g, chunk) and shared by the group's heads.
+//! Work is spread over (b, h) with rayon; each task runs single-threaded gemm on its small blocks.
+//!
+//! ## Backward ([`ssd_chunked_backward`])
+//!
+//! The chunked algorithm used in training. It recomputes what the forward built (in-chunk cumsums `acs`, `C·Bᵀ`,
+//! the states entering each chunk) and then walks the chunks backwards:
 //!
 //! - diagonal block `Y = (CB ⊙ decay) · x̄`: `dx̄ = Mᵀ·dy`, `dM = dy·x̄ᵀ`, `dCB = dM ⊙ decay`, and through the decay
 //!   `R = dM ⊙ M` adds its row sums to `dacs_l` and removes its column sums from `dacs_s`;
@@ -13,7 +33,7 @@
 //! - `acs` is an in-chunk cumsum of `a = dt·A`, so `da` is its reverse cumsum; then `x̄ = dt·x`, `a = dt·A` give
 //!   `dx`, `ddt` and `dA`.
 //!
-//! Packed rows: the same segment rule as the forward (`chunked.rs`): a decay factor between positions of two
+//! Packed rows: the same segment rule as the forward: a decay factor between positions of two
 //! segments is the constant 0, so it passes no gradient to `acs`, and every term it multiplies vanishes.
 //!
 //! Every exponent is a difference `acs_l − acs_s ≤ 0` (or `acs_l ≤ 0`), so nothing overflows, and the decay
@@ -24,90 +44,31 @@
 //! those products run once per block instead of once per head. The block size is a constant, so the summation
 //! order (and the result) does not depend on the number of threads.
 
-use super::chunked::{chunk_cb, entering_segment, exp_if};
-use super::reference::{step_decay, widen, Inputs64};
-use super::{SsdDims, SsdInputs};
+use super::{check_grads_in, SsdDims, SsdGrads, SsdInputs, SsdOutput};
 use crate::linalg::{matmul, Mat};
 use crate::packing::segments_or_single;
 use rayon::prelude::*;
 
-/// Gradients of one SSD call, in the layouts of [`SsdInputs`]: dx [B,T,H,P], ddt [B,T,H], da [H] (w.r.t. the
-/// negative `A`, summed over b and t), db, dc [B,T,G,N], dd [H], d_initial_state [B,H,P,N] (zeros when the call
-/// had no initial state).
-#[derive(Clone, Debug)]
-pub struct SsdGrads {
-    pub dx: Vec<f32>,
-    pub ddt: Vec<f32>,
-    pub da: Vec<f32>,
-    pub db: Vec<f32>,
-    pub dc: Vec<f32>,
-    pub dd: Vec<f32>,
-    pub d_initial_state: Vec<f32>,
+/// The chunked forward: y [B,T,H,P] with the D skip and the final state [B,H,P,N].
+pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
+    let mut out = SsdOutput {
+        y: vec![0f32; dims.x_len()],
+        final_state: vec![0f32; dims.state_len()],
+    };
+    ssd_chunked_into(dims, inp, chunk, &mut out);
+    out
 }
 
-/// Heads of one group handled by one backward task (see the module doc).
-pub const HEADS_PER_TASK: usize = 4;
-
-fn check_grads_in(dims: &SsdDims, inp: &SsdInputs, dy: &[f32], d_final: Option<&[f32]>) {
-    inp.check(dims);
-    assert_eq!(dy.len(), dims.x_len(), "ssd backward: dy length");
-    if let Some(s) = d_final {
-        assert_eq!(
-            s.len(),
-            dims.state_len(),
-            "ssd backward: d_final_state length"
-        );
-    }
-}
-
-/// Reverse-mode through the sequential recurrence, in f64. `dy` [B,T,H,P]; `d_final_state` [B,H,P,N] is the
-/// gradient flowing into the final state (None = unused).
-pub fn ssd_reference_backward(
-    dims: SsdDims,
-    inp: SsdInputs,
-    dy: &[f32],
-    d_final_state: Option<&[f32]>,
-) -> SsdGrads {
-    check_grads_in(&dims, &inp, dy, d_final_state);
-    let g = backward64(
-        dims,
-        &Inputs64::from_f32(inp),
-        &widen(dy),
-        d_final_state.map(widen).as_deref(),
+/// [`ssd_chunked`] into `out` (sized for `dims`), every element of which it writes.
+pub fn ssd_chunked_into(dims: SsdDims, inp: SsdInputs, chunk: usize, out: &mut SsdOutput) {
+    inp.check(&dims);
+    assert!(chunk > 0, "ssd: chunk size must be positive");
+    assert_eq!(out.y.len(), dims.x_len(), "ssd: y length");
+    assert_eq!(
+        out.final_state.len(),
+        dims.state_len(),
+        "ssd: final state length"
     );
-    let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-    SsdGrads {
-        dx: narrow(g.dx),
-        ddt: narrow(g.ddt),
-        da: narrow(g.da),
-        db: narrow(g.db),
-        dc: narrow(g.dc),
-        dd: narrow(g.dd),
-        d_initial_state: narrow(g.d_initial_state),
-    }
-}
-
-/// [`SsdGrads`] in f64, as the reference backward computes them.
-#[derive(Clone, Debug)]
-pub(crate) struct Grads64 {
-    pub dx: Vec<f64>,
-    pub ddt: Vec<f64>,
-    pub da: Vec<f64>,
-    pub db: Vec<f64>,
-    pub dc: Vec<f64>,
-    pub dd: Vec<f64>,
-    pub d_initial_state: Vec<f64>,
-}
-
-/// The reference backward on f64 inputs. Per (b, h) it replays the recurrence keeping every state `s_t`, then
-/// walks time backwards with `ds` = the gradient w.r.t. `s_t`:
-/// `y_t = s_t·C_t + D·x_t` and `s_t = e^{dt_t A}·s_{t−1} + dt_t·x_t ⊗ B_t`.
-pub(crate) fn backward64(
-    dims: SsdDims,
-    inp: &Inputs64,
-    dy: &[f64],
-    d_final: Option<&[f64]>,
-) -> Grads64 {
     let SsdDims {
         batch,
         seqlen,
@@ -116,100 +77,182 @@ pub(crate) fn backward64(
         groups,
         state: n_dim,
     } = dims;
-    let pn = p_dim * n_dim;
-    let mut g = Grads64 {
-        dx: vec![0.0; dims.x_len()],
-        ddt: vec![0.0; dims.dt_len()],
-        da: vec![0.0; heads],
-        db: vec![0.0; dims.bc_len()],
-        dc: vec![0.0; dims.bc_len()],
-        dd: vec![0.0; heads],
-        d_initial_state: vec![0.0; dims.state_len()],
-    };
-    let seg = segments_or_single(inp.seq_idx.as_deref(), batch, seqlen);
-    let mut states = vec![0f64; (seqlen + 1) * pn]; // states[t] = s_{t−1}; states[0] = initial state
-    for b in 0..batch {
-        for h in 0..heads {
-            let grp = dims.group_of(h);
-            let s_off = (b * heads + h) * pn;
-            let (a, d) = (inp.a[h], inp.d[h]);
-            states[..pn].fill(0.0);
-            if let Some(init) = &inp.init {
-                states[..pn].copy_from_slice(&init[s_off..s_off + pn]);
-            }
-            let xi = |t: usize| ((b * seqlen + t) * heads + h) * p_dim;
-            let ti = |t: usize| (b * seqlen + t) * heads + h;
-            let bi = |t: usize| ((b * seqlen + t) * groups + grp) * n_dim;
-            for t in 0..seqlen {
-                let (dt, x, bv) = (
-                    inp.dt[ti(t)],
-                    &inp.x[xi(t)..][..p_dim],
-                    &inp.b[bi(t)..][..n_dim],
-                );
-                let decay = step_decay(&seg, seqlen, b, t, dt * a);
-                let (prev, next) = states.split_at_mut((t + 1) * pn);
-                let (prev, next) = (&prev[t * pn..], &mut next[..pn]);
-                for p in 0..p_dim {
-                    for n in 0..n_dim {
-                        next[p * n_dim + n] = decay * prev[p * n_dim + n] + dt * x[p] * bv[n];
-                    }
-                }
-            }
-            let mut ds = match d_final {
-                Some(df) => df[s_off..s_off + pn].to_vec(),
-                None => vec![0.0; pn],
+    let n_chunks = seqlen.div_ceil(chunk);
+
+    let cb = chunk_cb(dims, inp, chunk);
+    let segs = segments_or_single(inp.seq_idx, batch, seqlen);
+
+    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * heads)
+        .into_par_iter()
+        .map(|i| {
+            let (b, h) = (i / heads, i % heads);
+            let g = dims.group_of(h);
+            let seg = &segs[b * seqlen..(b + 1) * seqlen];
+            let s_off = (b * heads + h) * p_dim * n_dim;
+            let mut st = match inp.initial_state {
+                Some(init) => init[s_off..s_off + p_dim * n_dim].to_vec(),
+                None => vec![0f32; p_dim * n_dim],
             };
-            for t in (0..seqlen).rev() {
-                let (dt, x) = (inp.dt[ti(t)], &inp.x[xi(t)..][..p_dim]);
-                let (bv, cv) = (&inp.b[bi(t)..][..n_dim], &inp.c[bi(t)..][..n_dim]);
-                let dyt = &dy[xi(t)..][..p_dim];
-                let (s_prev, s_t) = (&states[t * pn..][..pn], &states[(t + 1) * pn..][..pn]);
-                // y_t = s_t·C_t + D·x_t
-                for p in 0..p_dim {
-                    g.dd[h] += dyt[p] * x[p];
-                    g.dx[xi(t) + p] += d * dyt[p];
-                    for n in 0..n_dim {
-                        ds[p * n_dim + n] += dyt[p] * cv[n];
-                        g.dc[bi(t) + n] += s_t[p * n_dim + n] * dyt[p];
+            let mut y = vec![0f32; seqlen * p_dim];
+            let mut acs = vec![0f32; chunk];
+            let mut xbar = vec![0f32; chunk * p_dim];
+            let mut m = vec![0f32; chunk * chunk];
+            let mut cs = vec![0f32; chunk * n_dim];
+            let a_h = inp.a[h];
+            for c in 0..n_chunks {
+                let t0 = c * chunk;
+                let len = chunk.min(seqlen - t0);
+                let (sg, seg_in) = (&seg[t0..t0 + len], entering_segment(seg, t0));
+                let mut run = 0f32;
+                for l in 0..len {
+                    let t = t0 + l;
+                    let dt = inp.dt[(b * seqlen + t) * heads + h];
+                    run += dt * a_h;
+                    acs[l] = run;
+                    let x = &inp.x[((b * seqlen + t) * heads + h) * p_dim..][..p_dim];
+                    for (o, &v) in xbar[l * p_dim..(l + 1) * p_dim].iter_mut().zip(x) {
+                        *o = dt * v;
                     }
                 }
-                // s_t = decay·s_{t−1} + dt·x ⊗ B (decay = 0, a constant, at a packing boundary)
-                let decay = step_decay(&seg, seqlen, b, t, dt * a);
-                let mut d_decay = 0.0;
-                let mut d_dt = 0.0;
-                for p in 0..p_dim {
-                    let mut dxp = 0.0;
-                    for n in 0..n_dim {
-                        let v = ds[p * n_dim + n];
-                        d_decay += v * s_prev[p * n_dim + n];
-                        d_dt += v * x[p] * bv[n];
-                        dxp += v * bv[n];
-                        g.db[bi(t) + n] += dt * v * x[p];
+                // 1. diagonal block
+                let cbc = &cb[(b * groups + g) * n_chunks + c];
+                for l in 0..len {
+                    let row = &mut m[l * len..(l + 1) * len];
+                    for s in 0..=l {
+                        row[s] = cbc[l * len + s] * exp_if(sg[l] == sg[s], acs[l] - acs[s]);
                     }
-                    g.dx[xi(t) + p] += dt * dxp;
+                    row[l + 1..].fill(0.0);
                 }
-                // decay = exp(dt·A)
-                g.ddt[ti(t)] += d_dt + d_decay * decay * a;
-                g.da[h] += d_decay * decay * dt;
-                ds.iter_mut().for_each(|v| *v *= decay);
+                let yc = &mut y[t0 * p_dim..(t0 + len) * p_dim];
+                matmul(
+                    yc,
+                    Mat::rows(&m[..len * len], len, len),
+                    Mat::rows(&xbar[..len * p_dim], len, p_dim),
+                    None,
+                );
+                // 2. state entering the chunk, read through exp(acs_l)·C_l
+                let off = (b * seqlen + t0) * groups * n_dim + g * n_dim;
+                for l in 0..len {
+                    let e = exp_if(sg[l] == seg_in, acs[l]);
+                    let src = &inp.c[off + l * groups * n_dim..][..n_dim];
+                    for (o, &v) in cs[l * n_dim..(l + 1) * n_dim].iter_mut().zip(src) {
+                        *o = e * v;
+                    }
+                }
+                let st_t = Mat::rows(&st, p_dim, n_dim).t();
+                matmul(
+                    yc,
+                    Mat::rows(&cs[..len * n_dim], len, n_dim),
+                    st_t,
+                    Some(1.0),
+                );
+                // 3. state passing: H ← exp(acs_last)·H + (w ⊙ x̄)ᵀ · B
+                let (last, seg_last) = (acs[len - 1], sg[len - 1]);
+                for l in 0..len {
+                    let w = exp_if(sg[l] == seg_last, last - acs[l]);
+                    xbar[l * p_dim..(l + 1) * p_dim]
+                        .iter_mut()
+                        .for_each(|v| *v *= w);
+                }
+                let bm = Mat {
+                    data: &inp.b[off..],
+                    rows: len,
+                    cols: n_dim,
+                    rs: groups * n_dim,
+                    cs: 1,
+                };
+                matmul(
+                    &mut st,
+                    Mat::rows(&xbar[..len * p_dim], len, p_dim).t(),
+                    bm,
+                    Some(exp_if(seg_last == seg_in, last)),
+                );
             }
-            if inp.init.is_some() {
-                g.d_initial_state[s_off..s_off + pn].copy_from_slice(&ds);
+            // 4. D skip
+            let d = inp.d[h];
+            for t in 0..seqlen {
+                let x = &inp.x[((b * seqlen + t) * heads + h) * p_dim..][..p_dim];
+                for (o, &v) in y[t * p_dim..(t + 1) * p_dim].iter_mut().zip(x) {
+                    *o += d * v;
+                }
             }
+            (y, st)
+        })
+        .collect();
+
+    for (i, (yh, st)) in per_head.into_iter().enumerate() {
+        let (b, h) = (i / heads, i % heads);
+        for t in 0..seqlen {
+            out.y[((b * seqlen + t) * heads + h) * p_dim..][..p_dim]
+                .copy_from_slice(&yh[t * p_dim..(t + 1) * p_dim]);
         }
+        out.final_state[i * p_dim * n_dim..(i + 1) * p_dim * n_dim].copy_from_slice(&st);
     }
-    g
 }
 
-/// The f64 reference loss `Σ dy·y + Σ d_final·final_state` used by the finite-difference tests.
-#[cfg(test)]
-pub(crate) fn loss64(dims: SsdDims, inp: &Inputs64, dy: &[f64], d_final: Option<&[f64]>) -> f64 {
-    let (y, fin) = super::reference::forward64(dims, inp);
-    let mut l: f64 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-    if let Some(df) = d_final {
-        l += fin.iter().zip(df).map(|(a, b)| a * b).sum::<f64>();
+/// `exp(x)` when the two positions it links are in one segment, else 0 (see the module doc).
+#[inline]
+fn exp_if(same_segment: bool, x: f32) -> f32 {
+    if same_segment {
+        x.exp()
+    } else {
+        0.0
     }
-    l
+}
+
+/// The segment of the state entering the chunk that starts at `t0`: that of position `t0 − 1`, or 0 (the
+/// initial state's) for the first chunk. `seg` is one row's segment ids.
+#[inline]
+fn entering_segment(seg: &[u32], t0: usize) -> u32 {
+    if t0 == 0 {
+        0
+    } else {
+        seg[t0 - 1]
+    }
+}
+
+/// `C·Bᵀ` per (b, g, chunk), indexed `(b·G + g)·n_chunks + c`: [L, L] row-major with `L` the chunk's length
+/// (only the lower triangle is used). Shared by the forward and the backward.
+fn chunk_cb(dims: SsdDims, inp: SsdInputs, chunk: usize) -> Vec<Vec<f32>> {
+    let SsdDims {
+        batch,
+        seqlen,
+        groups,
+        state: n_dim,
+        ..
+    } = dims;
+    let n_chunks = seqlen.div_ceil(chunk);
+    let gn = groups * n_dim;
+    (0..batch * groups * n_chunks)
+        .into_par_iter()
+        .map(|i| {
+            let (b, g, c) = (
+                i / (groups * n_chunks),
+                (i / n_chunks) % groups,
+                i % n_chunks,
+            );
+            let t0 = c * chunk;
+            let len = chunk.min(seqlen - t0);
+            let off = (b * seqlen + t0) * gn + g * n_dim;
+            let cm = Mat {
+                data: &inp.c[off..],
+                rows: len,
+                cols: n_dim,
+                rs: gn,
+                cs: 1,
+            };
+            let bm = Mat {
+                data: &inp.b[off..],
+                rows: len,
+                cols: n_dim,
+                rs: gn,
+                cs: 1,
+            };
+            let mut out = vec![0f32; len * len];
+            matmul(&mut out, cm, bm.t(), None);
+            out
+        })
+        .collect()
 }
 
 /// Per-head results of the chunked backward.
@@ -242,7 +285,11 @@ struct Scratch {
     dacs: Vec<f64>,  // [L]
 }
 
-/// The chunked backward (see the module doc). Same arguments as [`ssd_reference_backward`] plus the chunk size.
+/// Heads of one group handled by one backward task (see the module doc).
+pub const HEADS_PER_TASK: usize = 4;
+
+/// The chunked backward (see the module doc). Same arguments as [`super::ssd_reference_backward`] plus the chunk
+/// size.
 pub fn ssd_chunked_backward(
     dims: SsdDims,
     inp: SsdInputs,
@@ -250,7 +297,22 @@ pub fn ssd_chunked_backward(
     dy: &[f32],
     d_final_state: Option<&[f32]>,
 ) -> SsdGrads {
+    let mut out = SsdGrads::zeros(dims);
+    ssd_chunked_backward_into(dims, inp, chunk, dy, d_final_state, &mut out);
+    out
+}
+
+/// [`ssd_chunked_backward`] into `out` (sized for `dims`), every element of which it writes.
+pub fn ssd_chunked_backward_into(
+    dims: SsdDims,
+    inp: SsdInputs,
+    chunk: usize,
+    dy: &[f32],
+    d_final_state: Option<&[f32]>,
+    out: &mut SsdGrads,
+) {
     check_grads_in(&dims, &inp, dy, d_final_state);
+    out.check(&dims);
     assert!(chunk > 0, "ssd backward: chunk size must be positive");
     let SsdDims {
         batch,
@@ -288,15 +350,9 @@ pub fn ssd_chunked_backward(
         })
         .collect();
 
-    let mut out = SsdGrads {
-        dx: vec![0.0; dims.x_len()],
-        ddt: vec![0.0; dims.dt_len()],
-        da: vec![0.0; heads],
-        db: vec![0.0; dims.bc_len()],
-        dc: vec![0.0; dims.bc_len()],
-        dd: vec![0.0; heads],
-        d_initial_state: vec![0.0; dims.state_len()],
-    };
+    if inp.initial_state.is_none() {
+        out.d_initial_state.fill(0.0);
+    }
     let mut da = vec![0f64; heads];
     let mut dd = vec![0f64; heads];
     for (i, task) in tasks.into_iter().enumerate() {
@@ -317,23 +373,28 @@ pub fn ssd_chunked_backward(
                 out.d_initial_state[s..s + p_dim * n_dim].copy_from_slice(&hg.dh0);
             }
         }
+        // The group's first block writes its dB and dC rows, later blocks add to them.
         for t in 0..seqlen {
             let off = ((b * seqlen + t) * groups + g) * n_dim;
             let src = t * n_dim..(t + 1) * n_dim;
-            for (o, v) in out.db[off..off + n_dim]
-                .iter_mut()
-                .zip(&task.db[src.clone()])
-            {
-                *o += v;
-            }
-            for (o, v) in out.dc[off..off + n_dim].iter_mut().zip(&task.dc[src]) {
-                *o += v;
+            let (db, dc) = (&mut out.db[off..off + n_dim], &mut out.dc[off..off + n_dim]);
+            if blk == 0 {
+                db.copy_from_slice(&task.db[src.clone()]);
+                dc.copy_from_slice(&task.dc[src]);
+            } else {
+                db.iter_mut()
+                    .zip(&task.db[src.clone()])
+                    .for_each(|(o, v)| *o += v);
+                dc.iter_mut().zip(&task.dc[src]).for_each(|(o, v)| *o += v);
             }
         }
     }
-    out.da = da.iter().map(|&v| v as f32).collect();
-    out.dd = dd.iter().map(|&v| v as f32).collect();
-    out
+    for (o, &v) in out.da.iter_mut().zip(&da) {
+        *o = v as f32;
+    }
+    for (o, &v) in out.dd.iter_mut().zip(&dd) {
+        *o = v as f32;
+    }
 }
 
 /// Recomputes `acs` and `x̄ = dt·x` of one chunk for head `h` into the scratch buffers.

@@ -1,11 +1,15 @@
-//! Tests of the candle mixer-core op: forward against the composed tensor ops, gradients from candle autograd
-//! against f64 finite differences, bf16 in/out, and errors for bad shapes.
+//! Tests of the candle mixer-core op beyond the case table: forward equal to the four ops' entry points chained,
+//! gradients from candle autograd bit-equal to the CPU backward (and against f64 finite differences) for
+//! either conv-weight layout, bf16 in/out, and errors for bad shapes.
 
+use super::tests::{tiny_dims, MixerCase};
 use super::*;
-use crate::mixer_core::tests::{fd_err, fd_grads, tiny_dims, MixerCase};
-use crate::tensor::{causal_conv1d_silu, dt_softplus, gated_rmsnorm, ssd};
-use crate::testutil::max_abs_diff;
+use crate::conv1d::causal_conv1d_silu;
+use crate::dt::dt_softplus;
+use crate::gated_rmsnorm::gated_rmsnorm;
+use crate::ssd::ssd;
 use candle_core::Var;
+use coil_testutil::{fd_err, max_abs_diff};
 
 /// The case's inputs as tensors: zxbcdt, conv_w [C,K] and the five parameter pieces.
 fn tensors(case: &MixerCase) -> Result<(Tensor, Tensor, [Tensor; 5])> {
@@ -92,7 +96,7 @@ fn autograd_gradients_match_f64_finite_differences() -> Result<()> {
     for (limit, seed, w3) in [((0.0, f32::INFINITY), 12, false), ((0.05, 0.3), 13, true)] {
         let case = MixerCase::new(tiny_dims(limit), (2, 5), seed);
         let (_, got) = autograd(&case, DType::F32, w3)?;
-        let fd = fd_grads(&case);
+        let fd = case.fd_grads(None);
         for (k, name) in ["zxbcdt", "conv_w", "params"].iter().enumerate() {
             let e = fd_err(&got[k], &fd[k]);
             worst = worst.max(e);

@@ -1,10 +1,6 @@
-//! Causal depthwise conv1d over time followed by SiLU (the xBC path of the Mamba2 mixer).
-//!
-//! `out[b, t, c] = silu(bias[c] + Σ_{k<K} w[c, k] · x[b, t − K + 1 + k, c])`, where positions before the start read
-//! the optional `history` (the K−1 raw columns that preceded this call, oldest first) or zero.
-//! With `seq_idx` (packed rows, [`crate::packing`]) a tap reads only columns of its own segment: earlier
-//! segments count as zero, and the history belongs to segment 0 (the first example continues from it).
-//! [`causal_conv1d_silu_backward`] gives the gradients of that map w.r.t. x, w, bias and history.
+//! The fast CPU causal conv1d + SiLU on f32 slices: rayon over (b, t) rows with the weight transposed so inner
+//! loops run over contiguous channels, and its backward ([`causal_conv1d_silu_backward`]; weight and bias sums in
+//! f64).
 
 use crate::packing::segments_or_single;
 use rayon::prelude::*;
@@ -19,13 +15,40 @@ pub fn causal_conv1d_silu(
     history: Option<&[f32]>,
     seq_idx: Option<&[i32]>,
 ) -> Vec<f32> {
-    let seg = checked_segments(x, (batch, seqlen, ch), w, k, bias, history, seq_idx);
-    let mut out = conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg);
-    out.par_iter_mut().for_each(|v| *v = silu(*v));
+    let mut out = vec![0f32; x.len()];
+    causal_conv1d_silu_into(
+        x,
+        (batch, seqlen, ch),
+        w,
+        k,
+        bias,
+        history,
+        seq_idx,
+        &mut out,
+    );
     out
 }
 
-/// The conv before the SiLU: `bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]` ([B,T,C]).
+/// [`causal_conv1d_silu`] into `out` [B,T,C], every element of which it writes.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_conv1d_silu_into(
+    x: &[f32],
+    (batch, seqlen, ch): (usize, usize, usize),
+    w: &[f32],
+    k: usize,
+    bias: Option<&[f32]>,
+    history: Option<&[f32]>,
+    seq_idx: Option<&[i32]>,
+    out: &mut [f32],
+) {
+    let seg = checked_segments(x, (batch, seqlen, ch), w, k, bias, history, seq_idx);
+    assert_eq!(out.len(), x.len(), "conv1d: output length");
+    conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg, out);
+    out.par_iter_mut().for_each(|v| *v = silu(*v));
+}
+
+/// The conv before the SiLU into `out`: `bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]` ([B,T,C]).
+#[allow(clippy::too_many_arguments)]
 fn conv_pre(
     x: &[f32],
     (_batch, seqlen, ch): (usize, usize, usize),
@@ -34,9 +57,9 @@ fn conv_pre(
     bias: Option<&[f32]>,
     history: Option<&[f32]>,
     seg: &[u32],
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let wt = transpose_weight(w, ch, k);
-    let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(ch).enumerate().for_each(|(row, o)| {
         let (b, t) = (row / seqlen, row % seqlen);
         match bias {
@@ -63,7 +86,6 @@ fn conv_pre(
             }
         }
     });
-    out
 }
 
 /// Weight [C,K] transposed to [K,C] so inner loops run over contiguous channels.
@@ -96,23 +118,66 @@ pub fn causal_conv1d_silu_backward(
     seq_idx: Option<&[i32]>,
     dout: &[f32],
 ) -> Conv1dGrads {
+    let mut out = Conv1dGrads {
+        dx: vec![0.0; x.len()],
+        dw: vec![0.0; w.len()],
+        dbias: vec![0.0; ch],
+        dhistory: vec![0.0; history.map_or(0, <[f32]>::len)],
+    };
+    causal_conv1d_silu_backward_into(
+        x,
+        (batch, seqlen, ch),
+        w,
+        k,
+        bias,
+        history,
+        seq_idx,
+        dout,
+        &mut out,
+    );
+    out
+}
+
+/// [`causal_conv1d_silu_backward`] into `out` (sized as it returns them), every element of which it writes.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_conv1d_silu_backward_into(
+    x: &[f32],
+    (batch, seqlen, ch): (usize, usize, usize),
+    w: &[f32],
+    k: usize,
+    bias: Option<&[f32]>,
+    history: Option<&[f32]>,
+    seq_idx: Option<&[i32]>,
+    dout: &[f32],
+    out: &mut Conv1dGrads,
+) {
     assert_eq!(
         dout.len(),
         batch * seqlen * ch,
         "conv1d backward: dout length"
     );
     let seg = checked_segments(x, (batch, seqlen, ch), w, k, bias, history, seq_idx);
-    let mut dpre = conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg);
+    let hist_len = batch * ch * (k - 1);
+    assert_eq!(out.dx.len(), x.len(), "conv1d backward: dx length");
+    assert_eq!(out.dw.len(), w.len(), "conv1d backward: dw length");
+    assert_eq!(out.dbias.len(), ch, "conv1d backward: dbias length");
+    let want_hist = if history.is_some() { hist_len } else { 0 };
+    assert_eq!(
+        out.dhistory.len(),
+        want_hist,
+        "conv1d backward: dhistory length"
+    );
+    let mut dpre = vec![0f32; x.len()];
+    conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg, &mut dpre);
     dpre.par_iter_mut()
         .zip(dout.par_iter())
         .for_each(|(p, &g)| *p = g * silu_grad(*p));
     let wt = transpose_weight(w, ch, k);
-    let hist_len = batch * ch * (k - 1);
 
     // dx[b, s] = Σ_k w[:, k] ⊙ dpre[b, s + K − 1 − k] (terms past the end vanish).
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(ch).enumerate().for_each(|(row, o)| {
+    out.dx.par_chunks_mut(ch).enumerate().for_each(|(row, o)| {
         let (b, s) = (row / seqlen, row % seqlen);
+        o.fill(0.0);
         for kk in 0..k {
             let t = s + k - 1 - kk;
             if t < seqlen && seg[b * seqlen + t] == seg[row] {
@@ -165,12 +230,14 @@ pub fn causal_conv1d_silu_backward(
                 (a, b)
             },
         );
-    let dw = (0..ch * k)
-        .map(|i| dwt[(i % k) * ch + i / k] as f32)
-        .collect();
+    for (i, o) in out.dw.iter_mut().enumerate() {
+        *o = dwt[(i % k) * ch + i / k] as f32;
+    }
+    for (o, &v) in out.dbias.iter_mut().zip(&dbias) {
+        *o = v as f32;
+    }
 
     // dhistory[b, c, j]: history column j is read at time t ≤ j by tap K-index j − t.
-    let mut dhistory = vec![0f32; if history.is_some() { hist_len } else { 0 }];
     if history.is_some() {
         for b in 0..batch {
             for c in 0..ch {
@@ -181,16 +248,10 @@ pub fn causal_conv1d_silu_backward(
                             acc += w[c * k + j - t] * dpre[(b * seqlen + t) * ch + c];
                         }
                     }
-                    dhistory[(b * ch + c) * (k - 1) + j] = acc;
+                    out.dhistory[(b * ch + c) * (k - 1) + j] = acc;
                 }
             }
         }
-    }
-    Conv1dGrads {
-        dx,
-        dw,
-        dbias: dbias.iter().map(|&v| v as f32).collect(),
-        dhistory,
     }
 }
 
@@ -230,123 +291,4 @@ pub fn silu(x: f32) -> f32 {
 pub fn silu_grad(x: f32) -> f32 {
     let s = 1.0 / (1.0 + (-x).exp());
     s * (1.0 + x * (1.0 - s))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testutil::{max_abs_diff, Lcg};
-
-    #[test]
-    fn matches_naive_definition_with_and_without_history() {
-        for (i, &(bsz, t_len, ch, k)) in [(1, 1, 3, 4), (2, 7, 5, 4), (2, 2, 6, 3), (1, 20, 8, 2)]
-            .iter()
-            .enumerate()
-        {
-            let mut r = Lcg(i as u64 + 1);
-            let x = r.vec(bsz * t_len * ch, -1.0, 1.0);
-            let w = r.vec(ch * k, -1.0, 1.0);
-            let bias = r.vec(ch, -0.5, 0.5);
-            let hist = r.vec(bsz * ch * (k - 1), -1.0, 1.0);
-            for h in [None, Some(hist.as_slice())] {
-                let got = causal_conv1d_silu(&x, (bsz, t_len, ch), &w, k, Some(&bias), h, None);
-                let h64 = h.map(w64);
-                let want = forward64(
-                    &w64(&x),
-                    (bsz, t_len, ch),
-                    &w64(&w),
-                    k,
-                    &w64(&bias),
-                    h64.as_deref(),
-                );
-                let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-                assert!(max_abs_diff(&got, &want) < 1e-6, "case {i}");
-            }
-        }
-    }
-
-    fn w64(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&a| a as f64).collect()
-    }
-
-    /// Direct transcription of the definition in f64, one output at a time (the reference for the
-    /// kernel and for finite differences).
-    fn forward64(
-        x: &[f64],
-        (bsz, t_len, ch): (usize, usize, usize),
-        w: &[f64],
-        k: usize,
-        bias: &[f64],
-        hist: Option<&[f64]>,
-    ) -> Vec<f64> {
-        let mut out = vec![0f64; x.len()];
-        for b in 0..bsz {
-            for t in 0..t_len {
-                for c in 0..ch {
-                    let mut acc = bias[c];
-                    for kk in 0..k {
-                        let s = t as isize - (k as isize - 1) + kk as isize;
-                        let v = if s >= 0 {
-                            x[(b * t_len + s as usize) * ch + c]
-                        } else {
-                            hist.map_or(0.0, |h| {
-                                h[(b * ch + c) * (k - 1) + (k as isize - 1 + s) as usize]
-                            })
-                        };
-                        acc += w[c * k + kk] * v;
-                    }
-                    out[(b * t_len + t) * ch + c] = acc / (1.0 + (-acc).exp());
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn backward_matches_finite_differences() {
-        let mut worst = 0f64;
-        for (i, &(bsz, t_len, ch, k, with_hist)) in [
-            (2, 6, 3, 4, true),
-            (1, 2, 4, 4, true), // T < K − 1: history taps beyond the sequence
-            (2, 5, 2, 3, false),
-            (1, 4, 3, 1, false), // K = 1
-        ]
-        .iter()
-        .enumerate()
-        {
-            let dims = (bsz, t_len, ch);
-            let mut r = Lcg(50 + i as u64);
-            let x = r.vec(bsz * t_len * ch, -1.5, 1.5);
-            let w = r.vec(ch * k, -1.0, 1.0);
-            let bias = r.vec(ch, -0.5, 0.5);
-            let hist = r.vec(bsz * ch * (k - 1), -1.0, 1.0);
-            let dout = r.vec(x.len(), -1.0, 1.0);
-            let h = with_hist.then_some(hist.as_slice());
-            let g = causal_conv1d_silu_backward(&x, dims, &w, k, Some(&bias), h, None, &dout);
-            assert_eq!(g.dhistory.len(), if with_hist { hist.len() } else { 0 });
-            let args = [w64(&x), w64(&w), w64(&bias), w64(&hist)];
-            let loss = |a: &[Vec<f64>; 4]| -> f64 {
-                let hs = with_hist.then_some(a[3].as_slice());
-                forward64(&a[0], dims, &a[1], k, &a[2], hs)
-                    .iter()
-                    .zip(&dout)
-                    .map(|(o, &d)| o * d as f64)
-                    .sum()
-            };
-            let grads: [&[f32]; 4] = [&g.dx, &g.dw, &g.dbias, &g.dhistory];
-            let n_args = if with_hist { 4 } else { 3 };
-            for (a, grad) in grads.iter().enumerate().take(n_args) {
-                for j in 0..args[a].len() {
-                    let (mut p, mut m) = (args.clone(), args.clone());
-                    p[a][j] += 1e-6;
-                    m[a][j] -= 1e-6;
-                    let fd = (loss(&p) - loss(&m)) / 2e-6;
-                    let err = (fd - grad[j] as f64).abs() / (1.0 + fd.abs());
-                    worst = worst.max(err);
-                    assert!(err < 2e-5, "case {i} arg {a}[{j}]: fd {fd} vs {}", grad[j]);
-                }
-            }
-        }
-        eprintln!("conv1d backward vs central differences: max err / (1+|fd|) {worst:e}");
-    }
 }

@@ -1,15 +1,216 @@
-//! The mixer core ([`crate::mixer_core`]) as a candle `CustomOp3`, so candle autograd runs through it.
+//! The inner chain of one Mamba2 mixer, between `in_proj` and `out_proj`, as one op with its backward
+//! (numerics.md §1.4 steps 2–6):
 //!
-//! Inputs: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K] (or [C,1,K] as checkpoints store it) and one packed 1-D
-//! `params` tensor `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) | norm_weight (I)]` built by
-//! [`pack_mixer_params`]. The op runs in f32: [`mixer_core`] converts inputs with `to_dtype` (differentiable) and
-//! the result back to the dtype of `zxbcdt`, so the custom op itself only ever sees contiguous f32.
-//! [`mixer_core_packed`] adds `seq_idx` for packed rows; it travels inside the op (it has no gradient).
+//! ```text
+//! zxbcdt [B,T,2I+2GN+H] = z [I] | xBC [C = I+2GN] | dt_raw [H]
+//! xBC' = silu(conv1d(xBC, conv_w [C,K]) + conv_bias)        = x [I] | B [GN] | C [GN]
+//! dt   = clamp(softplus(dt_raw + dt_bias), lo, hi)          A = −exp(A_log)
+//! y    = SSD(x, dt, A, B, C) + D·x                          (zero initial state, chunked)
+//! out  = gated_rmsnorm(y, z, norm_weight, groups, eps)      [B,T,I]
+//! ```
+//!
+//! With `seq_idx` [B,T] (packed rows, [`crate::packing`]) the conv and the SSD restart at every boundary, so
+//! each packed example gets exactly what it would get alone; the other steps are per position.
+//!
+//! Key design decision: the backward takes only the op's inputs and recomputes everything else (conv output,
+//! dt, the SSD output), so a training engine saves nothing but the in_proj output per layer. The per-channel and
+//! per-head parameters travel as one packed vector `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) |
+//! norm_weight (I)]` (see [`MixerParams`], built by [`pack_mixer_params`]), which keeps the candle custom op at
+//! three inputs.
+//!
+//! Implementations: [`reference`](mod@reference) (the f64 references of the four ops chained), [`cpu`] (their CPU
+//! kernels chained, forward and backward), [`composed`] (candle tensor ops, differentiable by autograd). This file
+//! holds the candle `CustomOp3` that candle autograd runs through ([`mixer_core`], [`mixer_core_packed`]) and that
+//! alone picks the device path: `cpu_fwd` and the hand-written backward on the CPU; on CUDA `cuda_fwd` (today the
+//! composed chain without an autograd graph; the place a fused kernel plugs in) and a backward that recomputes the
+//! composed chain under autograd. The op itself only ever sees contiguous f32: [`mixer_core_packed`] converts its
+//! inputs with `to_dtype` (differentiable) and the result back to the dtype of `zxbcdt`.
 
-use super::host_f32;
-use crate::mixer_core::{mixer_core_backward, mixer_core_forward, MixerCoreDims, MixerParams};
-use candle_core::backend::BackendStorage;
+pub mod composed;
+pub mod cpu;
+pub mod reference;
+
+pub use cpu::{
+    mixer_core_backward, mixer_core_backward_into, mixer_core_forward, mixer_core_forward_into,
+};
+pub use reference::mixer_core_reference;
+
+use crate::host::{host_f32, storage_f32};
+use crate::packing::{seq_idx_host, Segments};
+use crate::ssd::SsdDims;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+
+/// Static sizes and settings of one mixer: `H` heads, `P` head dim, `G` groups, `N` state, `K` conv width, `Q`
+/// chunk, the gated-norm `eps` and the dt clamp `(lo, hi)` (`(0, ∞)` for none).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MixerCoreDims {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub groups: usize,
+    pub state: usize,
+    pub conv_kernel: usize,
+    pub chunk: usize,
+    pub eps: f32,
+    pub dt_limit: (f32, f32),
+}
+
+impl MixerCoreDims {
+    /// `I = H·P`.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    /// `G·N`, the width of B (and of C).
+    pub fn bc_width(&self) -> usize {
+        self.groups * self.state
+    }
+    /// `C = I + 2GN`, the conv channels.
+    pub fn conv_channels(&self) -> usize {
+        self.inner() + 2 * self.bc_width()
+    }
+    /// `2I + 2GN + H`, the last dimension of `zxbcdt`.
+    pub fn in_width(&self) -> usize {
+        self.inner() + self.conv_channels() + self.heads
+    }
+    /// `C + 3H + I`, the length of the packed parameter vector.
+    pub fn params_len(&self) -> usize {
+        self.conv_channels() + 3 * self.heads + self.inner()
+    }
+    /// Why these sizes cannot run, if they cannot (for callers that turn it into an error).
+    pub fn invalid_reason(&self) -> Option<String> {
+        if self.heads == 0 || self.head_dim == 0 || self.state == 0 {
+            return Some(format!("mixer core: empty size in {self:?}"));
+        }
+        if self.groups == 0 || !self.heads.is_multiple_of(self.groups) {
+            return Some(format!(
+                "mixer core: {} heads not divisible by {} groups",
+                self.heads, self.groups
+            ));
+        }
+        if self.conv_kernel == 0 || self.chunk == 0 {
+            return Some(format!(
+                "mixer core: conv kernel {} and chunk {} must be positive",
+                self.conv_kernel, self.chunk
+            ));
+        }
+        None
+    }
+    pub(crate) fn ssd_dims(&self, batch: usize, seqlen: usize) -> SsdDims {
+        SsdDims {
+            batch,
+            seqlen,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            groups: self.groups,
+            state: self.state,
+        }
+    }
+}
+
+/// The per-channel and per-head parameters of one mixer. `conv_bias` is required: pass zeros for a checkpoint
+/// without one (`use_conv_bias = false`).
+#[derive(Clone, Copy, Debug)]
+pub struct MixerParams<'a> {
+    pub conv_bias: &'a [f32],
+    pub dt_bias: &'a [f32],
+    pub a_log: &'a [f32],
+    pub d: &'a [f32],
+    pub norm_w: &'a [f32],
+}
+
+impl<'a> MixerParams<'a> {
+    /// Splits the packed vector `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) | norm_weight (I)]`.
+    pub fn unpack(dims: &MixerCoreDims, packed: &'a [f32]) -> Self {
+        assert_eq!(
+            packed.len(),
+            dims.params_len(),
+            "mixer core: packed params length"
+        );
+        let (conv_bias, rest) = packed.split_at(dims.conv_channels());
+        let (dt_bias, rest) = rest.split_at(dims.heads);
+        let (a_log, rest) = rest.split_at(dims.heads);
+        let (d, norm_w) = rest.split_at(dims.heads);
+        MixerParams {
+            conv_bias,
+            dt_bias,
+            a_log,
+            d,
+            norm_w,
+        }
+    }
+    pub(crate) fn check(&self, dims: &MixerCoreDims) {
+        assert_eq!(
+            self.conv_bias.len(),
+            dims.conv_channels(),
+            "mixer core: conv_bias length"
+        );
+        assert_eq!(self.dt_bias.len(), dims.heads, "mixer core: dt_bias length");
+        assert_eq!(self.a_log.len(), dims.heads, "mixer core: A_log length");
+        assert_eq!(self.d.len(), dims.heads, "mixer core: D length");
+        assert_eq!(
+            self.norm_w.len(),
+            dims.inner(),
+            "mixer core: norm weight length"
+        );
+    }
+}
+
+/// Gradients of [`mixer_core_forward`]: d_zxbcdt [B,T,2I+2GN+H], d_conv_w [C,K], and one per parameter.
+#[derive(Clone, Debug)]
+pub struct MixerCoreGrads {
+    pub d_zxbcdt: Vec<f32>,
+    pub d_conv_w: Vec<f32>,
+    pub d_conv_bias: Vec<f32>,
+    pub d_dt_bias: Vec<f32>,
+    pub d_a_log: Vec<f32>,
+    pub d_d: Vec<f32>,
+    pub d_norm_w: Vec<f32>,
+}
+
+impl MixerCoreGrads {
+    /// Zero gradients for a call of (B, T) = `bt`.
+    pub fn zeros(dims: &MixerCoreDims, (batch, seqlen): (usize, usize)) -> Self {
+        let ch = dims.conv_channels();
+        MixerCoreGrads {
+            d_zxbcdt: vec![0.0; batch * seqlen * dims.in_width()],
+            d_conv_w: vec![0.0; ch * dims.conv_kernel],
+            d_conv_bias: vec![0.0; ch],
+            d_dt_bias: vec![0.0; dims.heads],
+            d_a_log: vec![0.0; dims.heads],
+            d_d: vec![0.0; dims.heads],
+            d_norm_w: vec![0.0; dims.inner()],
+        }
+    }
+
+    /// Panics naming the field when one is not sized as [`MixerCoreGrads::zeros`] sizes it (a caller bug).
+    pub fn check(&self, dims: &MixerCoreDims, bt: (usize, usize)) {
+        let want = MixerCoreGrads::zeros(dims, bt);
+        for (name, got, want) in [
+            ("d_zxbcdt", &self.d_zxbcdt, &want.d_zxbcdt),
+            ("d_conv_w", &self.d_conv_w, &want.d_conv_w),
+            ("d_conv_bias", &self.d_conv_bias, &want.d_conv_bias),
+            ("d_dt_bias", &self.d_dt_bias, &want.d_dt_bias),
+            ("d_a_log", &self.d_a_log, &want.d_a_log),
+            ("d_d", &self.d_d, &want.d_d),
+            ("d_norm_w", &self.d_norm_w, &want.d_norm_w),
+        ] {
+            assert_eq!(got.len(), want.len(), "mixer core grads: {name} length");
+        }
+    }
+
+    /// The parameter gradients in the packed order of [`MixerParams::unpack`].
+    pub fn packed_params(&self) -> Vec<f32> {
+        [
+            &self.d_conv_bias,
+            &self.d_dt_bias,
+            &self.d_a_log,
+            &self.d_d,
+            &self.d_norm_w,
+        ]
+        .into_iter()
+        .flat_map(|v| v.iter().copied())
+        .collect()
+    }
+}
 
 struct MixerCoreOp {
     dims: MixerCoreDims,
@@ -50,20 +251,6 @@ fn check_shapes(
     Ok((batch, seqlen))
 }
 
-/// The contiguous f32 data behind a storage and layout.
-fn cpu_f32<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> Result<&'s [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!(
-            "mixer core: {what} must be f32 inside the op (got {:?})",
-            s.dtype()
-        );
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("mixer core: {what} must be contiguous inside the op"),
-    }
-}
-
 impl CustomOp3 for MixerCoreOp {
     fn name(&self) -> &'static str {
         "coil-mixer-core"
@@ -81,9 +268,9 @@ impl CustomOp3 for MixerCoreOp {
         let dims = &self.dims;
         let (batch, seqlen) = check_shapes(dims, l1.dims(), l2.dims(), l3.dims())?;
         let (zx, w, p) = (
-            cpu_f32(s1, l1, "zxbcdt")?,
-            cpu_f32(s2, l2, "conv weight")?,
-            cpu_f32(s3, l3, "params")?,
+            storage_f32(s1, l1, "mixer core", "zxbcdt")?,
+            storage_f32(s2, l2, "mixer core", "conv weight")?,
+            storage_f32(s3, l3, "mixer core", "params")?,
         );
         let out = mixer_core_forward(
             *dims,
@@ -99,8 +286,9 @@ impl CustomOp3 for MixerCoreOp {
         ))
     }
 
-    /// The composed forward ([`super::composed::mixer_core`]) on the GPU's tensors, with no autograd graph: the
-    /// backward recomputes it, so training keeps only each layer's in_proj output, as on the CPU.
+    /// The CUDA forward. Today the composed chain ([`composed::mixer_core`]) on the GPU's tensors, with no
+    /// autograd graph: the backward recomputes it, so training keeps only each layer's in_proj output, as on the
+    /// CPU. Fused kernels of `crates/kernels` (the SSD forward first) replace the composed steps here.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -111,6 +299,7 @@ impl CustomOp3 for MixerCoreOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
         use candle_core::op::BackpropOp;
         use candle_core::Storage;
         let (batch, seqlen) = check_shapes(&self.dims, l1.dims(), l2.dims(), l3.dims())?;
@@ -125,7 +314,7 @@ impl CustomOp3 for MixerCoreOp {
                 false,
             ))
         };
-        let out = super::composed::mixer_core(
+        let out = composed::mixer_core(
             &tensor(s1, l1)?,
             &tensor(s2, l2)?,
             &tensor(s3, l3)?,
@@ -180,10 +369,10 @@ impl CustomOp3 for MixerCoreOp {
 }
 
 impl MixerCoreOp {
-    fn segments(&self, batch: usize, seqlen: usize) -> Option<super::composed::Segments> {
+    fn segments(&self, batch: usize, seqlen: usize) -> Option<Segments> {
         self.seq_idx
             .clone()
-            .map(|ids| super::composed::Segments { batch, seqlen, ids })
+            .map(|ids| Segments { batch, seqlen, ids })
     }
 
     /// The backward on devices without a hand-written one: the composed forward again, on this layer alone,
@@ -199,7 +388,7 @@ impl MixerCoreOp {
         let zv = candle_core::Var::from_tensor(&zx.detach())?;
         let wv = candle_core::Var::from_tensor(&conv_w.detach())?;
         let pv = candle_core::Var::from_tensor(&params.detach())?;
-        let out = super::composed::mixer_core(
+        let out = composed::mixer_core(
             zv.as_tensor(),
             wv.as_tensor(),
             pv.as_tensor(),
@@ -222,8 +411,8 @@ impl MixerCoreOp {
 /// The mixer core between in_proj and out_proj, with candle autograd: `zxbcdt` [B,T,2I+2GN+H], `conv_w` [C,K] or
 /// [C,1,K], `params` from [`pack_mixer_params`] → [B,T,I] in the dtype of `zxbcdt`.
 ///
-/// Accepts f32, bf16 and f16 (computed in f32). On the CPU it is the custom op with its hand-written backward;
-/// on other devices the same chain composed from tensor ops ([`super::composed::mixer_core`]).
+/// Accepts f32, bf16 and f16 (computed in f32). On the CPU the custom op runs the CPU kernels and their
+/// hand-written backward; on a GPU its `cuda_fwd`, with a backward that recomputes [`composed::mixer_core`].
 /// `backward()` gives gradients to all three inputs, and through [`pack_mixer_params`]'s `cat` to each piece.
 pub fn mixer_core(
     zxbcdt: &Tensor,
@@ -264,7 +453,7 @@ pub fn mixer_core_packed(
     }
     let (batch, seqlen) = check_shapes(&dims, zxbcdt.dims(), conv_w.dims(), params.dims())?;
     let seq_idx = seq_idx
-        .map(|s| super::seq_idx_host(s, batch, seqlen))
+        .map(|s| seq_idx_host(s, batch, seqlen))
         .transpose()?;
     // Other devices run the op too (forward: the composed chain without a graph; backward: recomputed), so a
     // training step keeps one tensor per layer instead of every intermediate of the composed chain. Inputs are
@@ -323,4 +512,6 @@ pub fn pack_mixer_params(
 }
 
 #[cfg(test)]
-mod tests;
+mod op_tests;
+#[cfg(test)]
+pub(crate) mod tests;

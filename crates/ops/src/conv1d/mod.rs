@@ -1,0 +1,119 @@
+//! Causal depthwise conv1d over time followed by SiLU (the xBC path of the Mamba2 mixer).
+//!
+//! `out[b, t, c] = silu(bias[c] + Σ_{k<K} w[c, k] · x[b, t − K + 1 + k, c])`, where positions before the start read
+//! the optional `history` (the K−1 raw columns that preceded this call, oldest first) or zero. With `seq_idx`
+//! (packed rows, [`crate::packing`]) a tap reads only columns of its own segment.
+//!
+//! Implementations: [`reference`](mod@reference) (the definition in f64), [`cpu`] (f32 slices, rayon; forward and
+//! backward), [`composed`] (candle tensor ops, differentiable); [`causal_conv1d_silu`] (this file) picks among them by
+//! device. A CUDA kernel plugs in at `cuda_fwd` below. The training backward runs inside the mixer-core op.
+
+pub mod composed;
+pub mod cpu;
+pub mod reference;
+
+pub use cpu::{
+    causal_conv1d_silu_backward, causal_conv1d_silu_backward_into, causal_conv1d_silu_into, silu,
+    silu_grad, Conv1dGrads,
+};
+pub use reference::causal_conv1d_silu_reference;
+
+use crate::host::{expect_shape, host_f32};
+use crate::packing::{seq_idx_host, Segments};
+use candle_core::{bail, Device, Result, Tensor};
+
+/// Causal depthwise conv + SiLU on tensors: `x` [B,T,C], `w` [C,K] (or [C,1,K]), `bias` [C], `history`
+/// [B,C,K−1] → [B,T,C], f32.
+pub fn causal_conv1d_silu(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    history: Option<&Tensor>,
+) -> Result<Tensor> {
+    causal_conv1d_silu_packed(x, w, bias, history, None)
+}
+
+/// [`causal_conv1d_silu`] for packed rows: `seq_idx` [B,T] (any integer dtype) names the example of every
+/// position, and no tap reads across a change ([`crate::packing`]). `None` is [`causal_conv1d_silu`].
+pub fn causal_conv1d_silu_packed(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    history: Option<&Tensor>,
+    seq_idx: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (batch, seqlen, ch) = x.dims3()?;
+    let k = *w.dims().last().unwrap_or(&0);
+    if w.elem_count() != ch * k || k == 0 {
+        bail!("conv1d: weight {:?} does not match {ch} channels", w.dims());
+    }
+    if let Some(bv) = bias {
+        expect_shape(bv, &[ch], "conv1d bias")?;
+    }
+    if let Some(h) = history {
+        expect_shape(h, &[batch, ch, k - 1], "conv1d history")?;
+    }
+    let seq_idx = seq_idx
+        .map(|s| seq_idx_host(s, batch, seqlen))
+        .transpose()?;
+    match x.device() {
+        Device::Cpu => cpu_fwd(x, w, bias, history, seq_idx.as_deref()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda_fwd(x, w, bias, history, seq_idx),
+        _ => composed_fwd(x, w, bias, history, seq_idx),
+    }
+}
+
+/// The CPU path: [`cpu::causal_conv1d_silu`] on host copies.
+fn cpu_fwd(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    history: Option<&Tensor>,
+    seq_idx: Option<&[i32]>,
+) -> Result<Tensor> {
+    let (batch, seqlen, ch) = x.dims3()?;
+    let k = *w.dims().last().unwrap_or(&0);
+    let xv = host_f32(x, "conv1d")?;
+    let wv = host_f32(w, "conv1d")?;
+    let bv = bias.map(|b| host_f32(b, "conv1d")).transpose()?;
+    let hv = history.map(|h| host_f32(h, "conv1d")).transpose()?;
+    let out = cpu::causal_conv1d_silu(
+        &xv,
+        (batch, seqlen, ch),
+        &wv,
+        k,
+        bv.as_deref(),
+        hv.as_deref(),
+        seq_idx,
+    );
+    Tensor::from_vec(out, (batch, seqlen, ch), x.device())
+}
+
+/// The CUDA path: today the composed twin; a conv kernel of `crates/kernels` replaces this body.
+#[cfg(feature = "cuda")]
+fn cuda_fwd(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    history: Option<&Tensor>,
+    seq_idx: Option<Vec<i32>>,
+) -> Result<Tensor> {
+    composed_fwd(x, w, bias, history, seq_idx)
+}
+
+/// Any other device: [`composed::causal_conv1d_silu`].
+fn composed_fwd(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    history: Option<&Tensor>,
+    seq_idx: Option<Vec<i32>>,
+) -> Result<Tensor> {
+    let (batch, seqlen, _) = x.dims3()?;
+    let segments = seq_idx.map(|ids| Segments { batch, seqlen, ids });
+    composed::causal_conv1d_silu(x, w, bias, history, segments.as_ref())
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
