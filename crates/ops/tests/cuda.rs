@@ -26,6 +26,9 @@ mod mixer_core;
 #[allow(dead_code)]
 #[path = "../src/ssd/tests.rs"]
 mod ssd;
+#[allow(dead_code)]
+#[path = "../src/ssd/layer_tests.rs"]
+mod ssd_layer;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA GPU (these tests run by hand on a GPU machine)")
@@ -44,6 +47,8 @@ macro_rules! on_cuda {
 on_cuda! {
     ssd_on_cuda_f32: ssd, DType::F32;
     ssd_on_cuda_bf16: ssd, DType::BF16;
+    ssd_layer_on_cuda_f32: ssd_layer, DType::F32;
+    ssd_layer_on_cuda_bf16: ssd_layer, DType::BF16;
     conv1d_on_cuda_f32: conv1d, DType::F32;
     conv1d_on_cuda_bf16: conv1d, DType::BF16;
     dt_on_cuda_f32: dt, DType::F32;

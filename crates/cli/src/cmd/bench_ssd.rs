@@ -2,7 +2,8 @@
 //! in bf16 training (the shapes and inputs of mamba_ssm's `mamba_chunk_scan_combined`): x, raw dt, B and C in
 //! `--dtype`, dt_bias, A and D in f32, dt = softplus(dt + dt_bias), zero initial state.
 //!
-//! The forward is what inference runs (`coil_ops::tensor::ssd`); forward+backward runs the differentiable path
+//! The forward is what a layer's prefill runs (`coil_ops::tensor::ssd_layer`: the fused kernel on a GPU in bf16);
+//! forward+backward runs the differentiable path
 //! (`coil_ops::tensor::composed`) and backpropagates a random output gradient to x, dt, dt_bias, A, B, C and D.
 //! On CUDA each run is timed with CUDA events on candle's stream; elsewhere with the host clock.
 
@@ -115,9 +116,29 @@ pub fn run(a: SsdBenchArgs) -> Result<()> {
     let d = rand(&[h], -1.0, 1.0, DType::F32)?;
     let no_limit = (0.0, f32::INFINITY);
 
+    // The forward as a layer runs it: raw dt in, softplus and bias inside (the fused kernel on a GPU in bf16).
+    let (x3, b3, c3) = (
+        x.reshape((b, t, h * p))?,
+        bm.reshape((b, t, g * n))?,
+        cm.reshape((b, t, g * n))?,
+    );
     let mut forward = || -> Result<()> {
-        let dt = ops::dt_softplus(&dt_raw, &dt_bias, no_limit)?;
-        let (y, _) = ops::ssd(&x, &dt, &a_neg, &bm, &cm, &d, None, a.chunk)?;
+        let (y, _) = ops::ssd_layer(&ops::LayerSsd {
+            x: &x3,
+            b: &b3,
+            c: &c3,
+            dt_raw: &dt_raw,
+            dt_bias: &dt_bias,
+            a: &a_neg,
+            d: &d,
+            initial_state: None,
+            seq_idx: None,
+            heads: h,
+            groups: g,
+            chunk: a.chunk,
+            dt_limit: no_limit,
+            dtype,
+        })?;
         std::hint::black_box(y.to_dtype(dtype)?);
         Ok(())
     };

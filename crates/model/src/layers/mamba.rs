@@ -154,7 +154,7 @@ impl Mamba2Mixer {
         let (b, t, _) = x.dims3()?;
         let MixerDims {
             heads,
-            head_dim,
+            head_dim: _,
             groups,
             state: n,
             conv_kernel: k,
@@ -182,14 +182,23 @@ impl Mamba2Mixer {
         };
         let xbc =
             ops::causal_conv1d_silu(&xbc_raw, &self.conv_weight, self.conv_bias.as_ref(), hist)?;
-        let xs = xbc.narrow(2, 0, inner)?.reshape((b, t, heads, head_dim))?;
-        let bm = xbc.narrow(2, inner, gn)?.reshape((b, t, groups, n))?;
-        let cm = xbc.narrow(2, inner + gn, gn)?.reshape((b, t, groups, n))?;
-        let dt = ops::dt_softplus(&dt_raw, &self.dt_bias, self.dt_limit)?;
         let a = self.a_log.to_dtype(DType::F32)?.exp()?.neg()?;
-        let init = state.map(|s| &s.ssm);
-        let (y, ssm) = ops::ssd(&xs, &dt, &a, &bm, &cm, &self.d, init, self.chunk_size)?;
-        let y = y.reshape((b, t, inner))?;
+        let (y, ssm) = ops::ssd_layer(&ops::LayerSsd {
+            x: &xbc.narrow(2, 0, inner)?,
+            b: &xbc.narrow(2, inner, gn)?,
+            c: &xbc.narrow(2, inner + gn, gn)?,
+            dt_raw: &dt_raw,
+            dt_bias: &self.dt_bias,
+            a: &a,
+            d: &self.d,
+            initial_state: state.map(|s| &s.ssm),
+            seq_idx: None,
+            heads,
+            groups,
+            chunk: self.chunk_size,
+            dt_limit: self.dt_limit,
+            dtype: self.in_proj.weight.dtype(),
+        })?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.record(format!("{prefix}.y"), &y);
         }

@@ -19,6 +19,19 @@ pub fn mixer_core(
     dims: MixerCoreDims,
     segments: Option<&Segments>,
 ) -> Result<Tensor> {
+    mixer_core_with(zxbcdt, conv_w, params, dims, segments, false)
+}
+
+/// [`mixer_core`], with `fused_ssd` the SSD step (and everything after the conv up to the norm) runs in bf16
+/// through [`crate::ssd::ssd_layer`], the fused kernel on a GPU; then the result is not differentiable.
+pub(crate) fn mixer_core_with(
+    zxbcdt: &Tensor,
+    conv_w: &Tensor,
+    params: &Tensor,
+    dims: MixerCoreDims,
+    segments: Option<&Segments>,
+    fused_ssd: bool,
+) -> Result<Tensor> {
     let (batch, seqlen, _) = zxbcdt.dims3()?;
     let (i, gn, h, ch) = (
         dims.inner(),
@@ -38,6 +51,29 @@ pub fn mixer_core(
     let norm_w = p.narrow(0, ch + 3 * h, i)?;
 
     let xbc = causal_conv1d_silu(&xbc_raw, conv_w, Some(&conv_bias), None, segments)?;
+    let a = a_log.exp()?.neg()?;
+    if fused_ssd {
+        // The layer's bf16 activations into the fused SSD (dt softplus, bias and clamp inside): not
+        // differentiable, for the GPU forward whose backward recomputes the composed chain.
+        let xbc = xbc.to_dtype(DType::BF16)?;
+        let (y, _) = crate::ssd::ssd_layer(&crate::ssd::LayerSsd {
+            x: &xbc.narrow(2, 0, i)?,
+            b: &xbc.narrow(2, i, gn)?,
+            c: &xbc.narrow(2, i + gn, gn)?,
+            dt_raw: &dt_raw,
+            dt_bias: &dt_bias,
+            a: &a,
+            d: &d,
+            initial_state: None,
+            seq_idx: segments.map(|s| s.ids.as_slice()),
+            heads: h,
+            groups: dims.groups,
+            chunk: dims.chunk,
+            dt_limit: dims.dt_limit,
+            dtype: DType::BF16,
+        })?;
+        return gated_rmsnorm(&y, &z, &norm_w, dims.groups, dims.eps as f64);
+    }
     let x = xbc
         .narrow(2, 0, i)?
         .reshape((batch, seqlen, h, dims.head_dim))?;
@@ -48,7 +84,6 @@ pub fn mixer_core(
         .narrow(2, i + gn, gn)?
         .reshape((batch, seqlen, dims.groups, dims.state))?;
     let dt = dt_softplus(&dt_raw, &dt_bias, dims.dt_limit)?;
-    let a = a_log.exp()?.neg()?;
     let (y, _) = ssd(&x, &dt, &a, &bm, &cm, &d, None, dims.chunk, segments)?;
     gated_rmsnorm(
         &y.reshape((batch, seqlen, i))?,

@@ -216,6 +216,9 @@ struct MixerCoreOp {
     dims: MixerCoreDims,
     /// [B,T] example ids of packed rows (checked against the input shape before the op is built).
     seq_idx: Option<Vec<i32>>,
+    /// The layer computes in bf16: the GPU forward may run the fused bf16 SSD kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    bf16: bool,
 }
 
 /// Checks the three input shapes against `dims`; returns (B, T).
@@ -286,9 +289,9 @@ impl CustomOp3 for MixerCoreOp {
         ))
     }
 
-    /// The CUDA forward. Today the composed chain ([`composed::mixer_core`]) on the GPU's tensors, with no
-    /// autograd graph: the backward recomputes it, so training keeps only each layer's in_proj output, as on the
-    /// CPU. Fused kernels of `crates/kernels` (the SSD forward first) replace the composed steps here.
+    /// The CUDA forward: the composed chain on the GPU's tensors with no autograd graph (the backward recomputes
+    /// it, so training keeps only each layer's in_proj output, as on the CPU); for a bf16 layer its SSD step is
+    /// the fused kernel of `coil-kernels` ([`crate::ssd::ssd_layer`]).
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -314,12 +317,13 @@ impl CustomOp3 for MixerCoreOp {
                 false,
             ))
         };
-        let out = composed::mixer_core(
+        let out = composed::mixer_core_with(
             &tensor(s1, l1)?,
             &tensor(s2, l2)?,
             &tensor(s3, l3)?,
             self.dims,
             self.segments(batch, seqlen).as_ref(),
+            self.bf16,
         )?
         .force_contiguous()?;
         let (st, l) = out.storage_and_layout();
@@ -470,7 +474,11 @@ pub fn mixer_core_packed(
     let out = f32_contig(zxbcdt)?.apply_op3(
         &f32_contig(conv_w)?,
         &f32_contig(params)?,
-        MixerCoreOp { dims, seq_idx },
+        MixerCoreOp {
+            dims,
+            seq_idx,
+            bf16: zxbcdt.dtype() == DType::BF16,
+        },
     )?;
     out.to_dtype(zxbcdt.dtype())
 }

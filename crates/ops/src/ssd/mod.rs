@@ -16,14 +16,19 @@
 //! - [`cpu`]: the chunked matmul algorithm on f32 slices, forward and backward (prefill and training on the CPU);
 //! - [`composed`]: the chunked algorithm from candle tensor ops, differentiable by candle autograd (the path of
 //!   every other device until a fused kernel lands there, and a checked twin after);
-//! - [`ssd`] / [`ssd_packed`] (this file): the tensor-level entry point, the one place that picks among them by
-//!   device. A CUDA kernel plugs in at `cuda_fwd` below.
+//! - the fused CUDA forward of `coil-kernels` (`cuda.rs` binds it to candle tensors): bf16 x, B and C, head dim
+//!   and state 64 or 128; other inputs on a GPU take the composed twin;
+//! - [`ssd`] / [`ssd_packed`] and [`ssd_layer`] (this file): the tensor-level entry points, the one place that
+//!   picks among them by device. [`ssd_layer`] takes a layer's raw dt (softplus, bias and clamp inside the
+//!   kernel) and strided views of the conv output, so a Mamba2 layer calls it without copies.
 //!
 //! The training backward runs inside the mixer-core op ([`crate::mixer_core`](mod@crate::mixer_core)); this
 //! entry point is forward only (prefill and chained calls).
 
 pub mod composed;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod reference;
 
 pub use cpu::{
@@ -33,7 +38,7 @@ pub use reference::{ssd_reference, ssd_reference_backward, ssd_step};
 
 use crate::host::{dims4, expect_shape, host_f32};
 use crate::packing::{seq_idx_host, Segments};
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{bail, DType, Device, Result, Tensor};
 
 /// Sizes of one SSD call: `B` batch, `T` time, `H` heads, `P` head dim, `G` groups, `N` state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,8 +314,8 @@ fn cpu_fwd(
     ))
 }
 
-/// The CUDA path. Today the composed twin; the fused SSD forward of `crates/kernels` replaces this body (and
-/// [`composed_fwd`] stays the twin the case table checks it against).
+/// The CUDA path: the fused kernel where it applies (bf16 x, B and C; dt taken as given), else the composed twin
+/// (which the case table checks the kernel against). Both return f32.
 #[cfg(feature = "cuda")]
 fn cuda_fwd(
     dims: SsdDims,
@@ -318,7 +323,129 @@ fn cuda_fwd(
     seq_idx: Option<Vec<i32>>,
     chunk: usize,
 ) -> Result<(Tensor, Tensor)> {
-    composed_fwd(dims, t, seq_idx, chunk)
+    let fused = cuda::Fused {
+        dims,
+        x: t.x,
+        b: t.b,
+        c: t.c,
+        dt: cuda::DtSpec {
+            dt: t.dt,
+            bias: None,
+            softplus: false,
+            limit: (0.0, f32::INFINITY),
+        },
+        a: t.a,
+        d: t.d,
+        initial_state: t.initial_state,
+        seq_idx: seq_idx.as_deref(),
+    };
+    match cuda::fused(&fused)? {
+        Some((y, fin)) => Ok((y.to_dtype(candle_core::DType::F32)?, fin)),
+        None => composed_fwd(dims, t, seq_idx, chunk),
+    }
+}
+
+/// The SSD of one Mamba2 layer with its time-step parametrisation: `dt = clamp(softplus(dt_raw + dt_bias), lo,
+/// hi)`, then the scan with the D skip. Fields are the layer's own tensors, views welcome (column ranges of the
+/// conv and in_proj outputs: any batch and time strides, the rest contiguous).
+pub struct LayerSsd<'a> {
+    /// [B,T,H·P]
+    pub x: &'a Tensor,
+    /// [B,T,G·N], and C likewise.
+    pub b: &'a Tensor,
+    pub c: &'a Tensor,
+    /// [B,T,H], before softplus and bias.
+    pub dt_raw: &'a Tensor,
+    /// [H] each; `a` = A = −exp(A_log).
+    pub dt_bias: &'a Tensor,
+    pub a: &'a Tensor,
+    pub d: &'a Tensor,
+    /// [B,H,P,N], the state before the first position.
+    pub initial_state: Option<&'a Tensor>,
+    /// [B·T] example ids of packed rows (host).
+    pub seq_idx: Option<&'a [i32]>,
+    pub heads: usize,
+    pub groups: usize,
+    /// The chunk size of the chunked algorithm (changes rounding only).
+    pub chunk: usize,
+    /// `(lo, hi)` clamp of dt; `(0, ∞)` for none.
+    pub dt_limit: (f32, f32),
+    /// The layer's activation dtype. A bf16 layer on a GPU runs the fused bf16 kernel (x, B and C rounded to bf16
+    /// first if they come in f32); other layers and devices compute in f32.
+    pub dtype: DType,
+}
+
+/// [`LayerSsd`] → `(y [B,T,H·P], final_state [B,H,P,N] f32)`. A bf16 layer on a GPU gets the fused kernel (one
+/// launch) and a bf16 y; elsewhere y is f32 from [`ssd_packed`] after [`crate::dt::dt_softplus`].
+pub fn ssd_layer(l: &LayerSsd) -> Result<(Tensor, Tensor)> {
+    let (batch, seqlen, hp) = l.x.dims3()?;
+    let (_, _, gn) = l.b.dims3()?;
+    if l.heads == 0 || hp % l.heads != 0 || l.groups == 0 || gn % l.groups != 0 {
+        bail!(
+            "ssd layer: x [.., {hp}] and B [.., {gn}] do not split into {} heads and {} groups",
+            l.heads,
+            l.groups
+        );
+    }
+    let (head_dim, state) = (hp / l.heads, gn / l.groups);
+    #[cfg(feature = "cuda")]
+    {
+        let dims = SsdDims {
+            batch,
+            seqlen,
+            heads: l.heads,
+            head_dim,
+            groups: l.groups,
+            state,
+        };
+        expect_shape(l.dt_raw, &[batch, seqlen, l.heads], "ssd layer dt")?;
+        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
+        let on_gpu_bf16 = l.dtype == DType::BF16 && matches!(l.x.device(), Device::Cuda(_));
+        let (x, b, c) = if on_gpu_bf16 {
+            (bf16(l.x)?, bf16(l.b)?, bf16(l.c)?)
+        } else {
+            (l.x.clone(), l.b.clone(), l.c.clone())
+        };
+        let fused = cuda::Fused {
+            dims,
+            x: &x,
+            b: &b,
+            c: &c,
+            dt: cuda::DtSpec {
+                dt: l.dt_raw,
+                bias: Some(l.dt_bias),
+                softplus: true,
+                limit: l.dt_limit,
+            },
+            a: l.a,
+            d: l.d,
+            initial_state: l.initial_state,
+            seq_idx: l.seq_idx,
+        };
+        if let Some((y, fin)) = cuda::fused(&fused)? {
+            return Ok((y.reshape((batch, seqlen, hp))?, fin));
+        }
+    }
+    let x = l.x.reshape((batch, seqlen, l.heads, head_dim))?;
+    let b = l.b.reshape((batch, seqlen, l.groups, state))?;
+    let c = l.c.reshape((batch, seqlen, l.groups, state))?;
+    let dt = crate::dt::dt_softplus(l.dt_raw, l.dt_bias, l.dt_limit)?;
+    let seq_idx = l
+        .seq_idx
+        .map(|ids| Tensor::from_slice(ids, (batch, seqlen), &Device::Cpu))
+        .transpose()?;
+    let (y, fin) = ssd_packed(
+        &x,
+        &dt,
+        l.a,
+        &b,
+        &c,
+        l.d,
+        l.initial_state,
+        seq_idx.as_ref(),
+        l.chunk,
+    )?;
+    Ok((y.reshape((batch, seqlen, hp))?, fin))
 }
 
 /// Any other device: [`composed::ssd`].
@@ -346,6 +473,8 @@ fn composed_fwd(
     )
 }
 
+#[cfg(test)]
+pub(crate) mod layer_tests;
 #[cfg(test)]
 mod property_tests;
 #[cfg(test)]
