@@ -18,4 +18,4 @@ mod module;
 #[cfg(feature = "cuda")]
 pub mod ssd_fwd;
 #[cfg(feature = "cuda")]
-pub use module::{KernelError, Result};
+pub use module::{keep_freed_memory, KernelError, Result};

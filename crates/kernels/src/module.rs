@@ -1,6 +1,9 @@
 //! Loading the embedded cubins into a device's context, once per device and function.
 
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::result;
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUfunction_attribute_enum, CUmemPool_attribute,
+};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, DriverError,
 };
@@ -97,4 +100,26 @@ pub(crate) fn function(
     )?;
     loaded.functions.insert((ordinal, function), f.clone());
     Ok(f)
+}
+
+/// Keeps memory freed on `ctx`'s device in its stream-ordered pool instead of handing it back to the driver at
+/// every synchronisation (the pool's default release threshold is 0). candle allocates every op's output with
+/// `cuMemAllocAsync`; with the default, a loop that synchronises each iteration (a timed benchmark, a training
+/// step that reads its loss) maps fresh memory for every large tensor again, at a cost that grows with its size.
+/// Measured on the H200: 0.14 ms of 0.58 ms per NH-8B SSD forward at 1x8192. PyTorch's caching allocator keeps
+/// freed blocks the same way.
+pub fn keep_freed_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    ctx.bind_to_thread()?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the device handle comes from a live context bound to this thread, and the release threshold
+    // attribute takes a pointer to a u64, which `threshold` is.
+    unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device())?;
+        result::mem_pool::set_attribute(
+            pool,
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )?;
+    }
+    Ok(())
 }

@@ -11,6 +11,13 @@ pub const DEFAULT_DEVICE: &str = "auto";
 
 /// Parses a device spec: `auto`, `cpu`, `cuda` or `cuda:N`.
 pub fn select_device(spec: &str) -> Result<Device> {
+    let dev = parse_device(spec)?;
+    coil_ops::prepare_device(&dev)
+        .map_err(|e| ModelError::Unsupported(format!("device {spec:?}: {e}")))?;
+    Ok(dev)
+}
+
+fn parse_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(if candle_core::utils::cuda_is_available() {

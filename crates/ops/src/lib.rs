@@ -42,6 +42,19 @@ pub use mixer_core::{
     MixerCoreDims, MixerCoreGrads, MixerParams,
 };
 
+/// Settings a device needs before the ops run on it, once per device: on a CUDA GPU, freed memory stays in the
+/// stream-ordered pool (`coil_kernels::keep_freed_memory`), so repeated steps do not map their tensors afresh.
+/// Nothing elsewhere.
+pub fn prepare_device(dev: &candle_core::Device) -> candle_core::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(c) = dev {
+        coil_kernels::keep_freed_memory(c.cuda_stream().context())
+            .map_err(|e| candle_core::Error::Msg(format!("CUDA memory pool: {e}")))?;
+    }
+    let _ = dev;
+    Ok(())
+}
+
 // The case tables (`<op>/tests.rs`) name this crate `coil_ops`, so `tests/cuda.rs` can include them as they are.
 #[cfg(test)]
 extern crate self as coil_ops;
