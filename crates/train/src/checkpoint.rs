@@ -96,8 +96,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let write = || -> Result<()> {
-        let cfg = serde_json::to_string_pretty(&coil_model::hf_config::to_hf_config(config))
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let cfg = coil_model::hf_config::config_json(config)?;
         let p = tmp.join("config.json");
         std::fs::write(&p, cfg).map_err(io(&p))?;
         let w: HashMap<String, Tensor> = weights
