@@ -306,7 +306,7 @@ fn demo_model() -> ModelConfig {
         },
         tokens: SpecialTokens {
             bos: None,
-            eos: Some(crate::resolve::BYTE_EOD),
+            eos: Some(coil_data::tokenizer::BYTE_EOD),
             pad: None,
         },
     }
