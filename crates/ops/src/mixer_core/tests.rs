@@ -76,7 +76,7 @@ fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// The mixer core in f64, written out from the definitions (numerics.md §1.4) on top of the f64 SSD recurrence.
+/// The mixer core in f64, written out from the definitions (docs/numerics.md §2) on top of the f64 SSD recurrence.
 pub(crate) fn forward64(
     dims: &MixerCoreDims,
     (batch, seqlen): (usize, usize),

@@ -1,4 +1,4 @@
-//! Backward of the SSD scan (numerics.md §2.4): gradients of `(y, final_state)` with respect to every input.
+//! Backward of the SSD scan (docs/numerics.md §3.3): gradients of `(y, final_state)` with respect to every input.
 //!
 //! [`ssd_reference_backward`] is plain reverse-mode through the sequential recurrence (f64, every state kept).
 //! [`ssd_chunked_backward`] is the chunked algorithm used in training. It recomputes what the forward built

@@ -1,11 +1,11 @@
-//! The SSD scan of a Mamba2 mixer (numerics.md §1.5, §2.3).
+//! The SSD scan of a Mamba2 mixer (docs/numerics.md §3).
 //!
 //! Per batch `b` and head `h` (group `g = h / (H/G)`), with state `s` of shape [P, N]:
 //! `s_t = exp(dt_t·A_h)·s_{t-1} + dt_t · x_t ⊗ B_t[g]`, `y_t = s_t · C_t[g] + D_h · x_t`.
 //!
 //! [`ssd_reference`] runs that recurrence step by step (in f64); [`ssd_chunked`] is the matmul-based chunked
 //! algorithm used for prefill and training. Both take an initial state and return the final state.
-//! [`ssd_reference_backward`] and [`ssd_chunked_backward`] are their gradients (numerics.md §2.4).
+//! [`ssd_reference_backward`] and [`ssd_chunked_backward`] are their gradients (docs/numerics.md §3.3).
 //!
 //! Layouts (row-major): x [B,T,H,P], dt [B,T,H] (already softplus'd and clamped), A [H] (negative), B and C
 //! [B,T,G,N], D [H], states [B,H,P,N], y [B,T,H,P], seq_idx [B,T].
