@@ -54,6 +54,10 @@ impl Recipe {
             .model
             .layers()
             .map_err(|e| RecipeError::Invalid(format!("model.pattern: {e}")))?;
+        // Sizes, and what the model family's HF code can compute (so every checkpoint exports exactly).
+        self.model
+            .validate()
+            .map_err(|e| RecipeError::Invalid(format!("[model]: {e}")))?;
         if !kinds.len().is_multiple_of(p.pipeline_parallelism) {
             return bad(format!(
                 "the pattern has {} layers, not a multiple of pipeline_parallelism {}",
