@@ -122,22 +122,6 @@ pub fn config_json(cfg: &ModelConfig) -> Result<String> {
         .map_err(|e| ModelError::Invalid(format!("writing config.json: {e}")))
 }
 
-/// Writes `dir/config.json` for `cfg` through a temporary file and a rename.
-pub fn write_config(dir: &Path, cfg: &ModelConfig) -> Result<()> {
-    let text = config_json(cfg)?;
-    let path = dir.join("config.json");
-    let tmp = dir.join(format!(".config.json.tmp-{}", std::process::id()));
-    let io = |source| ModelError::Io {
-        path: path.clone(),
-        source,
-    };
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(io)
-}
-
 /// Mamba2 mixers use SiLU; `field` may be absent (the default is silu).
 fn silu_only(field: &str, act: Option<&str>) -> std::result::Result<(), String> {
     match act.unwrap_or("silu") {
