@@ -2,7 +2,7 @@
 //! tokens; clear errors for what this build cannot do.
 
 mod common;
-use common::{coil, coil_model_io, fixture};
+use common::{coil, coil_model_io, fixture, text};
 
 #[test]
 fn input_ids_to_output_tokens_equal_hf_greedy() {
@@ -80,4 +80,64 @@ fn unsupported_and_invalid_flags_fail_with_clear_messages() {
         "hello",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--tokenizer"));
+}
+
+#[test]
+fn text_prompt_on_a_freshly_trained_demo_checkpoint() {
+    // The README's path: train the demo (here 2 steps), then prompt its checkpoint with text.
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = format!("run.dir={}", dir.path().display());
+    let o = coil(&[
+        "pretrain",
+        "--recipe",
+        "demo",
+        &run_dir,
+        "trainer.max_steps=2",
+        "trainer.seq_length=32",
+        "trainer.global_batch_size=2",
+        "trainer.micro_batch_size=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "run.sample_tokens=0",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let ckpt = dir.path().join("demo/checkpoints/step-2");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(ckpt.join(f).is_file(), "the checkpoint lacks {f}");
+    }
+    let model = ckpt.to_string_lossy().into_owned();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--prompts",
+            "ROMEO:",
+            "--num-tokens-to-generate",
+            "12",
+            "--top-k",
+            "1",
+            "--top-p",
+            "0",
+            "--ignore-eos",
+        ];
+        args.extend_from_slice(extra);
+        coil(&args)
+    };
+    let o = generate(&[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.starts_with("ROMEO:"), "{out}");
+    assert!(err.contains("generated 12 tokens"), "{err}");
+    // `--tokenizer bytes` names the built-in tokenizer (not a path) and encodes the same way.
+    let o2 = generate(&["--tokenizer", "bytes"]);
+    let (out2, err2) = text(&o2);
+    assert!(o2.status.success(), "{out2}{err2}");
+    assert_eq!(out2, out);
 }

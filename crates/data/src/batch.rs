@@ -195,9 +195,7 @@ impl<S: SampleSource> Loader<S> {
             .collect::<Result<Vec<_>>>()?;
         self.cursor.consumed_samples += global;
         match self.padding {
-            Some((pad, multiple, max_len)) => {
-                crate::sft::pad_batch(&samples, pad, multiple, max_len).map(Some)
-            }
+            Some((pad, multiple, max_len)) => pad_batch(&samples, pad, multiple, max_len).map(Some),
             None => Batch::stack(&samples).map(Some),
         }
     }
@@ -208,4 +206,38 @@ impl<S: SampleSource> Iterator for Loader<S> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_batch().transpose()
     }
+}
+
+/// Pad samples of different lengths to one length: the longest rounded up to `multiple`, capped at
+/// `max_len`. Padding positions get `pad_id` as token and label, mask 0, and continuing positions.
+pub fn pad_batch(
+    samples: &[Sample],
+    pad_id: i64,
+    multiple: usize,
+    max_len: usize,
+) -> Result<Batch> {
+    let longest = samples.iter().map(Sample::len).max().unwrap_or(0);
+    let m = multiple.max(1);
+    let len = longest.div_ceil(m) * m;
+    let len = len.min(max_len.max(longest));
+    let padded: Vec<Sample> = samples
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            let extra = len - s.len();
+            let start = s.len() as i64;
+            s.tokens.extend(std::iter::repeat_n(pad_id, extra));
+            s.labels.extend(std::iter::repeat_n(pad_id, extra));
+            s.loss_mask.extend(std::iter::repeat_n(0.0, extra));
+            s.position_ids.extend(start..start + extra as i64);
+            // Padding of a packed row is a segment of its own, so no example attends to it or carries
+            // state into it (its loss mask is 0 anyway).
+            if let Some(seq) = s.seq_idx.as_mut() {
+                let next = seq.last().map_or(0, |v| v + 1);
+                seq.extend(std::iter::repeat_n(next, extra));
+            }
+            s
+        })
+        .collect();
+    Batch::stack(&padded)
 }

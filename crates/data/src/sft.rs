@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::batch::{Batch, Sample, SampleSource};
+use crate::batch::{pad_batch, Batch, Sample, SampleSource};
 use crate::error::{DataError, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -187,40 +187,6 @@ impl SampleSource for SftDataset {
         })?;
         Ok(ex.to_sample(self.config.answer_only_loss))
     }
-}
-
-/// Pad samples of different lengths to one length: the longest rounded up to `multiple`, capped at
-/// `max_len`. Padding positions get `pad_id` as token and label, mask 0, and continuing positions.
-pub fn pad_batch(
-    samples: &[Sample],
-    pad_id: i64,
-    multiple: usize,
-    max_len: usize,
-) -> Result<Batch> {
-    let longest = samples.iter().map(Sample::len).max().unwrap_or(0);
-    let m = multiple.max(1);
-    let len = longest.div_ceil(m) * m;
-    let len = len.min(max_len.max(longest));
-    let padded: Vec<Sample> = samples
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            let extra = len - s.len();
-            let start = s.len() as i64;
-            s.tokens.extend(std::iter::repeat_n(pad_id, extra));
-            s.labels.extend(std::iter::repeat_n(pad_id, extra));
-            s.loss_mask.extend(std::iter::repeat_n(0.0, extra));
-            s.position_ids.extend(start..start + extra as i64);
-            // Padding of a packed row is a segment of its own, so no example attends to it or carries
-            // state into it (its loss mask is 0 anyway).
-            if let Some(seq) = s.seq_idx.as_mut() {
-                let next = seq.last().map_or(0, |v| v + 1);
-                seq.extend(std::iter::repeat_n(next, extra));
-            }
-            s
-        })
-        .collect();
-    Batch::stack(&padded)
 }
 
 /// Greedy first-fit packing in input order: each example (its `len(ids) - 1` positions) goes into the

@@ -249,7 +249,7 @@ fn padding_a_packed_row_extends_seq_idx_with_its_own_segment() {
     a.seq_idx = Some(vec![0, 0, 1]);
     let mut b = coil_data::Sample::from_window(&[5, 6]);
     b.seq_idx = Some(vec![0]);
-    let batch = coil_data::sft::pad_batch(&[a, b], 9, 4, 8).unwrap();
+    let batch = coil_data::batch::pad_batch(&[a, b], 9, 4, 8).unwrap();
     assert_eq!(batch.shape, [2, 4]);
     assert_eq!(batch.seq_idx.unwrap(), vec![0, 0, 1, 2, 0, 1, 1, 1]);
 }

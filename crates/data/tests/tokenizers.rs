@@ -146,3 +146,90 @@ fn vocab_padding_matches_nemo() {
     assert_eq!(padded_vocab_size(256000, 128, 8), 256000);
     assert_eq!(padded_vocab_size(50257, 128, 2), 50432);
 }
+
+/// Writes `tok`'s model-directory files into a fresh directory and loads the tokenizer back from it.
+fn through_model_dir(spec: &str) -> (tempfile::TempDir, Box<dyn coil_data::Tokenizer>) {
+    let tok = load_tokenizer(spec).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for f in tok.model_dir_files().unwrap() {
+        std::fs::write(dir.path().join(&f.name), &f.contents).unwrap();
+    }
+    let back =
+        load_tokenizer(&dir.path().to_string_lossy()).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    (dir, back)
+}
+
+const SAMPLES: [&str; 4] = [
+    "ROMEO: But soft, what light through yonder window breaks?",
+    "  leading spaces\n\tand tabs  ",
+    "ünïcödé → 東京 🙂",
+    "",
+];
+
+#[test]
+fn every_tokenizer_travels_with_a_model_directory() {
+    let specs = [
+        "bytes".to_string(),
+        "gpt2".to_string(),
+        fixture("tiny_bpe_tokenizer.json")
+            .to_string_lossy()
+            .into_owned(),
+        fixture("tiny_tiktoken_vocab.json")
+            .to_string_lossy()
+            .into_owned(),
+        fixture("tiny_spm_bpe.model").to_string_lossy().into_owned(),
+    ];
+    for spec in &specs {
+        let tok = load_tokenizer(spec).unwrap();
+        let (_dir, back) = through_model_dir(spec);
+        for text in SAMPLES {
+            let ids = tok.encode(text).unwrap();
+            assert_eq!(back.encode(text).unwrap(), ids, "{spec}: {text:?}");
+            assert_eq!(
+                back.decode(&ids).unwrap(),
+                tok.decode(&ids).unwrap(),
+                "{spec}"
+            );
+        }
+        assert_eq!(back.vocab_size(), tok.vocab_size(), "{spec}");
+        assert_eq!(back.eos_id(), tok.eos_id(), "{spec}");
+    }
+}
+
+#[test]
+fn the_byte_tokenizer_is_an_hf_tokenizer_json_in_a_model_directory() {
+    let (dir, back) = through_model_dir("bytes");
+    assert!(dir.path().join("tokenizer.json").is_file());
+    assert!(dir.path().join("tokenizer_config.json").is_file());
+    assert!(back.describe().starts_with("hf:"), "{}", back.describe());
+    // every byte value is its own id, and the end-of-document token is 256
+    let all: String = (0u8..128).map(char::from).collect();
+    assert_eq!(back.encode(&all).unwrap(), (0u32..128).collect::<Vec<_>>());
+    assert_eq!(back.encode("é").unwrap(), vec![0xC3, 0xA9]);
+    assert_eq!(back.vocab_size(), 257);
+    assert_eq!(back.eos_id(), Some(256));
+    assert_eq!(back.decode(&[72, 105, 256]).unwrap(), "Hi");
+}
+
+#[test]
+fn a_model_directory_without_a_tokenizer_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load_tokenizer(&dir.path().to_string_lossy())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("no tokenizer.json or coil_tokenizer.json"),
+        "{e}"
+    );
+    std::fs::write(
+        dir.path().join("coil_tokenizer.json"),
+        r#"{"tokenizer": "spm:../outside.model"}"#,
+    )
+    .unwrap();
+    let e = load_tokenizer(&dir.path().to_string_lossy())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("must be a file name in this directory"), "{e}");
+}

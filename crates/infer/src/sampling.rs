@@ -1,4 +1,4 @@
-//! Next-token sampling exactly by Megatron's rules (nemo_spec.md §5.3, MLM `sample_from_logits`):
+//! Next-token sampling exactly by Megatron's rules (docs/nemo.md §5, MLM `sample_from_logits`):
 //!
 //! - `top_k > 0` together with `top_p > 0` is refused; `top_p` must lie in [0, 1].
 //! - `top_k == 1` is greedy: the first index of the largest logit; the temperature is ignored.

@@ -1,4 +1,4 @@
-//! The fast single-token decode step over a batch of independent sequences (numerics.md §1.6, §3.4).
+//! The fast single-token decode step over a batch of independent sequences (docs/numerics.md §4).
 //!
 //! Per layer: RMSNorm → one batched matrix-vector product for the input projection (every weight row read
 //! once for the whole batch) → the per-sequence update (Mamba: roll the conv window, conv + SiLU, dt, the SSM

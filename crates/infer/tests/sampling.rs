@@ -1,4 +1,4 @@
-//! Megatron's sampling rules (nemo_spec.md §5.3), one test per rule.
+//! Megatron's sampling rules (docs/nemo.md §5), one test per rule.
 
 use coil_infer::sampling::{argmax, nucleus_len, Sampler, SamplingParams};
 

@@ -295,6 +295,7 @@ impl ModelConfig {
                 }
             }
         }
+        self.validate_family(&kinds)?;
         if kinds.contains(&LayerKind::Attention) {
             let a = &self.attention;
             if a.num_heads == 0
@@ -310,6 +311,49 @@ impl ModelConfig {
         }
         if kinds.contains(&LayerKind::Mlp) && self.mlp.intermediate_size == 0 {
             return bad("mlp: intermediate_size must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    /// What the family's HF code can compute, so that an exported checkpoint computes in transformers what it
+    /// computes in Coil (docs/numerics.md §5).
+    fn validate_family(&self, kinds: &[LayerKind]) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Invalid(msg));
+        match self.family {
+            Family::Mamba2 => {
+                if kinds.iter().any(|k| *k != LayerKind::Mamba) {
+                    return bad(format!(
+                        "family mamba2 holds Mamba2 layers only, but the pattern {:?} has attention or MLP \
+                         layers; use family nemotron_h for hybrids",
+                        self.pattern
+                    ));
+                }
+                let inner = self.mamba.num_heads * self.mamba.head_dim;
+                if !inner.is_multiple_of(self.hidden_size) {
+                    return bad(format!(
+                        "family mamba2: num_heads·head_dim ({inner}) must be a multiple of hidden_size ({}), \
+                         since HF's Mamba2 derives the inner width as expand·hidden_size",
+                        self.hidden_size
+                    ));
+                }
+            }
+            Family::NemotronH => {
+                if let Some(hi) = self.mamba.dt_clamp_max {
+                    return bad(format!(
+                        "family nemotron_h: dt clamp max {hi} is not expressible, since HF's Nemotron-H clamps dt \
+                         from below only (at time_step_min); unset mamba.dt_clamp_max or use family mamba2"
+                    ));
+                }
+                if self.residual_in_fp32 {
+                    return bad(
+                        "family nemotron_h: residual_in_fp32 = true is not expressible, since HF's Nemotron-H \
+                         keeps the residual stream in the compute dtype; set residual_in_fp32 = false"
+                            .into(),
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -19,8 +19,10 @@ pub mod layers;
 pub mod lm;
 pub mod params;
 pub mod presets;
+pub mod trace;
 pub mod weights;
 
 pub use config::{LayerKind, ModelConfig};
 pub use error::{ModelError, Result};
-pub use lm::{next_token_loss, HybridLm, LayerState, ModelState, Trace};
+pub use lm::{next_token_loss, HybridLm, LayerState, ModelState};
+pub use trace::Trace;

@@ -4,23 +4,13 @@ use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::attention::{segment_mask, Attention, KvCache};
 use crate::layers::mamba::{Mamba2Mixer, MambaState};
-use crate::layers::{mlp::Mlp, rms_norm, Linear};
+use crate::layers::{mlp::Mlp, rms_norm, Linear, ParamMap};
 use crate::params::param_specs;
+use crate::trace::Trace;
 use crate::weights::{Loader, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Intermediate activations by name (`act.embeddings`, `act.layers.{i}.out`, `act.layers.{i}.mixer.*`,
-/// `act.norm_f`), the names the HF fixtures use.
-#[derive(Default, Debug)]
-pub struct Trace(pub BTreeMap<String, Tensor>);
-
-impl Trace {
-    pub fn record(&mut self, name: impl Into<String>, t: &Tensor) {
-        self.0.insert(name.into(), t.clone());
-    }
-}
 
 /// What one layer carries from token to token.
 #[derive(Clone, Debug)]
@@ -70,6 +60,8 @@ pub struct HybridLm {
     /// `None` when tied to the embeddings.
     pub lm_head: Option<Tensor>,
     pub dtype: DType,
+    /// Every parameter by checkpoint name, in the order of [`param_specs`]: the tensors the fields above hold.
+    params: Vec<(String, Tensor)>,
 }
 
 impl HybridLm {
@@ -86,35 +78,35 @@ impl HybridLm {
             device: device.clone(),
             dtype,
         };
-        let (v, d) = (config.vocab_size, config.hidden_size);
+        let mut p = ParamMap::read(&l, &param_specs(config)?)?;
         let mut blocks = Vec::new();
         for (i, kind) in config.layers()?.into_iter().enumerate() {
             let prefix = format!("backbone.layers.{i}");
             let mixer_prefix = format!("{prefix}.mixer");
             let mixer = match kind {
-                LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(&l, &mixer_prefix, config)?),
+                LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(&mut p, &mixer_prefix, config)?),
                 LayerKind::Attention => {
-                    Mixer::Attention(Attention::load(&l, &mixer_prefix, config)?)
+                    Mixer::Attention(Attention::load(&mut p, &mixer_prefix, config)?)
                 }
-                LayerKind::Mlp => Mixer::Mlp(Mlp::load(&l, &mixer_prefix, config)?),
+                LayerKind::Mlp => Mixer::Mlp(Mlp::load(&mut p, &mixer_prefix, config)?),
             };
             blocks.push(Block {
                 kind,
-                norm: l.tensor(&format!("{prefix}.norm.weight"), &[d])?,
+                norm: p.take(&format!("{prefix}.norm.weight"))?,
                 mixer,
             });
         }
+        let embeddings = p.take("backbone.embeddings.weight")?;
+        let norm_f = p.take("backbone.norm_f.weight")?;
+        let lm_head = p.take_opt("lm_head.weight");
         Ok(HybridLm {
             config: config.clone(),
-            embeddings: l.tensor("backbone.embeddings.weight", &[v, d])?,
+            embeddings,
             blocks,
-            norm_f: l.tensor("backbone.norm_f.weight", &[d])?,
-            lm_head: if config.tie_word_embeddings {
-                None
-            } else {
-                Some(l.tensor("lm_head.weight", &[v, d])?)
-            },
+            norm_f,
+            lm_head,
             dtype,
+            params: p.finish()?,
         })
     }
 
@@ -350,69 +342,10 @@ impl HybridLm {
         Ok((model, vars))
     }
 
-    /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`].
+    /// Every parameter by checkpoint name (the LM head only when untied), in the order of [`param_specs`]: the
+    /// names the model was loaded by, with the tensors its layers hold.
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
-        by_name.insert("backbone.embeddings.weight".into(), self.embeddings.clone());
-        by_name.insert("backbone.norm_f.weight".into(), self.norm_f.clone());
-        if let Some(h) = &self.lm_head {
-            by_name.insert("lm_head.weight".into(), h.clone());
-        }
-        for (i, block) in self.blocks.iter().enumerate() {
-            let mut put = |s: &str, t: &Tensor| {
-                by_name.insert(format!("backbone.layers.{i}.{s}"), t.clone());
-            };
-            put("norm.weight", &block.norm);
-            let mut lin = |s: &str, l: &Linear| {
-                by_name.insert(
-                    format!("backbone.layers.{i}.mixer.{s}.weight"),
-                    l.weight.clone(),
-                );
-                if let Some(b) = &l.bias {
-                    by_name.insert(format!("backbone.layers.{i}.mixer.{s}.bias"), b.clone());
-                }
-            };
-            match &block.mixer {
-                Mixer::Mamba(m) => {
-                    lin("in_proj", &m.in_proj);
-                    lin("out_proj", &m.out_proj);
-                    let k = m.dims.conv_kernel;
-                    let mut put = |s: &str, t: Tensor| {
-                        by_name.insert(format!("backbone.layers.{i}.mixer.{s}"), t);
-                    };
-                    put(
-                        "conv1d.weight",
-                        m.conv_weight.reshape((m.dims.conv_dim(), 1, k))?,
-                    );
-                    if let Some(b) = &m.conv_bias {
-                        put("conv1d.bias", b.clone());
-                    }
-                    put("dt_bias", m.dt_bias.clone());
-                    put("A_log", m.a_log.clone());
-                    put("D", m.d.clone());
-                    put("norm.weight", m.norm_weight.clone());
-                }
-                Mixer::Attention(a) => {
-                    lin("q_proj", &a.q_proj);
-                    lin("k_proj", &a.k_proj);
-                    lin("v_proj", &a.v_proj);
-                    lin("o_proj", &a.o_proj);
-                }
-                Mixer::Mlp(m) => {
-                    lin("up_proj", &m.up_proj);
-                    lin("down_proj", &m.down_proj);
-                }
-            }
-        }
-        param_specs(&self.config)?
-            .into_iter()
-            .map(|s| {
-                by_name
-                    .remove(&s.name)
-                    .map(|t| (s.name.clone(), t))
-                    .ok_or(ModelError::Invalid(format!("model lacks {}", s.name)))
-            })
-            .collect()
+        Ok(self.params.clone())
     }
 }
 

@@ -1,7 +1,8 @@
 //! The parameter table: every tensor of a model, by checkpoint name, with its shape and initialisation.
 //!
-//! This list is the single source of truth for names and shapes: the loader checks checkpoints against it,
-//! the parameter count sums it and random initialisation (Megatron's rules, nemo_spec.md §1.5) walks it.
+//! This list is the single source of truth for names, shapes and initialisation: the model reads exactly these
+//! tensors from a checkpoint and saves them under these names, the parameter count sums it and random
+//! initialisation (Megatron's rules, docs/nemo.md §3) walks it. Each layer kind has its own section.
 
 use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
@@ -49,114 +50,32 @@ impl ParamSpec {
     }
 }
 
-/// All parameters of `cfg`, in checkpoint (HF) names. The LM head is absent when embeddings are tied.
+/// All parameters of `cfg`, in checkpoint (HF) names and checkpoint order. The LM head is absent when embeddings
+/// are tied. This table is the one list of parameters: [`crate::HybridLm::load`] reads exactly these tensors
+/// (checking each shape) and its layers take them by name, [`crate::HybridLm::named_tensors`] returns them under
+/// these names, and [`init_params`] draws them.
 pub fn param_specs(cfg: &ModelConfig) -> Result<Vec<ParamSpec>> {
     let kinds = cfg.layers()?;
     let (v, d, std) = (cfg.vocab_size, cfg.hidden_size, cfg.init_std);
-    let n_layers = kinds.len() as f64;
-    // Output projections of every block are scaled by 1/sqrt(num_layers) (Megatron, hybrid models: m = 1).
-    let out_std = std / n_layers.sqrt();
+    let n_layers = kinds.len();
     let mut specs = vec![ParamSpec::new(
         "backbone.embeddings.weight".into(),
         &[v, d],
         Init::Normal(std),
     )];
     for (i, kind) in kinds.iter().enumerate() {
-        let p = |s: &str| format!("backbone.layers.{i}.{s}");
-        specs.push(ParamSpec::new(p("norm.weight"), &[d], Init::Ones));
-        match kind {
-            LayerKind::Mamba => {
-                let m = &cfg.mamba;
-                let md = cfg.mixer_dims();
-                let (h, inner, conv) = (md.heads, md.d_inner(), md.conv_dim());
-                let k = m.conv_kernel;
-                let conv_bound = 1.0 / (k as f64).sqrt(); // kaiming_uniform(a=√5), fan_in = K (depthwise)
-                specs.push(ParamSpec::new(
-                    p("mixer.in_proj.weight"),
-                    &[md.in_proj_dim(), d],
-                    Init::Normal(0.02),
-                ));
-                if m.proj_bias {
-                    specs.push(ParamSpec::new(
-                        p("mixer.in_proj.bias"),
-                        &[md.in_proj_dim()],
-                        Init::Zeros,
-                    ));
-                }
-                specs.push(ParamSpec::new(
-                    p("mixer.conv1d.weight"),
-                    &[conv, 1, k],
-                    Init::Uniform(conv_bound),
-                ));
-                if m.conv_bias {
-                    specs.push(ParamSpec::new(
-                        p("mixer.conv1d.bias"),
-                        &[conv],
-                        Init::Uniform(conv_bound),
-                    ));
-                }
-                let dt = Init::DtBias {
-                    min: m.dt_init_min,
-                    max: m.dt_init_max,
-                    floor: m.dt_init_floor,
-                };
-                specs.push(ParamSpec::new(p("mixer.dt_bias"), &[h], dt));
-                specs.push(ParamSpec::new(p("mixer.A_log"), &[h], Init::ALog));
-                specs.push(ParamSpec::new(p("mixer.D"), &[h], Init::Ones));
-                specs.push(ParamSpec::new(p("mixer.norm.weight"), &[inner], Init::Ones));
-                specs.push(ParamSpec::new(
-                    p("mixer.out_proj.weight"),
-                    &[d, inner],
-                    Init::Normal(0.02 / n_layers.sqrt()),
-                ));
-                if m.proj_bias {
-                    specs.push(ParamSpec::new(p("mixer.out_proj.bias"), &[d], Init::Zeros));
-                }
-            }
-            LayerKind::Attention => {
-                let a = &cfg.attention;
-                let (q, kv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
-                specs.push(ParamSpec::new(
-                    p("mixer.q_proj.weight"),
-                    &[q, d],
-                    Init::Normal(std),
-                ));
-                specs.push(ParamSpec::new(
-                    p("mixer.k_proj.weight"),
-                    &[kv, d],
-                    Init::Normal(std),
-                ));
-                specs.push(ParamSpec::new(
-                    p("mixer.v_proj.weight"),
-                    &[kv, d],
-                    Init::Normal(std),
-                ));
-                specs.push(ParamSpec::new(
-                    p("mixer.o_proj.weight"),
-                    &[d, q],
-                    Init::Normal(out_std),
-                ));
-            }
-            LayerKind::Mlp => {
-                let f = cfg.mlp.intermediate_size;
-                specs.push(ParamSpec::new(
-                    p("mixer.up_proj.weight"),
-                    &[f, d],
-                    Init::Normal(std),
-                ));
-                if cfg.mlp.bias {
-                    specs.push(ParamSpec::new(p("mixer.up_proj.bias"), &[f], Init::Zeros));
-                }
-                specs.push(ParamSpec::new(
-                    p("mixer.down_proj.weight"),
-                    &[d, f],
-                    Init::Normal(out_std),
-                ));
-                if cfg.mlp.bias {
-                    specs.push(ParamSpec::new(p("mixer.down_proj.bias"), &[d], Init::Zeros));
-                }
-            }
-        }
+        let prefix = format!("backbone.layers.{i}");
+        specs.push(ParamSpec::new(
+            format!("{prefix}.norm.weight"),
+            &[d],
+            Init::Ones,
+        ));
+        let mixer = format!("{prefix}.mixer");
+        specs.extend(match kind {
+            LayerKind::Mamba => mamba_mixer(cfg, &mixer, n_layers),
+            LayerKind::Attention => attention(cfg, &mixer, n_layers),
+            LayerKind::Mlp => mlp(cfg, &mixer, n_layers),
+        });
     }
     specs.push(ParamSpec::new(
         "backbone.norm_f.weight".into(),
@@ -171,6 +90,108 @@ pub fn param_specs(cfg: &ModelConfig) -> Result<Vec<ParamSpec>> {
         ));
     }
     Ok(specs)
+}
+
+/// Output projections of every block are scaled by 1/sqrt(num_layers) (Megatron, hybrid models: m = 1).
+fn out_std(std: f64, n_layers: usize) -> f64 {
+    std / (n_layers as f64).sqrt()
+}
+
+/// One Mamba2 mixer's parameters under `prefix` (`backbone.layers.{i}.mixer`).
+fn mamba_mixer(cfg: &ModelConfig, prefix: &str, n_layers: usize) -> Vec<ParamSpec> {
+    let m = &cfg.mamba;
+    let md = cfg.mixer_dims();
+    let (d, h, inner, conv, k) = (
+        cfg.hidden_size,
+        md.heads,
+        md.d_inner(),
+        md.conv_dim(),
+        m.conv_kernel,
+    );
+    let p = |s: &str| format!("{prefix}.{s}");
+    let conv_bound = 1.0 / (k as f64).sqrt(); // kaiming_uniform(a=√5), fan_in = K (depthwise)
+    let mut specs = vec![ParamSpec::new(
+        p("in_proj.weight"),
+        &[md.in_proj_dim(), d],
+        Init::Normal(0.02),
+    )];
+    if m.proj_bias {
+        specs.push(ParamSpec::new(
+            p("in_proj.bias"),
+            &[md.in_proj_dim()],
+            Init::Zeros,
+        ));
+    }
+    specs.push(ParamSpec::new(
+        p("conv1d.weight"),
+        &[conv, 1, k],
+        Init::Uniform(conv_bound),
+    ));
+    if m.conv_bias {
+        specs.push(ParamSpec::new(
+            p("conv1d.bias"),
+            &[conv],
+            Init::Uniform(conv_bound),
+        ));
+    }
+    let dt = Init::DtBias {
+        min: m.dt_init_min,
+        max: m.dt_init_max,
+        floor: m.dt_init_floor,
+    };
+    specs.push(ParamSpec::new(p("dt_bias"), &[h], dt));
+    specs.push(ParamSpec::new(p("A_log"), &[h], Init::ALog));
+    specs.push(ParamSpec::new(p("D"), &[h], Init::Ones));
+    specs.push(ParamSpec::new(p("norm.weight"), &[inner], Init::Ones));
+    specs.push(ParamSpec::new(
+        p("out_proj.weight"),
+        &[d, inner],
+        Init::Normal(out_std(0.02, n_layers)),
+    ));
+    if m.proj_bias {
+        specs.push(ParamSpec::new(p("out_proj.bias"), &[d], Init::Zeros));
+    }
+    specs
+}
+
+/// One attention layer's parameters under `prefix`.
+fn attention(cfg: &ModelConfig, prefix: &str, n_layers: usize) -> Vec<ParamSpec> {
+    let (a, d, std) = (&cfg.attention, cfg.hidden_size, cfg.init_std);
+    let (q, kv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+    let p = |s: &str| format!("{prefix}.{s}");
+    vec![
+        ParamSpec::new(p("q_proj.weight"), &[q, d], Init::Normal(std)),
+        ParamSpec::new(p("k_proj.weight"), &[kv, d], Init::Normal(std)),
+        ParamSpec::new(p("v_proj.weight"), &[kv, d], Init::Normal(std)),
+        ParamSpec::new(
+            p("o_proj.weight"),
+            &[d, q],
+            Init::Normal(out_std(std, n_layers)),
+        ),
+    ]
+}
+
+/// One MLP layer's parameters under `prefix`.
+fn mlp(cfg: &ModelConfig, prefix: &str, n_layers: usize) -> Vec<ParamSpec> {
+    let (f, d, std) = (cfg.mlp.intermediate_size, cfg.hidden_size, cfg.init_std);
+    let p = |s: &str| format!("{prefix}.{s}");
+    let mut specs = vec![ParamSpec::new(
+        p("up_proj.weight"),
+        &[f, d],
+        Init::Normal(std),
+    )];
+    if cfg.mlp.bias {
+        specs.push(ParamSpec::new(p("up_proj.bias"), &[f], Init::Zeros));
+    }
+    specs.push(ParamSpec::new(
+        p("down_proj.weight"),
+        &[d, f],
+        Init::Normal(out_std(std, n_layers)),
+    ));
+    if cfg.mlp.bias {
+        specs.push(ParamSpec::new(p("down_proj.bias"), &[d], Init::Zeros));
+    }
+    specs
 }
 
 /// Number of parameters of `cfg` (a tied LM head counts once).

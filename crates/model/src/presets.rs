@@ -1,4 +1,4 @@
-//! The 11 NeMo model presets (nemo_spec.md §1.2), exact: patterns, heads, groups, state, FFN, attention, vocab.
+//! The 11 NeMo model presets (docs/nemo.md §2), exact: patterns, heads, groups, state, FFN, attention, vocab.
 
 use crate::config::{
     pad_vocab, AttentionConfig, Family, MambaConfig, MlpActivation, MlpConfig, ModelConfig,

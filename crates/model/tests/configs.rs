@@ -1,4 +1,4 @@
-//! Config reading (every HF spelling) and the 11 NeMo presets (nemo_spec.md §1.2), exact.
+//! Config reading (every HF spelling) and the 11 NeMo presets (docs/nemo.md §2), exact.
 
 use coil_model::config::{pad_vocab, parse_pattern, Family, LayerKind, MlpActivation, ModelConfig};
 use coil_model::hf_config::parse_config;
@@ -230,7 +230,7 @@ fn presets_are_exact() {
         assert_eq!(num_parameters(c).unwrap(), params, "{name}");
         assert_eq!(closed_form(c), params, "{name}");
     }
-    // worked in_proj / conv sizes of nemo_spec.md §4.2
+    // worked in_proj / conv sizes of docs/nemo.md §2
     for (name, in_proj, conv) in [
         ("mamba2_130m", 3352, 1792),
         ("nemotronh_4b", 16496, 9216),
@@ -241,7 +241,7 @@ fn presets_are_exact() {
         let d = preset(name).unwrap().config.mixer_dims();
         assert_eq!((d.in_proj_dim(), d.conv_dim()), (in_proj, conv), "{name}");
     }
-    // attention positions of nemo_spec.md §1.3
+    // attention positions of docs/nemo.md §2
     let at = |name: &str| -> Vec<usize> {
         preset(name)
             .unwrap()
@@ -303,7 +303,7 @@ fn hf_config_export_round_trips_every_preset_and_fixture() {
         configs.push(read_config(&dir).unwrap());
     }
     for cfg in configs {
-        let text = serde_json::to_string_pretty(&to_hf_config(&cfg)).unwrap();
+        let text = serde_json::to_string_pretty(&to_hf_config(&cfg).unwrap()).unwrap();
         let back = parse_config(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", cfg.pattern));
         // Sections of layer kinds the pattern does not use are not exported (pure Mamba2 presets carry
         // NeMo's unused attention/FFN values).
@@ -318,4 +318,106 @@ fn hf_config_export_round_trips_every_preset_and_fixture() {
         };
         assert_eq!(back, used(cfg), "{text}");
     }
+}
+
+#[test]
+fn nemotron_h_export_puts_the_clamp_where_transformers_reads_it() {
+    use coil_model::hf_config::to_hf_config;
+    // NeMo's Nemotron-H trains unclamped: transformers must see time_step_min = 0 (it clamps the chunked path
+    // at time_step_min), while the dt initialisation range keeps its lower end 1e-3.
+    let cfg = preset("nemotronh_8b").unwrap().config;
+    assert_eq!((cfg.mamba.dt_clamp_min, cfg.mamba.dt_init_min), (0.0, 1e-3));
+    let v = to_hf_config(&cfg).unwrap();
+    assert_eq!(v["time_step_min"], 0.0);
+    assert_eq!(
+        v["time_step_limit"],
+        serde_json::json!([0.0, {"__float__": "Infinity"}])
+    );
+    assert_eq!(v["coil_dt_init_min"], 1e-3);
+    assert!(v.get("coil_dt_clamp").is_none());
+    assert_eq!(v["layers_block_type"][7], "full_attention");
+    assert_eq!(parse_config(&v.to_string()).unwrap(), cfg);
+    // A lower clamp that equals the initialisation minimum needs no Coil key.
+    let mut clamped = cfg.clone();
+    clamped.mamba.dt_clamp_min = 1e-3;
+    let v = to_hf_config(&clamped).unwrap();
+    assert_eq!(v["time_step_min"], 1e-3);
+    assert!(v.get("coil_dt_init_min").is_none());
+    assert_eq!(parse_config(&v.to_string()).unwrap(), clamped);
+    // What transformers' nemotron_h cannot compute is refused, naming the setting.
+    let mut upper = cfg.clone();
+    upper.mamba.dt_clamp_max = Some(0.5);
+    let e = to_hf_config(&upper).unwrap_err().to_string();
+    assert!(
+        e.contains("dt clamp max") && e.contains("nemotron_h"),
+        "{e}"
+    );
+    let mut fp32 = cfg.clone();
+    fp32.residual_in_fp32 = true;
+    let e = fp32.validate().unwrap_err().to_string();
+    assert!(e.contains("residual_in_fp32"), "{e}");
+}
+
+#[test]
+fn configs_written_before_the_exact_export_reload_as_trained() {
+    // Older Coil files recorded the clamp in coil_dt_clamp and wrote time_step_min = the init minimum.
+    let old = nh(
+        r#""hybrid_override_pattern": "M*M-", "time_step_min": 0.001, "coil_dt_clamp": [0.0, {"__float__": "Infinity"}]"#,
+    );
+    assert_eq!((old.mamba.dt_clamp_min, old.mamba.dt_init_min), (0.0, 1e-3));
+    let v = coil_model::hf_config::to_hf_config(&old).unwrap();
+    assert_eq!(
+        (v["time_step_min"].as_f64(), v["coil_dt_init_min"].as_f64()),
+        (Some(0.0), Some(1e-3))
+    );
+}
+
+#[test]
+fn mamba2_family_holds_what_transformers_mamba2_can_say() {
+    let mut cfg = preset("mamba2_130m").unwrap().config;
+    cfg.mamba.dt_clamp_min = 0.01;
+    cfg.mamba.dt_clamp_max = Some(0.5);
+    let v = coil_model::hf_config::to_hf_config(&cfg).unwrap();
+    assert_eq!(v["time_step_limit"], serde_json::json!([0.01, 0.5]));
+    assert_eq!(v["time_step_min"], 1e-3);
+    let mut hybrid = cfg.clone();
+    hybrid.pattern = "M*M-".into();
+    let e = hybrid.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("family mamba2") && e.contains("nemotron_h"),
+        "{e}"
+    );
+}
+
+#[test]
+fn state_spaces_config_round_trips() {
+    use coil_model::hf_config::StateSpacesConfig;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/state_spaces_mamba2_tiny");
+    let cfg = coil_model::hf_config::read_config(&dir).unwrap();
+    let ss = StateSpacesConfig::try_from(&cfg).unwrap();
+    let back = parse_config(&serde_json::to_string(&ss).unwrap()).unwrap();
+    assert_eq!(back, cfg);
+    // the format has no field for the norm epsilon
+    let mut eps = cfg.clone();
+    eps.norm_eps = 1e-6;
+    assert!(StateSpacesConfig::try_from(&eps)
+        .unwrap_err()
+        .contains("norm_eps"));
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let e = parse_config(r#"{"d_model": 64, "n_layer": 2, "vocab_size": 256, "ssm_cfg": {"layer": "Mamba2", "d_state": "x"}}"#).unwrap_err();
+    assert!(e.contains("ssm_cfg.d_state"), "{e}");
+    let e = parse_config(&format!(
+        r#"{{{NH_BASE}, "hybrid_override_pattern": "M", "time_step_limit": [0.0, 1.0, 2.0]}}"#
+    ))
+    .unwrap_err();
+    assert!(e.contains("time_step_limit"), "{e}");
+    let e = parse_config(&format!(
+        r#"{{{NH_BASE}, "layers_block_type": ["mamba", "conv"]}}"#
+    ))
+    .unwrap_err();
+    assert!(e.contains("layers_block_type") && e.contains("conv"), "{e}");
 }

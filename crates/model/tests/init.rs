@@ -1,4 +1,4 @@
-//! Megatron-style initialisation (nemo_spec.md §1.5): seeded, per-tensor distributions as specified.
+//! Megatron-style initialisation (docs/nemo.md §3): seeded, per-tensor distributions as specified.
 
 use candle_core::{DType, Device, Tensor};
 use coil_model::params::init_params;

@@ -1,5 +1,5 @@
 //! The built-in recipes: NeMo's `pretrain_recipe` / `finetune_recipe` defaults for the 11 models
-//! (nemo_spec.md §2.1-§2.4) and Coil's `demo`.
+//! (docs/nemo.md §4) and Coil's `demo`.
 //!
 //! Where NeMo's code does something its authors evidently did not mean, Coil does the intended thing:
 //! - the cosine schedule anneals over the run's `trainer.max_steps` (NeMo's scheduler keeps its default
@@ -306,7 +306,7 @@ fn demo_model() -> ModelConfig {
         },
         tokens: SpecialTokens {
             bos: None,
-            eos: Some(crate::resolve::BYTE_EOD),
+            eos: Some(coil_data::tokenizer::BYTE_EOD),
             pad: None,
         },
     }

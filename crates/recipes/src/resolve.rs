@@ -54,6 +54,10 @@ impl Recipe {
             .model
             .layers()
             .map_err(|e| RecipeError::Invalid(format!("model.pattern: {e}")))?;
+        // Sizes, and what the model family's HF code can compute (so every checkpoint exports exactly).
+        self.model
+            .validate()
+            .map_err(|e| RecipeError::Invalid(format!("[model]: {e}")))?;
         if !kinds.len().is_multiple_of(p.pipeline_parallelism) {
             return bad(format!(
                 "the pattern has {} layers, not a multiple of pipeline_parallelism {}",
@@ -86,7 +90,6 @@ impl Recipe {
     /// The tokenizer: `tokenizer.path` when set; mock data needs none (ids are drawn below `vocab_size`).
     pub fn load_tokenizer(&self) -> Result<Box<dyn Tokenizer>> {
         match (&self.tokenizer.path, &self.data) {
-            (Some(spec), _) if spec == "bytes" => Ok(Box::new(ByteTokenizer)),
             (Some(spec), _) => coil_data::load_tokenizer(spec).map_err(|e| RecipeError::Value {
                 key: "tokenizer.path".into(),
                 message: e.to_string(),
@@ -177,42 +180,12 @@ impl Recipe {
             },
             start,
             recipe_toml,
+            // Filled by the caller from the tokenizer it loads (`load_tokenizer`).
+            tokenizer_files: Vec::new(),
             device,
             progress: self.run.progress,
             padding: None,
         })
-    }
-}
-
-/// Bytes as tokens: ids 0-255 are the UTF-8 bytes of the text, 256 is end-of-document. Needs no file and
-/// keeps the LM head tiny, which is what lets the `demo` recipe train in minutes on two CPU cores.
-pub struct ByteTokenizer;
-
-/// The end-of-document id of [`ByteTokenizer`].
-pub const BYTE_EOD: u32 = 256;
-
-impl Tokenizer for ByteTokenizer {
-    fn encode(&self, text: &str) -> coil_data::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
-    fn decode(&self, ids: &[u32]) -> coil_data::Result<String> {
-        let bytes: Vec<u8> = ids.iter().filter_map(|&i| u8::try_from(i).ok()).collect();
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-    fn vocab_size(&self) -> usize {
-        257
-    }
-    fn bos_id(&self) -> Option<u32> {
-        None
-    }
-    fn eos_id(&self) -> Option<u32> {
-        Some(BYTE_EOD)
-    }
-    fn pad_id(&self) -> Option<u32> {
-        None
-    }
-    fn describe(&self) -> String {
-        "bytes (built in)".into()
     }
 }
 
@@ -242,5 +215,8 @@ impl Tokenizer for VocabOnly {
     }
     fn describe(&self) -> String {
         format!("vocabulary size {} (mock data, no tokenizer)", self.0)
+    }
+    fn model_dir_files(&self) -> coil_data::Result<Vec<coil_data::tokenizer::ModelDirFile>> {
+        Ok(Vec::new())
     }
 }

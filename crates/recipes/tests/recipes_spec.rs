@@ -1,4 +1,4 @@
-//! Every built-in recipe's resolved numbers against nemo_spec.md §1.2 and §2.1-§2.4.
+//! Every built-in recipe's resolved numbers against docs/nemo.md §2 and §4.
 
 use coil_model::presets::{
     HYBRID_8B_PATTERN, NEMOTRON_H_47B_PATTERN, NEMOTRON_H_56B_PATTERN, NEMOTRON_H_8B_PATTERN,

@@ -1,12 +1,15 @@
 //! Checkpoints: `<run>/checkpoints/step-<N>/` holding `config.json` + `model.safetensors` (HF layout, f32 master
-//! weights: `coil logits`, `coil generate` and HF transformers load it directly), `optimizer.safetensors`
-//! (AdamW moments), `trainer_state.json` (step, consumed samples, seed, losses) and `recipe.toml`.
+//! weights: `coil logits`, `coil generate` and HF transformers load it directly and compute the same function),
+//! the tokenizer's files (`tokenizer.json` + `tokenizer_config.json` for HF-style and byte tokenizers, see
+//! `coil_data::Tokenizer::model_dir_files`), `optimizer.safetensors` (AdamW moments), `trainer_state.json`
+//! (step, consumed samples, seed, losses) and `recipe.toml`.
 //!
 //! A checkpoint is written into `step-<N>.tmp-<pid>` and renamed into place when complete, so a kill at any
 //! moment leaves the previous checkpoints intact; leftover temporary directories are ignored and removed.
 
 use crate::error::{io, Result, TrainError};
 use candle_core::{Device, Tensor};
+use coil_data::tokenizer::ModelDirFile;
 use coil_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -78,7 +81,8 @@ pub fn remove_stale_temporaries(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a checkpoint atomically (temporary directory, then rename). Returns its directory.
+/// Writes a checkpoint atomically (temporary directory, then rename). Returns its directory. `tokenizer_files`
+/// (from the run's tokenizer) go beside the weights.
 pub fn save(
     run_dir: &Path,
     config: &ModelConfig,
@@ -86,6 +90,7 @@ pub fn save(
     optimizer: &HashMap<String, Tensor>,
     state: &TrainerState,
     recipe_toml: &str,
+    tokenizer_files: &[ModelDirFile],
 ) -> Result<PathBuf> {
     let parent = checkpoints_dir(run_dir);
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
@@ -96,8 +101,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let write = || -> Result<()> {
-        let cfg = serde_json::to_string_pretty(&coil_model::hf_config::to_hf_config(config))
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let cfg = coil_model::hf_config::config_json(config)?;
         let p = tmp.join("config.json");
         std::fs::write(&p, cfg).map_err(io(&p))?;
         let w: HashMap<String, Tensor> = weights
@@ -108,6 +112,10 @@ pub fn save(
         candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))?;
         let p = tmp.join("recipe.toml");
         std::fs::write(&p, recipe_toml).map_err(io(&p))?;
+        for f in tokenizer_files {
+            let p = tmp.join(&f.name);
+            std::fs::write(&p, &f.contents).map_err(io(&p))?;
+        }
         // trainer_state.json last: its presence marks a complete checkpoint.
         let p = tmp.join("trainer_state.json");
         let s = serde_json::to_string_pretty(state)

@@ -1,5 +1,5 @@
-//! AdamW with fp32 master weights and fp32 gradient accumulation (Megatron/NeMo settings, nemo_spec.md §1.5,
-//! §2.3): β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1 except on 1-D parameters and biases,
+//! AdamW with fp32 master weights and fp32 gradient accumulation (Megatron/NeMo settings, docs/nemo.md §3,
+//! §4.2): β = (0.9, 0.95), ε = 1e-5, decoupled weight decay 0.1 except on 1-D parameters and biases,
 //! global-norm gradient clipping.
 //!
 //! The compute copy of each parameter (f32, or bf16 for mixed precision) is a candle `Var` the model reads;

@@ -1,5 +1,5 @@
 //! Learning-rate schedule: linear warmup, cosine annealing to `min_lr`, then hold (NeMo's
-//! `CosineAnnealing` / `WarmupAnnealHoldPolicy` math, nemo_spec.md §2.3).
+//! `CosineAnnealing` / `WarmupAnnealHoldPolicy` math, docs/nemo.md §4.2).
 //!
 //! Difference from NeMo, on purpose: NeMo's `CosineAnnealingScheduler` silently anneals over `max_steps = 10`
 //! (its default is never linked to the trainer), so after warmup the LR drops straight to `min_lr`. Coil anneals

@@ -74,6 +74,9 @@ pub struct TrainRun {
     pub start: Start,
     /// The resolved recipe, stored with the run and in every checkpoint.
     pub recipe_toml: String,
+    /// The tokenizer's files (`coil_data::Tokenizer::model_dir_files`), written into every checkpoint so that
+    /// its model can be prompted with text; empty for mock data.
+    pub tokenizer_files: Vec<coil_data::tokenizer::ModelDirFile>,
     pub device: Device,
     pub progress: bool,
     /// `Some((pad_id, multiple, max_len))` for variable-length samples (unpacked SFT data): each micro-batch is
@@ -396,6 +399,7 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
                 &opt.state_tensors(),
                 &state,
                 &run.recipe_toml,
+                &run.tokenizer_files,
             )?;
             checkpoint::apply_retention(&run.run_dir, tc.save_top_k, tc.save_last)?;
             summary.last_checkpoint = Some(dir);

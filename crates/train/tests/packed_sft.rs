@@ -137,6 +137,7 @@ fn fine_tuning_on_packed_rows_trains() {
         },
         start: Start::Pretrained(fixture_dir()),
         recipe_toml: "# packed SFT test\n".into(),
+        tokenizer_files: Vec::new(),
         device: Device::Cpu,
         progress: false,
         padding: None,

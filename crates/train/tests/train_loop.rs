@@ -102,6 +102,7 @@ fn run(dir: &std::path::Path, pattern: &str, max_steps: u64, val_every: u64, lr:
         },
         start: Start::Random,
         recipe_toml: "# test\n".into(),
+        tokenizer_files: Vec::new(),
         device: Device::Cpu,
         progress: false,
         padding: None,

@@ -21,7 +21,7 @@ pub enum BenchCommand {
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
-    /// Model shape, a preset name (see nemo_spec.md §1.2), e.g. mamba2_130m.
+    /// Model shape, a preset name (see docs/nemo.md §2), e.g. mamba2_130m.
     #[arg(long, default_value = "mamba2_130m")]
     pub preset: String,
     /// Tokens per sequence.

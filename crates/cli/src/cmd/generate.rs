@@ -69,8 +69,8 @@ pub struct GenerateArgs {
     /// Prepend the tokenizer's BOS token to every text prompt.
     #[arg(long, alias = "add_BOS", alias = "add_bos")]
     pub add_bos: bool,
-    /// Tokenizer: a tokenizer.json, a NeMo tiktoken vocab .json, a SentencePiece .model, or `gpt2`.
-    /// Default: the model directory's tokenizer.json.
+    /// Tokenizer: a tokenizer.json, a NeMo tiktoken vocab .json, a SentencePiece .model, a model directory,
+    /// `gpt2` (embedded) or `bytes` (built in). Default: the model directory's own (checkpoints carry it).
     #[arg(long)]
     pub tokenizer: Option<String>,
     /// Keep generating after EOS (for exact comparisons with runs that ignore it).
@@ -243,12 +243,15 @@ fn open_tokenizer(a: &GenerateArgs) -> Result<Option<Box<dyn Tokenizer>>> {
             .map(Some)
             .with_context(|| format!("--tokenizer {spec}"));
     }
-    let default = a.model.join("tokenizer.json");
-    if default.is_file() {
-        let spec = default.to_string_lossy().into_owned();
+    // A checkpoint Coil wrote carries its tokenizer (tokenizer.json, or coil_tokenizer.json naming one).
+    let has_tokenizer = ["tokenizer.json", coil_data::tokenizer::COIL_TOKENIZER_FILE]
+        .iter()
+        .any(|f| a.model.join(f).is_file());
+    if has_tokenizer {
+        let spec = a.model.to_string_lossy().into_owned();
         return coil_data::load_tokenizer(&spec)
             .map(Some)
-            .with_context(|| format!("{}: the model directory's tokenizer", default.display()));
+            .with_context(|| format!("{}: the model directory's tokenizer", a.model.display()));
     }
     Ok(None)
 }
@@ -285,7 +288,7 @@ fn read_prompts(
             let Some(tok) = tok else {
                 bail!(
                     "no tokenizer for the text prompts: {} has no tokenizer.json; pass --tokenizer (a tokenizer.json, \
-                     a NeMo tiktoken vocab, a SentencePiece .model, or gpt2) or give --input-ids",
+                     a NeMo tiktoken vocab, a SentencePiece .model, gpt2 or bytes) or give --input-ids",
                     a.model.display()
                 );
             };

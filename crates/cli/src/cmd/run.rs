@@ -253,6 +253,9 @@ fn train_here(r: &Recipe, comm: &mut dyn Collective) -> Result<()> {
         .context("building the data (see the [data] table of the recipe)")?;
     let run = coil_train::TrainRun {
         padding: data.padding,
+        tokenizer_files: tokenizer
+            .model_dir_files()
+            .context("preparing the tokenizer files that every checkpoint carries")?,
         ..run
     };
     let summary = coil_train::train_with(&run, data.train, data.validation, comm)?;

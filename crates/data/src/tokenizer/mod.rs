@@ -1,13 +1,20 @@
 //! Tokenizers behind one trait: HF `tokenizer.json`, NeMo's tiktoken-style Nemotron-H vocabulary,
-//! SentencePiece `.model`, and GPT-2 BPE embedded in the binary for runs that ship no files. Also the
-//! vocabulary padding rule Megatron applies to the embedding table.
+//! SentencePiece `.model`, GPT-2 BPE embedded in the binary and the built-in byte tokenizer, for runs that ship
+//! no files. Also the vocabulary padding rule Megatron applies to the embedding table.
+//!
+//! Every tokenizer can say which files a model directory needs to get it back ([`Tokenizer::model_dir_files`]):
+//! checkpoints carry them, so a trained model can be prompted with text. HF-style tokenizers (and `bytes`, as an
+//! equivalent byte-level BPE) travel as `tokenizer.json` + `tokenizer_config.json`; the others as their own file
+//! plus [`COIL_TOKENIZER_FILE`], a one-line JSON `{"tokenizer": SPEC}` naming how to load it.
 
+mod bytes;
 mod hf;
 mod sentencepiece;
 mod tiktoken;
 
 use std::path::Path;
 
+pub use bytes::{byte_to_char, ByteTokenizer, BYTE_EOD, BYTE_EOD_TOKEN};
 pub use hf::HfTokenizer;
 pub use sentencepiece::SentencePieceTokenizer;
 pub use tiktoken::{Gpt2Tokenizer, NemoTiktokenTokenizer, NEMO_TIKTOKEN_PATTERN};
@@ -38,16 +45,47 @@ pub trait Tokenizer: Send + Sync {
     }
     /// A short human-readable description ("gpt2 (embedded)", "hf:/path/tokenizer.json", ...).
     fn describe(&self) -> String;
+    /// The files a model directory needs so that [`load_tokenizer`] on that directory returns an equivalent
+    /// tokenizer; empty when there is nothing to encode text with (mock data).
+    fn model_dir_files(&self) -> Result<Vec<ModelDirFile>>;
+}
+
+/// One file of a model directory: its name (no path) and contents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDirFile {
+    pub name: String,
+    pub contents: Vec<u8>,
+}
+
+impl ModelDirFile {
+    pub fn new(name: impl Into<String>, contents: Vec<u8>) -> Self {
+        ModelDirFile {
+            name: name.into(),
+            contents,
+        }
+    }
+}
+
+/// In a model directory without `tokenizer.json`: `{"tokenizer": SPEC}`, where SPEC is `gpt2`, or
+/// `tiktoken:FILE` / `spm:FILE` with FILE a file name in that directory.
+pub const COIL_TOKENIZER_FILE: &str = "coil_tokenizer.json";
+
+/// The marker file that makes [`load_tokenizer`] on a directory load `spec`.
+pub(crate) fn coil_tokenizer_marker(spec: &str) -> ModelDirFile {
+    let text = serde_json::json!({ "tokenizer": spec }).to_string() + "\n";
+    ModelDirFile::new(COIL_TOKENIZER_FILE, text.into_bytes())
 }
 
 /// Load a tokenizer from a spec string:
-/// - `gpt2` (or `embedded:gpt2`): GPT-2 BPE compiled into the binary;
+/// - `gpt2` (or `embedded:gpt2`): GPT-2 BPE compiled into the binary; `bytes`: the built-in byte tokenizer;
 /// - `hf:PATH`, `tiktoken:PATH`, `spm:PATH`: explicit kind;
-/// - a `.model` file: SentencePiece; a directory: its `tokenizer.json`;
+/// - a `.model` file: SentencePiece;
+/// - a directory (a model or checkpoint): its `tokenizer.json`, else its [`COIL_TOKENIZER_FILE`];
 /// - a `.json` file: a JSON list is NeMo's tiktoken vocabulary, an object is HF `tokenizer.json`.
 pub fn load_tokenizer(spec: &str) -> Result<Box<dyn Tokenizer>> {
     match spec {
         "gpt2" | "embedded:gpt2" => return Ok(Box::new(Gpt2Tokenizer::new()?)),
+        "bytes" | "embedded:bytes" => return Ok(Box::new(ByteTokenizer)),
         _ => {}
     }
     if let Some(p) = spec.strip_prefix("hf:") {
@@ -61,14 +99,13 @@ pub fn load_tokenizer(spec: &str) -> Result<Box<dyn Tokenizer>> {
     }
     let path = Path::new(spec);
     if path.is_dir() {
-        return Ok(Box::new(HfTokenizer::from_file(
-            &path.join("tokenizer.json"),
-        )?));
+        return load_from_dir(path);
     }
     if !path.exists() {
         return Err(DataError::tok(
             spec,
-            "no such file; give a tokenizer.json, a NeMo tiktoken vocab .json, a SentencePiece .model, or `gpt2`",
+            "no such file; give a tokenizer.json, a NeMo tiktoken vocab .json, a SentencePiece .model, a model \
+             directory, `gpt2` or `bytes`",
         ));
     }
     if spec.ends_with(".model") {
@@ -79,6 +116,49 @@ pub fn load_tokenizer(spec: &str) -> Result<Box<dyn Tokenizer>> {
         Ok(Box::new(NemoTiktokenTokenizer::from_file(path)?))
     } else {
         Ok(Box::new(HfTokenizer::from_file(path)?))
+    }
+}
+
+/// The tokenizer of a model directory: `tokenizer.json`, else the spec in [`COIL_TOKENIZER_FILE`].
+fn load_from_dir(dir: &Path) -> Result<Box<dyn Tokenizer>> {
+    let hf = dir.join("tokenizer.json");
+    if hf.is_file() {
+        return Ok(Box::new(HfTokenizer::from_file(&hf)?));
+    }
+    let marker = dir.join(COIL_TOKENIZER_FILE);
+    if !marker.is_file() {
+        return Err(DataError::file(
+            dir,
+            format!("no tokenizer.json or {COIL_TOKENIZER_FILE} in this directory"),
+        ));
+    }
+    let text = std::fs::read_to_string(&marker).map_err(|e| DataError::io(&marker, e))?;
+    let spec = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("tokenizer")?.as_str().map(str::to_string))
+        .ok_or_else(|| DataError::file(&marker, r#"expected {"tokenizer": "SPEC"}"#))?;
+    let in_dir = |file: &str| -> Result<String> {
+        let plain = !file.is_empty() && Path::new(file).file_name() == Some(file.as_ref());
+        if !plain {
+            return Err(DataError::file(
+                &marker,
+                format!("{file:?} must be a file name in this directory"),
+            ));
+        }
+        Ok(dir.join(file).to_string_lossy().into_owned())
+    };
+    match spec.split_once(':') {
+        None if spec == "gpt2" || spec == "bytes" => load_tokenizer(&spec),
+        Some(("tiktoken", f)) => Ok(Box::new(NemoTiktokenTokenizer::from_file(Path::new(
+            &in_dir(f)?,
+        ))?)),
+        Some(("spm", f)) => Ok(Box::new(SentencePieceTokenizer::from_file(Path::new(
+            &in_dir(f)?,
+        ))?)),
+        _ => Err(DataError::file(
+            &marker,
+            format!("unknown tokenizer {spec:?}; expected gpt2, bytes, tiktoken:FILE or spm:FILE"),
+        )),
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use tokenizers::normalizers::Precompiled;
 use tokenizers::{NormalizedString, Normalizer};
 
-use super::Tokenizer;
+use super::{coil_tokenizer_marker, ModelDirFile, Tokenizer};
 use crate::error::{DataError, Result};
 
 const SPACE: char = '\u{2581}';
@@ -35,6 +35,8 @@ enum ModelType {
 /// A SentencePiece model (BPE or unigram; WORD/CHAR models are rejected with an error).
 pub struct SentencePieceTokenizer {
     source: String,
+    /// The serialized model as read (what a model directory gets).
+    model: Vec<u8>,
     kind: ModelType,
     pieces: Vec<(String, f32, PieceType)>,
     lookup: HashMap<String, u32>,
@@ -227,6 +229,7 @@ impl SentencePieceTokenizer {
         }
         Ok(Self {
             source: source.to_string(),
+            model: bytes.to_vec(),
             kind,
             unk: id(unk).ok_or_else(|| bad("unk id out of range"))?,
             bos: id(bos),
@@ -460,5 +463,11 @@ impl Tokenizer for SentencePieceTokenizer {
     }
     fn describe(&self) -> String {
         format!("spm:{}", self.source)
+    }
+    fn model_dir_files(&self) -> Result<Vec<ModelDirFile>> {
+        Ok(vec![
+            ModelDirFile::new("tokenizer.model", self.model.clone()),
+            coil_tokenizer_marker("spm:tokenizer.model"),
+        ])
     }
 }

@@ -7,7 +7,7 @@ use base64::Engine;
 use rustc_hash::FxHashMap;
 use tiktoken_rs::CoreBPE;
 
-use super::Tokenizer;
+use super::{coil_tokenizer_marker, ModelDirFile, Tokenizer};
 use crate::error::{DataError, Result};
 
 /// The split regex of NeMo's `tiktoken_tokenizer.py` (`PATTERN_TIKTOKEN`).
@@ -27,7 +27,12 @@ pub struct NemoTiktokenTokenizer {
     bpe: CoreBPE,
     decoder: Vec<Vec<u8>>,
     source: String,
+    /// The vocabulary file as read (what a model directory gets).
+    file: Vec<u8>,
 }
+
+/// The name of the vocabulary file in a model directory.
+const VOCAB_FILE: &str = "nemo_tiktoken_vocab.json";
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,8 +47,8 @@ impl NemoTiktokenTokenizer {
     /// Load a vocabulary JSON (`[{rank, token_bytes, token_str}, ...]`), keeping at most 131072 - 1000 ranks.
     pub fn from_file(path: &Path) -> Result<Self> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        let entries: Vec<RankEntry> = serde_json::from_str(&text)
+        let file = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let entries: Vec<RankEntry> = serde_json::from_slice(&file)
             .map_err(|e| DataError::tok(&source, format!("not a NeMo tiktoken vocabulary: {e}")))?;
         let keep = entries.len().min(DEFAULT_VOCAB - NUM_SPECIAL);
         let mut encoder = FxHashMap::default();
@@ -78,6 +83,7 @@ impl NemoTiktokenTokenizer {
             bpe,
             decoder,
             source,
+            file,
         })
     }
 
@@ -135,6 +141,12 @@ impl Tokenizer for NemoTiktokenTokenizer {
     fn describe(&self) -> String {
         format!("tiktoken:{}", self.source)
     }
+    fn model_dir_files(&self) -> Result<Vec<ModelDirFile>> {
+        Ok(vec![
+            ModelDirFile::new(VOCAB_FILE, self.file.clone()),
+            coil_tokenizer_marker(&format!("tiktoken:{VOCAB_FILE}")),
+        ])
+    }
 }
 
 /// GPT-2's BPE (`r50k_base`, 50257 ids, `<|endoftext|>` = 50256), shipped inside the binary.
@@ -183,5 +195,8 @@ impl Tokenizer for Gpt2Tokenizer {
     }
     fn describe(&self) -> String {
         "gpt2 (embedded r50k_base)".into()
+    }
+    fn model_dir_files(&self) -> Result<Vec<ModelDirFile>> {
+        Ok(vec![coil_tokenizer_marker("gpt2")])
     }
 }

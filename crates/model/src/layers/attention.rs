@@ -1,10 +1,9 @@
 //! Self-attention (`*`): causal GQA with no positional encoding (Nemotron-H), softmax in f32. Packed rows
 //! use a block-diagonal causal mask ([`segment_mask`]) so no example attends to another.
 
-use super::Linear;
+use super::{Linear, ParamMap};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::weights::Loader;
 use candle_core::{DType, Device, Tensor};
 
 /// Keys and values of the positions seen so far: [B, n_kv, S, hd] each (HF `DynamicLayer` semantics).
@@ -26,19 +25,15 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(l: &Loader, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
+    /// Takes the layer's parameters under `prefix` (see [`crate::params::param_specs`]).
+    pub fn load(p: &mut ParamMap, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
         let a = &cfg.attention;
-        let (d, q, kv) = (
-            cfg.hidden_size,
-            a.num_heads * a.head_dim,
-            a.num_kv_heads * a.head_dim,
-        );
-        let p = |s: &str| format!("{prefix}.{s}");
+        let n = |s: &str| format!("{prefix}.{s}");
         Ok(Attention {
-            q_proj: Linear::load(l, &p("q_proj"), q, d, false)?,
-            k_proj: Linear::load(l, &p("k_proj"), kv, d, false)?,
-            v_proj: Linear::load(l, &p("v_proj"), kv, d, false)?,
-            o_proj: Linear::load(l, &p("o_proj"), d, q, false)?,
+            q_proj: Linear::take(p, &n("q_proj"))?,
+            k_proj: Linear::take(p, &n("k_proj"))?,
+            v_proj: Linear::take(p, &n("v_proj"))?,
+            o_proj: Linear::take(p, &n("o_proj"))?,
             num_heads: a.num_heads,
             num_kv_heads: a.num_kv_heads,
             head_dim: a.head_dim,

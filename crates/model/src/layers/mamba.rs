@@ -4,15 +4,14 @@
 //! a tensor-parallel rank takes its rows of each segment ([`MixerDims::in_proj_shard`]) and its heads of the
 //! per-head tensors, so sharding never needs a different layer.
 
-use super::Linear;
+use super::{Linear, ParamMap};
 use crate::config::{MixerDims, ModelConfig};
 use crate::error::Result;
-use crate::lm::Trace;
-use crate::weights::Loader;
+use crate::trace::Trace;
 use candle_core::{DType, Tensor};
 use coil_ops::tensor as ops;
 
-/// The decode state of one Mamba layer for a batch of sequences (HF cache semantics, numerics.md §1.6).
+/// The decode state of one Mamba layer for a batch of sequences (HF cache semantics, docs/numerics.md §4).
 #[derive(Clone, Debug)]
 pub struct MambaState {
     /// [B, C, K]: the last K raw (pre-conv) xBC columns, oldest first, zero-padded on the left.
@@ -39,27 +38,24 @@ pub struct Mamba2Mixer {
 }
 
 impl Mamba2Mixer {
-    pub fn load(l: &Loader, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
+    /// Takes the mixer's parameters under `prefix` (see [`crate::params::param_specs`]).
+    pub fn load(p: &mut ParamMap, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
         let m = &cfg.mamba;
         let dims = cfg.mixer_dims();
-        let (d_model, h, conv) = (cfg.hidden_size, dims.heads, dims.conv_dim());
-        let p = |s: &str| format!("{prefix}.{s}");
+        let n = |s: &str| format!("{prefix}.{s}");
         Ok(Mamba2Mixer {
             dims,
-            in_proj: Linear::load(l, &p("in_proj"), dims.in_proj_dim(), d_model, m.proj_bias)?,
-            conv_weight: l
-                .tensor(&p("conv1d.weight"), &[conv, 1, m.conv_kernel])?
-                .reshape((conv, m.conv_kernel))?,
-            conv_bias: if m.conv_bias {
-                Some(l.tensor(&p("conv1d.bias"), &[conv])?)
-            } else {
-                None
-            },
-            dt_bias: l.tensor(&p("dt_bias"), &[h])?,
-            a_log: l.tensor(&p("A_log"), &[h])?,
-            d: l.tensor(&p("D"), &[h])?,
-            norm_weight: l.tensor(&p("norm.weight"), &[dims.d_inner()])?,
-            out_proj: Linear::load(l, &p("out_proj"), d_model, dims.d_inner(), m.proj_bias)?,
+            in_proj: Linear::take(p, &n("in_proj"))?,
+            // [C, 1, K] in checkpoints, [C, K] here.
+            conv_weight: p
+                .take(&n("conv1d.weight"))?
+                .reshape((dims.conv_dim(), dims.conv_kernel))?,
+            conv_bias: p.take_opt(&n("conv1d.bias")),
+            dt_bias: p.take(&n("dt_bias"))?,
+            a_log: p.take(&n("A_log"))?,
+            d: p.take(&n("D"))?,
+            norm_weight: p.take(&n("norm.weight"))?,
+            out_proj: Linear::take(p, &n("out_proj"))?,
             chunk_size: m.chunk_size,
             eps: cfg.norm_eps,
             dt_limit: cfg.dt_limit(),

@@ -1,9 +1,8 @@
 //! MLP (`-`): `down(act(up(x)))`, not gated; squared ReLU (Nemotron-H) or erf GELU (Mamba2-Hybrid-8B).
 
-use super::Linear;
+use super::{Linear, ParamMap};
 use crate::config::{MlpActivation, ModelConfig};
 use crate::error::Result;
-use crate::weights::Loader;
 use candle_core::Tensor;
 
 #[derive(Clone, Debug)]
@@ -14,11 +13,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn load(l: &Loader, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
-        let (d, f, bias) = (cfg.hidden_size, cfg.mlp.intermediate_size, cfg.mlp.bias);
+    /// Takes the layer's parameters under `prefix` (see [`crate::params::param_specs`]).
+    pub fn load(p: &mut ParamMap, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
         Ok(Mlp {
-            up_proj: Linear::load(l, &format!("{prefix}.up_proj"), f, d, bias)?,
-            down_proj: Linear::load(l, &format!("{prefix}.down_proj"), d, f, bias)?,
+            up_proj: Linear::take(p, &format!("{prefix}.up_proj"))?,
+            down_proj: Linear::take(p, &format!("{prefix}.down_proj"))?,
             activation: cfg.mlp.activation,
         })
     }

@@ -8,9 +8,56 @@ pub mod attention;
 pub mod mamba;
 pub mod mlp;
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
+use crate::params::ParamSpec;
 use crate::weights::Loader;
 use candle_core::{DType, Tensor};
+use std::collections::BTreeMap;
+
+/// A model's parameters read for its parameter table ([`crate::params::param_specs`]), which the layers take by
+/// name as they are built. Names, shapes and presence come from the table alone; a layer taking a name the table
+/// lacks, or leaving one untaken, is an error.
+pub struct ParamMap {
+    /// In table order, as read (what the model saves).
+    ordered: Vec<(String, Tensor)>,
+    untaken: BTreeMap<String, Tensor>,
+}
+
+impl ParamMap {
+    /// Reads every tensor of `specs` through `l`, checking names and shapes.
+    pub fn read(l: &Loader, specs: &[ParamSpec]) -> Result<Self> {
+        let ordered = specs
+            .iter()
+            .map(|s| Ok((s.name.clone(), l.tensor(&s.name, &s.shape)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let untaken = ordered.iter().cloned().collect();
+        Ok(ParamMap { ordered, untaken })
+    }
+
+    /// The parameter `name`.
+    pub fn take(&mut self, name: &str) -> Result<Tensor> {
+        self.untaken.remove(name).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "parameter {name} is not in the parameter table (or taken twice)"
+            ))
+        })
+    }
+
+    /// The parameter `name` if the table has it (optional biases).
+    pub fn take_opt(&mut self, name: &str) -> Option<Tensor> {
+        self.untaken.remove(name)
+    }
+
+    /// Every parameter in table order, once the layers have taken them all.
+    pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
+        match self.untaken.keys().next() {
+            Some(name) => Err(ModelError::Invalid(format!(
+                "parameter {name} is in the parameter table but no layer uses it"
+            ))),
+            None => Ok(self.ordered),
+        }
+    }
+}
 
 /// `y = x·Wᵀ (+ b)` over the last dimension; `W` is [out, in] as checkpoints store it.
 #[derive(Clone, Debug)]
@@ -20,20 +67,11 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(
-        l: &Loader,
-        prefix: &str,
-        out_dim: usize,
-        in_dim: usize,
-        bias: bool,
-    ) -> Result<Self> {
+    /// `{prefix}.weight` and, when the table has it, `{prefix}.bias`.
+    pub fn take(p: &mut ParamMap, prefix: &str) -> Result<Self> {
         Ok(Linear {
-            weight: l.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
-            bias: if bias {
-                Some(l.tensor(&format!("{prefix}.bias"), &[out_dim])?)
-            } else {
-                None
-            },
+            weight: p.take(&format!("{prefix}.weight"))?,
+            bias: p.take_opt(&format!("{prefix}.bias")),
         })
     }
 

@@ -1,5 +1,5 @@
 //! The inner chain of one Mamba2 mixer, between `in_proj` and `out_proj`, as one op with its backward
-//! (numerics.md §1.4 steps 2–6):
+//! (docs/numerics.md §2, steps 2–5):
 //!
 //! ```text
 //! zxbcdt [B,T,2I+2GN+H] = z [I] | xBC [C = I+2GN] | dt_raw [H]

@@ -1,4 +1,4 @@
-//! The plain mixer core: the f64 references of the four ops it chains (numerics.md §1.4 steps 2–6), so every
+//! The plain mixer core: the f64 references of the four ops it chains (docs/numerics.md §2, steps 2–5), so every
 //! step is the readable definition: [`crate::conv1d::reference`], [`crate::dt::reference`],
 //! [`crate::ssd::reference`] and [`crate::gated_rmsnorm::reference`].
 

@@ -2,7 +2,7 @@
 //! today), and differentiable through candle autograd with no backward of its own.
 //!
 //! Everything runs in f32 (inputs are converted on entry, so bf16 activations get f32 arithmetic and an f32
-//! state). It is the chunked matmul form of numerics.md §2.2, written with whole-tensor ops:
+//! state). It is the chunked matmul form of docs/numerics.md §3.2, written with whole-tensor ops:
 //!
 //! ```text
 //! per chunk z (Q positions), head h:   dA = dt·A,  s = cumsum(dA)                     [B,Z,H,Q]

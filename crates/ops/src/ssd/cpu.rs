@@ -1,4 +1,4 @@
-//! The fast CPU SSD: the chunked algorithm (numerics.md §2.2-2.4) on f32 slices, forward and backward.
+//! The fast CPU SSD: the chunked algorithm (docs/numerics.md §3.2–3.3) on f32 slices, forward and backward.
 //!
 //! ## Forward ([`ssd_chunked`])
 //!

@@ -1,4 +1,4 @@
-//! The SSD scan of a Mamba2 mixer (numerics.md §1.5, §2.3).
+//! The SSD scan of a Mamba2 mixer (docs/numerics.md §3).
 //!
 //! Per batch `b` and head `h` (group `g = h / (H/G)`), with state `s` of shape [P, N]:
 //! `s_t = exp(dt_t·A_h)·s_{t-1} + dt_t · x_t ⊗ B_t[g]`, `y_t = s_t · C_t[g] + D_h · x_t`.
