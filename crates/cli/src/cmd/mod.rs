@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod bench_forward;
 pub mod bench_generate;
 pub mod bench_ssd;
 pub mod bench_train;
