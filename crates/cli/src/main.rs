@@ -23,7 +23,8 @@ enum Command {
     /// Inspect a recipe: `coil recipe show NAME [--finetune] [key=value ...]`.
     #[command(subcommand)]
     Recipe(cmd::recipe::RecipeCommand),
-    /// Pretrain from random weights: `--recipe NAME` or `--config FILE`, then `key=value` overrides.
+    /// Pretrain from random weights (or continue from `resume_path=DIR`): `--recipe NAME` or `--config FILE`, then
+    /// `key=value` overrides.
     Pretrain(cmd::run::RunArgs),
     /// Fine-tune from `resume_path=DIR`: `--recipe NAME` or `--config FILE`, then `key=value` overrides.
     Finetune(cmd::run::RunArgs),

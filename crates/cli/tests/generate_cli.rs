@@ -83,6 +83,88 @@ fn unsupported_and_invalid_flags_fail_with_clear_messages() {
 }
 
 #[test]
+fn non_finite_weights_or_logits_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gen.safetensors");
+    let name = "backbone.layers.0.mixer.in_proj.weight";
+    let poisoned = common::edited_fixture("nemotron_h_tiny", name, |v| v[5] = f32::NAN);
+    let huge = common::edited_fixture("nemotron_h_tiny", "lm_head.weight", |v| {
+        v.iter_mut().for_each(|x| *x = f32::MAX / 2.0)
+    });
+    for (model, want) in [(&poisoned, name), (&huge, "NaN or inf")] {
+        let ids = model.path().join("fixture.safetensors");
+        let o = coil_model_io(
+            "generate",
+            model.path(),
+            "--input-ids",
+            &ids,
+            &out,
+            &["--num-tokens-to-generate", "3", "--top-k", "1"],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn top_k_alone_turns_the_default_top_p_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gen.safetensors");
+    let fx = fixture("mamba2_tiny");
+    let ids = fx.join("fixture.safetensors");
+    let flags = [
+        "--num-tokens-to-generate",
+        "20",
+        "--top-k",
+        "1",
+        "--ignore-eos",
+    ];
+    let o = coil_model_io("generate", &fx, "--input-ids", &ids, &out, &flags);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cpu = candle_core::Device::Cpu;
+    let got = candle_core::safetensors::load(&out, &cpu).unwrap();
+    let want = candle_core::safetensors::load(&ids, &cpu).unwrap();
+    assert_eq!(
+        got["tokens"].to_vec2::<i64>().unwrap(),
+        want["gen_tokens"].to_vec2::<i64>().unwrap()
+    );
+    // an explicit top-p with top-k is still Megatron's error
+    let o = coil_model_io(
+        "generate",
+        &fx,
+        "--input-ids",
+        &ids,
+        &out,
+        &["--top-k", "1", "--top-p", "0.9"],
+    );
+    assert!(!o.status.success());
+}
+
+#[test]
+fn prompt_ids_outside_the_model_read_cleanly() {
+    // GPT-2 ids against a 256-token model: one clear sentence, no run of spaces
+    let fx = fixture("nemotron_h_tiny");
+    let o = coil(&[
+        "generate",
+        "--model",
+        fx.to_str().unwrap(),
+        "--tokenizer",
+        "gpt2",
+        "--prompts",
+        "Wherefore art thou",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("outside the model's vocabulary [0, 256)"),
+        "{err}"
+    );
+    assert!(!err.contains("  "), "{err:?}");
+}
+
+#[test]
 fn text_prompt_on_a_freshly_trained_demo_checkpoint() {
     // The README's path: train the demo (here 2 steps), then prompt its checkpoint with text.
     let dir = tempfile::tempdir().unwrap();

@@ -89,3 +89,31 @@ fn bad_inputs_are_clear_errors() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn non_finite_weights_or_logits_fail_and_write_nothing() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.safetensors");
+    // a NaN weight: refused on load, naming the tensor
+    let name = "backbone.layers.0.mixer.in_proj.weight";
+    let poisoned = common::edited_fixture("nemotron_h_tiny", name, |v| v[5] = f32::NAN);
+    let input = poisoned.path().join("fixture.safetensors");
+    let o = coil_model_io("logits", poisoned.path(), "--input", &input, &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(name) && err.contains("non-finite"), "{err}");
+    assert!(!out.exists());
+    // finite weights whose logits overflow: refused, naming where the values stop being finite
+    let huge = common::edited_fixture("nemotron_h_tiny", "lm_head.weight", |v| {
+        v.iter_mut().for_each(|x| *x = f32::MAX / 2.0)
+    });
+    let input = huge.path().join("fixture.safetensors");
+    let o = coil_model_io("logits", huge.path(), "--input", &input, &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("NaN or infinity") && err.contains("first non-finite"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -306,3 +306,58 @@ fn tiny_pretrain_then_finetune() {
     ]);
     assert!(text(&o).1.contains("resume_path"), "{:?}", text(&o));
 }
+
+#[test]
+fn dryrun_refuses_bad_values_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run_dir = format!("run.dir={}", dir.path().display());
+    let cases: [(&str, &[&str]); 12] = [
+        ("optim.max_lr=-1", &["optim.max_lr", "-1"]),
+        ("optim.max_lr=nan", &["optim.max_lr", "finite"]),
+        ("optim.min_lr=inf", &["optim.min_lr", "finite"]),
+        ("optim.adam_beta1=1", &["optim.adam_beta1", "[0, 1)"]),
+        ("optim.adam_beta2=-0.5", &["optim.adam_beta2", "[0, 1)"]),
+        ("optim.adam_eps=0", &["optim.adam_eps"]),
+        ("optim.weight_decay=-0.1", &["optim.weight_decay"]),
+        ("model.hidden_size=0", &["model.hidden_size", "at least 1"]),
+        ("data.split=abc", &["data.split", "abc"]),
+        ("run.device=tpu", &["run.device", "tpu"]),
+        ("trainer.seq_length=0", &["trainer.seq_length"]),
+        (
+            "checkpoint.allow_changed=[run.name]",
+            &["checkpoint.allow_changed", "run.name"],
+        ),
+    ];
+    for (arg, wants) in cases {
+        let o = coil(&["pretrain", "--recipe", "demo", "--dryrun", &run_dir, arg]);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{arg}: {out}");
+        for want in wants {
+            assert!(err.contains(want), "{arg}: {err}");
+        }
+        assert!(!err.contains("invalid type"), "{arg}: {err}");
+    }
+    // a recipe file holding a non-finite value is refused the same way
+    let file = dir.path().join("nan.toml");
+    let o = coil(&["recipe", "show", "demo"]);
+    let toml = text(&o).0.replace("max_lr = 0.005", "max_lr = nan");
+    assert!(toml.contains("max_lr = nan"), "{toml}");
+    std::fs::write(&file, toml).unwrap_or_else(|e| panic!("{e}"));
+    let o = coil(&["pretrain", "--config", &file.to_string_lossy(), "--dryrun"]);
+    assert!(text(&o).1.contains("optim.max_lr"), "{:?}", text(&o));
+    // nothing was created by the refused runs
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        1
+    );
+}
+
+#[test]
+fn naming_the_current_data_kind_keeps_its_settings() {
+    let o = coil(&["recipe", "show", "demo", "data.kind=shakespeare"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("split = \"980,20,0\""), "{out}");
+}

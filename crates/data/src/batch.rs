@@ -104,6 +104,10 @@ pub trait SampleSource: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The file sample `idx` comes from, for messages (`None`: nothing to name, e.g. mock data).
+    fn origin(&self, _idx: usize) -> Option<String> {
+        None
+    }
 }
 
 impl<S: SampleSource + ?Sized> SampleSource for Box<S> {
@@ -113,6 +117,9 @@ impl<S: SampleSource + ?Sized> SampleSource for Box<S> {
     fn sample(&self, idx: usize) -> Result<Sample> {
         (**self).sample(idx)
     }
+    fn origin(&self, idx: usize) -> Option<String> {
+        (**self).origin(idx)
+    }
 }
 
 impl<S: SampleSource + ?Sized> SampleSource for std::sync::Arc<S> {
@@ -121,6 +128,9 @@ impl<S: SampleSource + ?Sized> SampleSource for std::sync::Arc<S> {
     }
     fn sample(&self, idx: usize) -> Result<Sample> {
         (**self).sample(idx)
+    }
+    fn origin(&self, idx: usize) -> Option<String> {
+        (**self).origin(idx)
     }
 }
 
@@ -139,6 +149,7 @@ pub struct Loader<S: SampleSource> {
     dp_size: usize,
     cursor: DataCursor,
     padding: Option<(i64, usize, usize)>,
+    vocab: Option<usize>,
 }
 
 impl<S: SampleSource> Loader<S> {
@@ -162,7 +173,14 @@ impl<S: SampleSource> Loader<S> {
             dp_size,
             cursor,
             padding: None,
+            vocab: None,
         })
+    }
+    /// Refuse samples whose tokens (or loss-counted labels) lie outside `[0, vocab)`, naming the file they come
+    /// from: data tokenized for another model fails here, with the file's name, instead of inside the model.
+    pub fn with_vocab(mut self, vocab: usize) -> Self {
+        self.vocab = Some(vocab);
+        self
     }
     /// Pad each micro-batch to its longest sample rounded up to `multiple` (capped at `max_len`) with
     /// `pad_id`, for variable-length sources such as unpacked SFT data.
@@ -191,12 +209,40 @@ impl<S: SampleSource> Loader<S> {
         }
         let first = start as usize + self.dp_rank * self.micro_batch_size;
         let samples = (first..first + self.micro_batch_size)
-            .map(|i| self.source.sample(i))
+            .map(|i| {
+                let s = self.source.sample(i)?;
+                self.check_ids(i, &s)?;
+                Ok(s)
+            })
             .collect::<Result<Vec<_>>>()?;
         self.cursor.consumed_samples += global;
         match self.padding {
             Some((pad, multiple, max_len)) => pad_batch(&samples, pad, multiple, max_len).map(Some),
             None => Batch::stack(&samples).map(Some),
+        }
+    }
+}
+
+impl<S: SampleSource> Loader<S> {
+    fn check_ids(&self, idx: usize, s: &Sample) -> Result<()> {
+        let Some(vocab) = self.vocab else {
+            return Ok(());
+        };
+        let outside = |t: i64| t < 0 || t as u64 >= vocab as u64;
+        let labels = s
+            .labels
+            .iter()
+            .zip(&s.loss_mask)
+            .filter(|(_, &m)| m > 0.0)
+            .map(|(&l, _)| l);
+        match s.tokens.iter().copied().chain(labels).find(|&t| outside(t)) {
+            None => Ok(()),
+            Some(id) => Err(DataError::TokenOutOfVocab {
+                origin: self.source.origin(idx).unwrap_or_else(|| "the data".into()),
+                sample: idx,
+                id,
+                vocab,
+            }),
         }
     }
 }

@@ -154,6 +154,12 @@ impl SampleSource for BlendedDataset {
         })?;
         self.datasets[d as usize].sample(self.dataset_sample_index[idx] as usize)
     }
+    fn origin(&self, idx: usize) -> Option<String> {
+        let d = *self.dataset_index.get(idx)?;
+        self.datasets
+            .get(d as usize)?
+            .origin(self.dataset_sample_index[idx] as usize)
+    }
 }
 
 /// megatron-core's greedy blending: each sample goes to the member with the largest
@@ -228,6 +234,12 @@ impl SampleSource for PretrainDataset {
         match self {
             PretrainDataset::Single(d) => d.sample(idx),
             PretrainDataset::Blended(d) => d.sample(idx),
+        }
+    }
+    fn origin(&self, idx: usize) -> Option<String> {
+        match self {
+            PretrainDataset::Single(d) => d.origin(idx),
+            PretrainDataset::Blended(d) => d.origin(idx),
         }
     }
 }

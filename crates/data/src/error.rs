@@ -50,6 +50,16 @@ pub enum DataError {
     File { path: PathBuf, detail: String },
     #[error("invalid data configuration: {0}")]
     Config(String),
+    #[error(
+        "{origin}: sample {sample} holds token id {id}, outside the model's vocabulary [0, {vocab}); was the data \
+         tokenized with the model's tokenizer (tokenizer.path)?"
+    )]
+    TokenOutOfVocab {
+        origin: String,
+        sample: usize,
+        id: i64,
+        vocab: usize,
+    },
     #[error("sample {index} is out of range: the dataset has {len} samples")]
     OutOfRange { index: usize, len: usize },
 }

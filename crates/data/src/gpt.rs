@@ -323,6 +323,9 @@ impl SampleSource for GptDataset {
     fn len(&self) -> usize {
         self.shuffle_index.len()
     }
+    fn origin(&self, _idx: usize) -> Option<String> {
+        Some(format!("{}.bin", self.dataset.prefix().display()))
+    }
     fn sample(&self, idx: usize) -> Result<Sample> {
         let window = self.window(idx)?;
         let mut s = Sample::from_window(&window);

@@ -439,8 +439,24 @@ pub struct IndexedDatasetWriter {
 
 impl IndexedDatasetWriter {
     /// Start a dataset at `prefix` with element type `dtype`.
+    /// The prefix must end in a file name (`out/corpus`, not `out/`, which would write hidden `out/.bin`).
     pub fn create(prefix: impl AsRef<Path>, dtype: DType) -> Result<Self> {
-        let (_, bin_path, idx_path) = dataset_paths(prefix.as_ref());
+        let prefix = prefix.as_ref();
+        let (base, bin_path, idx_path) = dataset_paths(prefix);
+        let text = base.to_string_lossy();
+        let named = !text.is_empty()
+            && !text.ends_with(['/', std::path::MAIN_SEPARATOR])
+            && matches!(
+                base.components().next_back(),
+                Some(std::path::Component::Normal(_))
+            );
+        if !named {
+            return Err(DataError::file(
+                prefix,
+                "the output prefix needs a file name after its directory, e.g. out/corpus (which writes \
+                 out/corpus.bin and out/corpus.idx)",
+            ));
+        }
         Ok(Self {
             bin: AtomicFile::create(&bin_path)?,
             idx_path,

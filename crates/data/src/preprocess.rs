@@ -124,6 +124,21 @@ pub fn preprocess_jsonl(
         stats.seconds = start.elapsed().as_secs_f64();
         progress(&stats);
     }
+    if stats.tokens == 0 {
+        // Dropping the writer removes its temporary file: nothing is written.
+        return Err(DataError::file(
+            path,
+            format!(
+                "no tokens to write: the file holds {} (the text is read from the {:?} field of each line)",
+                if stats.documents == 0 {
+                    "no documents".to_string()
+                } else {
+                    format!("{} documents, all with empty text", stats.documents)
+                },
+                config.json_key
+            ),
+        ));
+    }
     writer.finalize()?;
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)

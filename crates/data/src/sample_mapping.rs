@@ -136,6 +136,9 @@ impl<S: SampleSource> SampleSource for Remapped<S> {
     fn sample(&self, idx: usize) -> Result<Sample> {
         self.source.sample(self.mapping.get(idx)?)
     }
+    fn origin(&self, idx: usize) -> Option<String> {
+        self.source.origin(self.mapping.get(idx).ok()?)
+    }
 }
 
 /// NeMo's number of SFT training samples: `ceil(gbs * max_steps * 1.005)`.

@@ -126,3 +126,40 @@ fn malformed_lines_name_file_and_line_and_leave_nothing() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
+
+#[test]
+fn a_prefix_without_a_file_name_and_an_empty_corpus_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = load_tokenizer("gpt2").unwrap();
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(&input, "{\"text\": \"hello\"}\n").unwrap();
+    // `pp/` would write hidden `pp/.bin` and `pp/.idx`
+    let slash = format!("{}/pp/", dir.path().display());
+    let slash = Path::new(&slash);
+    let e = run(&input, slash, 1, false, tok.as_ref())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs a file name"), "{e}");
+    assert!(!dir.path().join("pp/.bin").exists() && !dir.path().join("pp/.idx").exists());
+    // no documents, or documents without text: an error, and nothing written
+    for body in ["", "\n\n", "{\"text\": \"\"}\n"] {
+        std::fs::write(&input, body).unwrap();
+        let prefix = dir.path().join("empty");
+        let e = run(&input, &prefix, 1, false, tok.as_ref())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no tokens") && e.contains("docs.jsonl"),
+            "{body:?}: {e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("empty"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

@@ -9,7 +9,7 @@
 
 use crate::error::Result;
 use crate::generate::{GenerateParams, Generation, OnToken, StopReason};
-use crate::sampling::Sampler;
+use crate::sampling::{check_finite, Sampler};
 use candle_core::{DType, Device, Tensor};
 use coil_model::HybridLm;
 
@@ -66,6 +66,9 @@ fn run_batch(
         let rows = host_rows(&logits, batch.len())?;
         let mut next = Vec::with_capacity(batch.len());
         for (r, &i) in batch.iter().enumerate() {
+            if !done[r] {
+                check_finite(&rows[r], i, results[i].tokens.len())?;
+            }
             let tok = samplers[r].sample(&rows[r]);
             next.push(tok as i64);
             if done[r] {

@@ -10,6 +10,9 @@ pub enum InferError {
     /// A request the engine cannot serve (empty prompt, token id outside the vocabulary, batch too large).
     #[error("{0}")]
     Invalid(String),
+    /// The model produced NaN or infinite logits (broken or diverged weights): sampling from them is refused.
+    #[error("{0}")]
+    NonFinite(String),
     /// The model (or its state) failed while prefilling.
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -117,6 +117,7 @@ pub fn generate(
             let (logits, state) = engine.prefill(&prompts[i], params.max_new_tokens)?;
             let mut sampler =
                 Sampler::new(params.sampling, params.seed, i as u64, params.vocab_limit);
+            crate::sampling::check_finite(&logits, i, 0)?;
             let tok = sampler.sample(&logits);
             if !record(i, tok, &mut results) {
                 active.push(Active {
@@ -137,7 +138,9 @@ pub fn generate(
         let mut row = 0;
         while b < active.len() {
             let a = &mut active[b];
-            let tok = a.sampler.sample(&logits[row * vocab..(row + 1) * vocab]);
+            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+            crate::sampling::check_finite(row_logits, a.prompt, results[a.prompt].tokens.len())?;
+            let tok = a.sampler.sample(row_logits);
             row += 1;
             if record(a.prompt, tok, &mut results) {
                 active.remove(b);

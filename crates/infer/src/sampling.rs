@@ -112,6 +112,20 @@ impl Rng {
     }
 }
 
+/// Refuses logits holding NaN or infinity, which would otherwise sample as token 0 or the first finite one.
+/// `prompt` and `generated` (tokens already generated for it) go into the message.
+pub fn check_finite(logits: &[f32], prompt: usize, generated: usize) -> Result<()> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(InferError::NonFinite(format!(
+            "the model's logits for prompt {prompt} hold NaN or infinity ({} at id {i}) before generated token \
+             {generated}; the weights overflow inside the model (a diverged checkpoint?), so there is nothing to \
+             sample from (`coil logits` on the same ids names the first layer whose output is not finite)",
+            logits[i]
+        ))),
+    }
+}
+
 /// The first index of the largest value (torch.argmax); NaNs are skipped.
 pub fn argmax(logits: &[f32]) -> usize {
     let mut best = 0;

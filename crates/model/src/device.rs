@@ -9,6 +9,22 @@ use candle_core::Device;
 /// The `--device` value commands default to.
 pub const DEFAULT_DEVICE: &str = "auto";
 
+/// Checks the spelling of a device spec (`auto`, `cpu`, `cuda` or `cuda:N`) without opening the device.
+pub fn check_spec(spec: &str) -> Result<()> {
+    match spec {
+        "cpu" | "auto" | "cuda" => Ok(()),
+        s => match s.strip_prefix("cuda:") {
+            Some(n) if n.parse::<usize>().is_ok() => Ok(()),
+            Some(_) => Err(ModelError::Device(format!(
+                "device {s:?}: expected cuda:N with N a GPU index"
+            ))),
+            None => Err(ModelError::Device(format!(
+                "unknown device {s:?}; expected auto, cpu, cuda or cuda:N"
+            ))),
+        },
+    }
+}
+
 /// Parses a device spec: `auto`, `cpu`, `cuda` or `cuda:N`.
 pub fn select_device(spec: &str) -> Result<Device> {
     let dev = parse_device(spec)?;
@@ -28,7 +44,7 @@ fn parse_device(spec: &str) -> Result<Device> {
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
                 Some(n) => n.parse::<usize>().map_err(|_| {
-                    ModelError::Invalid(format!("device {s:?}: expected cuda:N with N a GPU index"))
+                    ModelError::Device(format!("device {s:?}: expected cuda:N with N a GPU index"))
                 })?,
                 None => 0,
             };
@@ -41,7 +57,7 @@ fn parse_device(spec: &str) -> Result<Device> {
                 ModelError::Unsupported(format!("device {s:?}: no usable CUDA GPU {ordinal} ({e})"))
             })
         }
-        other => Err(ModelError::Invalid(format!(
+        other => Err(ModelError::Device(format!(
             "unknown device {other:?}; expected auto, cpu, cuda or cuda:N"
         ))),
     }
@@ -89,6 +105,12 @@ mod tests {
     #[test]
     fn specs() {
         assert!(select_device("cpu").unwrap().is_cpu());
+        for good in ["auto", "cpu", "cuda", "cuda:3"] {
+            assert!(check_spec(good).is_ok(), "{good}");
+        }
+        for bad in ["tpu", "cuda:x", "cuda:", ""] {
+            assert!(check_spec(bad).is_err(), "{bad}");
+        }
         assert!(select_device("gpu").is_err());
         assert!(select_device("cuda:x").is_err());
         if !candle_core::utils::cuda_is_available() {

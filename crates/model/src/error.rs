@@ -10,6 +10,21 @@ pub enum ModelError {
     #[error("invalid model config: {0}")]
     Invalid(String),
 
+    /// Input the model cannot run on (token ids outside the vocabulary, empty or misshapen ids).
+    #[error("{0}")]
+    Input(String),
+
+    /// A misspelt device spec (`--device`, `run.device`).
+    #[error("{0}")]
+    Device(String),
+
+    /// A weight holding NaN or infinity: the checkpoint is broken (typically saved by a diverged run).
+    #[error(
+        "tensor `{name}` in {file} holds non-finite values (NaN or infinity); these weights cannot be used \
+         (a diverged training run?): take an earlier checkpoint"
+    )]
+    NonFinite { name: String, file: String },
+
     #[error("{0} is not supported by Coil")]
     Unsupported(String),
 
@@ -28,16 +43,18 @@ pub enum ModelError {
         expected: Vec<usize>,
     },
 
-    #[error("{path}: {source}")]
+    // The underlying errors are fields named `error`, not `source`: the message already holds their text, and a
+    // `source` would make `{:#}` (anyhow's chain) print it a second time.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Tensor {
         context: String,
-        source: candle_core::Error,
+        error: candle_core::Error,
     },
 
     #[error(transparent)]

@@ -24,5 +24,5 @@ pub mod weights;
 
 pub use config::{LayerKind, ModelConfig};
 pub use error::{ModelError, Result};
-pub use lm::{next_token_loss, HybridLm, LayerState, ModelState};
+pub use lm::{all_finite, next_token_loss, HybridLm, LayerState, ModelState};
 pub use trace::Trace;

@@ -130,13 +130,13 @@ impl HybridLm {
     /// Checks `ids` [B,T] are integer token ids below the vocabulary size.
     pub fn check_ids(&self, ids: &Tensor) -> Result<()> {
         let (b, t) = ids.dims2().map_err(|_| {
-            ModelError::Invalid(format!(
+            ModelError::Input(format!(
                 "input ids must be [batch, time], got shape {:?}",
                 ids.dims()
             ))
         })?;
         if b == 0 || t == 0 {
-            return Err(ModelError::Invalid(format!(
+            return Err(ModelError::Input(format!(
                 "input ids are empty (shape [{b}, {t}])"
             )));
         }
@@ -146,8 +146,8 @@ impl HybridLm {
             .enumerate()
             .find(|(_, &v)| v < 0 || v as usize >= self.config.vocab_size)
         {
-            return Err(ModelError::Invalid(format!(
-                "token id {bad} at [{}, {}] is outside the vocabulary [0, {})",
+            return Err(ModelError::Input(format!(
+                "token id {bad} at [{}, {}] is outside the model's vocabulary [0, {})",
                 pos / t,
                 pos % t,
                 self.config.vocab_size
@@ -353,6 +353,21 @@ impl HybridLm {
 /// Mamba layers take `seq_idx` itself).
 struct Packing {
     mask: Option<Tensor>,
+}
+
+/// True when every element of `t` is finite (no NaN, no infinity); integer tensors always are. One pass on the
+/// tensor's own device: `t - t` is 0 exactly where `t` is finite and NaN elsewhere, so its sum is 0 or NaN.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    let t = t.detach();
+    #[allow(clippy::eq_op)] // on purpose: x - x is NaN exactly where x is not finite
+    let s = (&t - &t)?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(s == 0.0)
 }
 
 /// Mean next-token cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` (f32 scalar tensor).

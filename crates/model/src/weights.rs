@@ -48,7 +48,7 @@ impl SafetensorsFiles {
             // external truncation is outside what any mmap-based loader can guard against.
             let st = unsafe { MmapedSafetensors::new(p) }.map_err(|e| ModelError::Tensor {
                 context: format!("{}: not a valid safetensors file", p.display()),
-                source: e,
+                error: e,
             })?;
             for (name, _) in st.tensors() {
                 routing.insert(name, i);
@@ -60,9 +60,9 @@ impl SafetensorsFiles {
 
     /// The shards listed in an HF `model.safetensors.index.json`.
     pub fn open_index(index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+        let text = std::fs::read_to_string(index).map_err(|error| ModelError::Io {
             path: index.into(),
-            source,
+            error,
         })?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::config(index, format!("malformed JSON: {e}")))?;
@@ -106,7 +106,7 @@ impl WeightSource for SafetensorsFiles {
         let (path, st) = &self.files[i];
         st.load(name, device).map_err(|e| ModelError::Tensor {
             context: format!("{}: reading `{name}`", path.display()),
-            source: e,
+            error: e,
         })
     }
     fn location(&self, name: &str) -> String {
@@ -136,7 +136,7 @@ impl PthFile {
     pub fn open(path: &Path) -> Result<Self> {
         let pth = PthTensors::new(path, None).map_err(|e| ModelError::Tensor {
             context: format!("{}: not a readable PyTorch checkpoint", path.display()),
-            source: e,
+            error: e,
         })?;
         Ok(PthFile {
             path: path.into(),
@@ -156,7 +156,7 @@ impl WeightSource for PthFile {
         let ctx = || format!("{}: reading `{name}`", self.path.display());
         let t = self.pth.get(name).map_err(|e| ModelError::Tensor {
             context: ctx(),
-            source: e,
+            error: e,
         })?;
         let t = t.ok_or_else(|| ModelError::Invalid(ctx()))?;
         Ok(t.to_device(device)?)
@@ -207,7 +207,8 @@ pub struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// Tensor `name` (or an alias) with exactly `shape`; errors name the tensor, the file and both shapes.
+    /// Tensor `name` (or an alias) with exactly `shape` and only finite values; errors name the tensor, the file
+    /// and both shapes.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let found = std::iter::once(name.to_string())
             .chain(aliases(name))
@@ -228,6 +229,13 @@ impl Loader<'_> {
             });
         }
         let t = self.src.read(&actual, &self.device)?;
+        // Checked as stored: a value that overflows only in a narrower load dtype is not the file's fault.
+        if !crate::lm::all_finite(&t)? {
+            return Err(ModelError::NonFinite {
+                name: actual.clone(),
+                file: self.src.location(&actual),
+            });
+        }
         Ok(t.to_dtype(self.dtype)?)
     }
 }

@@ -181,7 +181,31 @@ fn out_of_range_token_ids_are_rejected() {
     let model = load_model("mamba2_tiny");
     let ids = Tensor::new(&[[1i64, 2, 256]], &Device::Cpu).unwrap();
     match model.forward(&ids, None) {
-        Err(ModelError::Invalid(msg)) => assert!(msg.contains("token id 256 at [0, 2]"), "{msg}"),
+        Err(e @ ModelError::Input(_)) => {
+            let msg = e.to_string();
+            assert!(msg.contains("token id 256 at [0, 2]"), "{msg}");
+            assert!(!msg.contains("model config"), "{msg}");
+        }
         other => panic!("expected an invalid-input error, got {other:?}"),
+    }
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let dir = copy_fixture("nemotron_h_tiny");
+        let mut tensors = read_model_tensors(dir.path());
+        let name = "backbone.layers.0.mixer.in_proj.weight";
+        let t = &tensors[name];
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[3] = bad;
+        let poisoned = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+        tensors.insert(name.to_string(), poisoned);
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let msg = load_err(dir.path());
+        assert!(
+            msg.contains(name) && msg.contains("non-finite") && msg.contains("model.safetensors"),
+            "{msg}"
+        );
     }
 }

@@ -137,6 +137,7 @@ pub fn recipe(name: &str, mode: Mode) -> Result<Recipe> {
             ))),
             _ => None,
         },
+        allow_changed: Vec::new(),
     };
     let mut model = preset.config;
     model.vocab_size = pad_vocab(
@@ -264,6 +265,7 @@ fn demo(mode: Mode) -> Recipe {
             save_top_k: 1,
             save_last: true,
             resume_path: None,
+            allow_changed: Vec::new(),
         },
         tokenizer: TokenizerSection {
             library: "bytes".into(),

@@ -16,12 +16,16 @@ pub enum RecipeError {
     File { path: PathBuf, message: String },
     #[error("the recipe is invalid: {0}")]
     Invalid(String),
+    /// A resume whose trajectory settings differ from the checkpoint's recipe.
+    #[error("{0}")]
+    Resume(String),
     #[error("{0}")]
     Launch(String),
-    #[error("{path}: {source}")]
+    // `error`, not `source`: the message holds its text already (anyhow's `{:#}` would print a source twice).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -29,5 +33,5 @@ pub type Result<T, E = RecipeError> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RecipeError {
     let path = path.into();
-    move |source| RecipeError::Io { path, source }
+    move |error| RecipeError::Io { path, error }
 }

@@ -202,7 +202,8 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Starts `num_gpus_per_node` workers (`exe worker_args...`) on this machine with torchrun's environment,
-/// prefixes each line they print with `[rank N]`, and waits for all. Errors when any worker fails.
+/// prefixes each line they print with `[rank N]`, and waits for all. Errors when any worker fails. The caller
+/// holds the run directory's lock; the workers learn so from `coil_train::lock::HELD_BY_ENV`.
 pub fn run_local(recipe: &Recipe, exe: &Path, worker_args: &[String]) -> Result<()> {
     let p = &recipe.parallel;
     if p.num_nodes != 1 {
@@ -227,6 +228,11 @@ pub fn run_local(recipe: &Recipe, exe: &Path, worker_args: &[String]) -> Result<
             .env("LOCAL_WORLD_SIZE", world.to_string())
             .env("MASTER_ADDR", &recipe.executor.master_addr)
             .env("MASTER_PORT", port.to_string())
+            // This process holds the run directory's lock for its workers.
+            .env(
+                coil_train::lock::HELD_BY_ENV,
+                std::process::id().to_string(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -2,7 +2,8 @@
 //! a CPU-sized `demo`, as one plain serde struct per run.
 //!
 //! Owns: the recipe types ([`recipe`]), the built-in recipes with NeMo's defaults ([`catalog`]), dotted
-//! overrides and the TOML form ([`overrides`]), resolution into the trainer's run ([`resolve`]), derived figures
+//! overrides and the TOML form ([`overrides`]), the checks a run makes before it starts, resume consistency
+//! included ([`checks`]), resolution into the trainer's run ([`resolve`]), derived figures
 //! ([`memory`]) and the executors (`direct`, `local`, `slurm`) with the rank-0 rendezvous ([`launch`]).
 //!
 //! Key design decision: a recipe is data, not a tree of lazy constructors. Every effective value lives in one
@@ -14,6 +15,7 @@
 //! the 56B tokenizer.
 
 pub mod catalog;
+pub mod checks;
 pub mod error;
 pub mod launch;
 pub mod memory;
@@ -22,6 +24,7 @@ pub mod recipe;
 pub mod resolve;
 
 pub use catalog::{recipe, recipe_names};
+pub use checks::{Changed, ResumeCheck, TRAJECTORY_KEYS};
 pub use error::{RecipeError, Result};
 pub use overrides::{apply_overrides, from_toml, to_toml};
 pub use recipe::{ExecutorKind, Mode, Recipe};

@@ -9,7 +9,8 @@
 //! Special keys:
 //! - `model.num_layers=N` takes the first N layers of the pattern, or repeats the pattern from its start to
 //!   reach N (so `M-M*` with N=6 becomes `M-M*M-`);
-//! - `data.kind=K` switches the data variant and resets its other keys to that variant's defaults;
+//! - `data.kind=K` switches the data variant and resets its other keys to that variant's defaults (naming the
+//!   current kind changes nothing);
 //! - NeMo spellings map onto Coil's: `data.global_batch_size`, `data.micro_batch_size`, `data.seq_length`
 //!   (trainer.*), `trainer.devices`, `trainer.num_nodes` (parallel.*), `resume_path`, `dir`, `name`.
 //!
@@ -63,7 +64,13 @@ pub fn apply_overrides(recipe: &Recipe, args: &[String]) -> Result<Recipe> {
     for (key, raw) in &pairs {
         match key.as_str() {
             "model.num_layers" => set_num_layers(&mut tree, raw)?,
-            "data.kind" => tree["data"] = data_defaults(&unquote(raw)),
+            // The current kind keeps its settings; another kind starts from its defaults.
+            "data.kind" => {
+                let kind = unquote(raw);
+                if tree["data"]["kind"].as_str() != Some(kind.as_str()) {
+                    tree["data"] = data_defaults(&kind);
+                }
+            }
             _ => set_key(&mut tree, key, raw)?,
         }
         vocab_set |= key == "model.vocab_size";
@@ -226,6 +233,7 @@ fn coerce(key: &str, raw: &str, old: &Value) -> Result<Value> {
             _ => Err(bad("true or false")),
         },
         Value::Number(n) if n.is_f64() => match parsed {
+            Some(toml::Value::Float(f)) if !f.is_finite() => Err(bad("a finite number")),
             Some(toml::Value::Float(f)) => Ok(serde_json::json!(f)),
             Some(toml::Value::Integer(i)) => Ok(serde_json::json!(i as f64)),
             _ => Err(bad("a number")),
@@ -316,10 +324,37 @@ fn collect_nulls(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// Parses a recipe file (the TOML that `coil recipe show` prints or `--to-toml` writes).
+/// Parses a recipe file (the TOML that `coil recipe show` prints or `--to-toml` writes). A non-finite number
+/// (`nan`, `inf`) is refused here, naming its key: no setting takes one.
 pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Recipe> {
-    toml::from_str(text).map_err(|e| RecipeError::File {
+    let file_error = |message: String| RecipeError::File {
         path: path.to_path_buf(),
-        message: format!("not a valid recipe: {e}"),
-    })
+        message,
+    };
+    let recipe: Recipe =
+        toml::from_str(text).map_err(|e| file_error(format!("not a valid recipe: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| file_error(format!("not a valid recipe: {e}")))?;
+    match non_finite_key("", &toml::Value::Table(table)) {
+        Some(key) => Err(file_error(format!("{key}: expected a finite number"))),
+        None => Ok(recipe),
+    }
+}
+
+/// The dotted key of the first non-finite float in a TOML tree.
+fn non_finite_key(prefix: &str, v: &toml::Value) -> Option<String> {
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(prefix.to_string()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| non_finite_key(&join(k), v)),
+        toml::Value::Array(a) => a.iter().find_map(|v| non_finite_key(prefix, v)),
+        _ => None,
+    }
 }

@@ -165,8 +165,13 @@ pub struct Checkpointing {
     /// Checkpoints kept by validation loss (-1 keeps all).
     pub save_top_k: i64,
     pub save_last: bool,
-    /// Weights to start a fine-tune from: an HF-layout directory (a Coil checkpoint is one).
+    /// Weights a new run starts from: an HF-layout directory (a Coil checkpoint is one). A fine-tune needs it; a
+    /// pretraining run with it continues pretraining from those weights (fresh optimizer and schedule).
     pub resume_path: Option<PathBuf>,
+    /// Settings that may differ from the checkpoint's recipe when a run resumes (keys of
+    /// `checks::TRAJECTORY_KEYS`, or a table such as `optim`); any other difference stops the resume.
+    #[serde(default)]
+    pub allow_changed: Vec<String>,
 }
 
 /// The tokenizer NeMo pairs with the model, and where Coil reads it from.

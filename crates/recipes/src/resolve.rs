@@ -1,5 +1,5 @@
-//! From a recipe to what the trainer consumes: checks that span sections, the tokenizer, the data sources and
-//! the [`coil_train::TrainRun`].
+//! From a recipe to what the trainer consumes: the run directory, the tokenizer, where the weights start, the
+//! data sizes and the [`coil_train::TrainRun`]. The checks live in [`crate::checks`].
 
 use crate::error::{RecipeError, Result};
 use crate::recipe::{Mode, PrecisionName, Recipe};
@@ -11,67 +11,6 @@ impl Recipe {
     /// `<run.dir>/<run.name>`.
     pub fn run_dir(&self) -> PathBuf {
         self.run.dir.join(&self.run.name)
-    }
-
-    /// Consistency checks across sections (sizes, divisibility, the pattern).
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(RecipeError::Invalid(m));
-        let p = &self.parallel;
-        let t = &self.trainer;
-        for (name, v) in [
-            ("parallel.num_nodes", p.num_nodes),
-            ("parallel.num_gpus_per_node", p.num_gpus_per_node),
-            ("parallel.tensor_parallelism", p.tensor_parallelism),
-            ("parallel.pipeline_parallelism", p.pipeline_parallelism),
-            ("parallel.context_parallelism", p.context_parallelism),
-            ("trainer.micro_batch_size", t.micro_batch_size),
-            ("trainer.global_batch_size", t.global_batch_size),
-            ("trainer.seq_length", t.seq_length),
-            ("tokenizer.vocab_size", self.tokenizer.vocab_size),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
-        }
-        if t.max_steps == 0 {
-            return bad("trainer.max_steps must be at least 1".into());
-        }
-        let model_par = p.tensor_parallelism * p.pipeline_parallelism * p.context_parallelism;
-        if !p.world_size().is_multiple_of(model_par) {
-            return bad(format!(
-                "num_nodes x num_gpus_per_node = {} GPUs is not a multiple of TP x PP x CP = {model_par}",
-                p.world_size()
-            ));
-        }
-        let dp = p.data_parallel();
-        if !t.global_batch_size.is_multiple_of(t.micro_batch_size * dp) {
-            return bad(format!(
-                "trainer.global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {dp}",
-                t.global_batch_size, t.micro_batch_size
-            ));
-        }
-        let kinds = self
-            .model
-            .layers()
-            .map_err(|e| RecipeError::Invalid(format!("model.pattern: {e}")))?;
-        // Sizes, and what the model family's HF code can compute (so every checkpoint exports exactly).
-        self.model
-            .validate()
-            .map_err(|e| RecipeError::Invalid(format!("[model]: {e}")))?;
-        if !kinds.len().is_multiple_of(p.pipeline_parallelism) {
-            return bad(format!(
-                "the pattern has {} layers, not a multiple of pipeline_parallelism {}",
-                kinds.len(),
-                p.pipeline_parallelism
-            ));
-        }
-        if self.model.vocab_size < self.tokenizer.vocab_size {
-            return bad(format!(
-                "model.vocab_size {} is smaller than tokenizer.vocab_size {}",
-                self.model.vocab_size, self.tokenizer.vocab_size
-            ));
-        }
-        Ok(())
     }
 
     /// The data module's sizes.
@@ -106,40 +45,46 @@ impl Recipe {
         }
     }
 
+    /// The trainer's precision; FP8 needs the GPU build.
+    pub(crate) fn precision(&self) -> Result<Precision> {
+        match self.trainer.precision {
+            PrecisionName::F32 => Ok(Precision::F32),
+            PrecisionName::Bf16Mixed => Ok(Precision::Bf16Mixed),
+            PrecisionName::Bf16Fp8CurrentScaling => Err(RecipeError::Value {
+                key: "trainer.precision".into(),
+                message: "FP8 training needs the GPU build of Coil; set trainer.precision=bf16-mixed (or 32) to \
+                          train without FP8"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Where a new run's weights come from: `checkpoint.resume_path` when set (a fine-tune, or continued
+    /// pretraining), else random weights (pretraining). A path that is not a directory is an error.
+    pub fn start(&self) -> Result<Start> {
+        match (self.mode, &self.checkpoint.resume_path) {
+            (_, Some(p)) if p.is_dir() => Ok(Start::Pretrained(p.clone())),
+            (_, Some(p)) => Err(RecipeError::Value {
+                key: "checkpoint.resume_path".into(),
+                message: format!(
+                    "{} is not a directory; give a model directory (HF layout or a Coil checkpoint, e.g. \
+                     runs/demo/checkpoints/step-200)",
+                    p.display()
+                ),
+            }),
+            (Mode::Pretrain, None) => Ok(Start::Random),
+            (Mode::Finetune, None) => Err(RecipeError::Value {
+                key: "checkpoint.resume_path".into(),
+                message: "a fine-tune needs the weights to start from: resume_path=DIR".into(),
+            }),
+        }
+    }
+
     /// The trainer's run. `recipe_toml` is stored next to the run and in every checkpoint.
     pub fn train_run(&self, recipe_toml: String) -> Result<TrainRun> {
         self.validate()?;
-        let precision = match self.trainer.precision {
-            PrecisionName::F32 => Precision::F32,
-            PrecisionName::Bf16Mixed => Precision::Bf16Mixed,
-            PrecisionName::Bf16Fp8CurrentScaling => return Err(RecipeError::Value {
-                key: "trainer.precision".into(),
-                message:
-                    "FP8 training needs the GPU build of Coil; set trainer.precision=bf16-mixed \
-                              (or 32) to train without FP8"
-                        .into(),
-            }),
-        };
-        let start = match (self.mode, &self.checkpoint.resume_path) {
-            (Mode::Pretrain, _) => Start::Random,
-            (Mode::Finetune, Some(p)) if p.is_dir() => Start::Pretrained(p.clone()),
-            (Mode::Finetune, Some(p)) => {
-                return Err(RecipeError::Value {
-                    key: "checkpoint.resume_path".into(),
-                    message: format!(
-                        "{} is not a directory; give a model directory (HF layout or a Coil checkpoint, e.g. \
-                         runs/demo/checkpoints/step-300)",
-                        p.display()
-                    ),
-                })
-            }
-            (Mode::Finetune, None) => {
-                return Err(RecipeError::Value {
-                    key: "checkpoint.resume_path".into(),
-                    message: "a fine-tune needs the weights to start from: resume_path=DIR".into(),
-                })
-            }
-        };
+        let precision = self.precision()?;
+        let start = self.start()?;
         let device = coil_model::device::select_device(&self.run.device).map_err(|e| {
             RecipeError::Value {
                 key: "run.device".into(),

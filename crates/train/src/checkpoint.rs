@@ -134,7 +134,7 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Reads a checkpoint directory written by [`save`].
+/// Reads a checkpoint directory written by [`save`]; refuses one holding a non-finite weight or moment.
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let what = dir.display().to_string();
     let p = dir.join("trainer_state.json");
@@ -146,6 +146,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         .map_err(|e| TrainError::Checkpoint(format!("{what}/model.safetensors: {e}")))?;
     let optimizer = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)
         .map_err(|e| TrainError::Checkpoint(format!("{what}/optimizer.safetensors: {e}")))?;
+    for (file, tensors) in [
+        ("model.safetensors", &weights),
+        ("optimizer.safetensors", &optimizer),
+    ] {
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        for name in names {
+            if !coil_model::all_finite(&tensors[name])? {
+                return Err(TrainError::Checkpoint(format!(
+                    "{what}/{file}: tensor `{name}` holds non-finite values (NaN or infinity), so this checkpoint \
+                     cannot be resumed; move {what} out of the way to resume from the checkpoint before it"
+                )));
+            }
+        }
+    }
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
         config,

@@ -6,10 +6,14 @@ pub enum TrainError {
     NonFinite(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    #[error("{path}: {source}")]
+    /// The run directory is locked by another process.
+    #[error("{0}")]
+    Locked(String),
+    // `error`, not `source`: the message holds its text already (anyhow's `{:#}` would print a source twice).
+    #[error("{path}: {error}")]
     Io {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid training setup: {0}")]
     Invalid(String),
@@ -24,8 +28,8 @@ pub enum TrainError {
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
+    move |error| TrainError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Owns: AdamW with fp32 master weights and fp32 gradient accumulation ([`optim`]), the warmup + cosine LR
 //! schedule ([`schedule`]), the loop with validation and NaN/Inf stops ([`trainer`]), data-parallel gradient
-//! exchange ([`dist`]), atomic checkpoints in HF layout with optimizer and trainer state ([`checkpoint`]), and run
-//! feedback ([`metrics`], [`plot`]).
+//! exchange ([`dist`]), the run-directory lock ([`lock`]), atomic checkpoints in HF layout with optimizer and
+//! trainer state ([`checkpoint`]), and run feedback ([`metrics`], [`plot`]).
 //!
 //! Key design decision: gradients come from candle's autograd over the model's own forward pass; the Mamba2
 //! mixer core is one custom op with a hand-written backward (in `coil-ops`), so the model code has one forward
@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod dist;
 pub mod error;
 mod fused;
+pub mod lock;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

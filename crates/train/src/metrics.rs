@@ -29,6 +29,34 @@ impl JsonlWriter {
             file,
         })
     }
+    /// Opens `path` for appending after dropping its entries past `step` (steps a resumed run takes again) and
+    /// any line that is not a complete JSON object (cut short by a kill). The shortened file replaces the old one
+    /// atomically.
+    pub fn open_resumed(path: &Path, step: u64) -> Result<Self> {
+        if path.is_file() {
+            let text = std::fs::read_to_string(path).map_err(io(path))?;
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                        .is_some_and(|s| s <= step)
+                })
+                .collect();
+            if kept.len() != text.lines().count() || (!text.is_empty() && !text.ends_with('\n')) {
+                let tmp = path.with_extension(format!("jsonl.tmp-{}", std::process::id()));
+                let mut body = kept.join("\n");
+                if !body.is_empty() {
+                    body.push('\n');
+                }
+                std::fs::write(&tmp, body).map_err(io(&tmp))?;
+                std::fs::rename(&tmp, path).map_err(io(path))?;
+            }
+        }
+        Self::open(path)
+    }
+
     pub fn write(&mut self, v: &serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}").map_err(io(&self.path))?;
         self.file.flush().map_err(io(&self.path))
@@ -139,6 +167,26 @@ impl TensorBoardWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resumed_metrics_drop_the_steps_taken_again_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let lines = [
+            "{\"step\":1}",
+            "{\"step\":2}",
+            "{\"step\":3}",
+            "{\"step\":4}",
+        ];
+        std::fs::write(&path, format!("{}\n{{\"step\":5,\"lo", lines.join("\n"))).unwrap();
+        let mut w = JsonlWriter::open_resumed(&path, 2).unwrap();
+        w.write(&serde_json::json!({"step": 3})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n");
+        // a fresh start keeps nothing past step 0
+        JsonlWriter::open_resumed(&path, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
 
     #[test]
     fn crc_and_varint_known_values() {

@@ -60,7 +60,8 @@ pub struct TrainerConfig {
 pub enum Start {
     /// Megatron-style random initialisation with this seed.
     Random,
-    /// A model directory (HF layout, state-spaces, or a Coil checkpoint) to fine-tune.
+    /// A model directory (HF layout, state-spaces, or a Coil checkpoint) to start from: a fine-tune, or continued
+    /// pretraining (fresh optimizer state and schedule).
     Pretrained(PathBuf),
 }
 
@@ -266,12 +267,14 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
         consumed_samples: state.consumed_samples,
     };
     let mut loader = with_padding(
-        Loader::new(train_data, tc.micro_batch_size, rank, dp, cursor)?,
+        Loader::new(train_data, tc.micro_batch_size, rank, dp, cursor)?
+            .with_vocab(run.model.vocab_size),
         run.padding,
     );
     let mut writers = if root {
         Some((
-            JsonlWriter::open(&run.run_dir.join("metrics.jsonl"))?,
+            // Steps past the resumed one are taken again: their old entries go.
+            JsonlWriter::open_resumed(&run.run_dir.join("metrics.jsonl"), state.step)?,
             TensorBoardWriter::create(&run.run_dir.join("tb"))?,
         ))
     } else {
@@ -336,13 +339,11 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
         }
         let loss = loss_sum / loss_tokens.max(1.0);
         if !loss.is_finite() {
-            return Err(TrainError::NonFinite(format!("step {step}: training loss is {loss}; stopping (lower the learning rate or check the data)")));
+            return Err(diverged(run, step, format!("the training loss is {loss}")));
         }
         let lr = run.schedule.lr_at(state.step);
         let grad_norm = opt.step(lr).map_err(|e| match e {
-            TrainError::NonFinite(m) => {
-                TrainError::NonFinite(format!("step {step}: {m}; stopping"))
-            }
+            TrainError::NonFinite(m) => diverged(run, step, m),
             other => other,
         })?;
         state.step = step;
@@ -361,6 +362,9 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
         if validate {
             if let Some(v) = &val_data {
                 let vl = validation_loss(&eval_model, v, run)?;
+                if !vl.is_finite() {
+                    return Err(diverged(run, step, format!("the validation loss is {vl}")));
+                }
                 summary.val_losses.push((step, vl));
                 last_val = Some(vl);
             }
@@ -392,6 +396,16 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
             && ((tc.val_check_interval > 0 && step % tc.val_check_interval == 0)
                 || step == tc.max_steps);
         if ckpt_now {
+            // Only finite weights are saved (a finite loss and gradient can still overflow an update).
+            for (name, w) in opt.masters() {
+                if !coil_model::all_finite(&w)? {
+                    return Err(diverged(
+                        run,
+                        step,
+                        format!("the update made weight `{name}` non-finite"),
+                    ));
+                }
+            }
             let dir = checkpoint::save(
                 &run.run_dir,
                 &run.model,
@@ -420,6 +434,25 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
     Ok(summary)
 }
 
+/// The error that stops a diverged run: what went non-finite at `step`, and which checkpoint a rerun resumes
+/// from (the newest one, saved before any non-finite value appeared).
+fn diverged(run: &TrainRun, step: u64, what: String) -> TrainError {
+    let last = checkpoint::list_checkpoints(&run.run_dir)
+        .ok()
+        .and_then(|mut l| l.pop());
+    let resume = match last {
+        Some((s, dir)) => format!(
+            "the last good checkpoint is {} (step {s}); a rerun resumes from it",
+            dir.display()
+        ),
+        None => "no checkpoint was saved before it, so a rerun starts from the beginning".into(),
+    };
+    TrainError::NonFinite(format!(
+        "step {step}: {what}. The run diverged and stopped without saving step {step}; {resume}. Lower the \
+         learning rate (optim.max_lr) or check the data"
+    ))
+}
+
 fn with_padding<S: SampleSource>(
     loader: Loader<S>,
     padding: Option<(i64, usize, usize)>,
@@ -443,7 +476,8 @@ fn validation_loss<V: SampleSource>(
         0,
         1,
         DataCursor::default(),
-    )?;
+    )?
+    .with_vocab(run.model.vocab_size);
     let mut loader = with_padding(loader, run.padding);
     let device = &run.device;
     let (mut sum, mut count) = (0f64, 0f64);

@@ -301,7 +301,7 @@ fn bf16_mixed_tracks_f32() {
 
 #[test]
 fn non_finite_loss_stops_the_run_naming_the_step() {
-    // Pretrained weights with a NaN in the LM head make the first loss NaN.
+    // Pretrained weights whose LM head is finite but huge: the logits overflow and the first loss is not finite.
     let src = tempfile::tempdir().unwrap();
     let s = train(
         &run(src.path(), "M-", 1, 100, 1e-3),
@@ -312,16 +312,33 @@ fn non_finite_loss_stops_the_run_naming_the_step() {
     let ck = s.last_checkpoint.unwrap();
     let mut w = candle_core::safetensors::load(ck.join("model.safetensors"), &Device::Cpu).unwrap();
     let head = w["lm_head.weight"].clone();
-    let nan = (head.zeros_like().unwrap() + f64::NAN).unwrap();
-    w.insert("lm_head.weight".into(), nan);
+    let huge = (head.zeros_like().unwrap() + f64::from(f32::MAX / 2.0)).unwrap();
+    w.insert("lm_head.weight".into(), huge);
     candle_core::safetensors::save(&w, ck.join("model.safetensors")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut r = run(dir.path(), "M-", 3, 100, 1e-3);
-    r.start = Start::Pretrained(ck);
+    r.start = Start::Pretrained(ck.clone());
     let e = train(&r, corpus(32, 0, 24), None::<Bytes>)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("step 1") && e.contains("NaN"), "{e}");
+    assert!(
+        e.contains("step 1")
+            && e.contains("training loss")
+            && e.contains("no checkpoint was saved"),
+        "{e}"
+    );
+    assert!(checkpoint::list_checkpoints(dir.path()).unwrap().is_empty());
+    // A NaN weight is refused before training, naming the tensor.
+    let nan = (head.zeros_like().unwrap() + f64::NAN).unwrap();
+    w.insert("lm_head.weight".into(), nan);
+    candle_core::safetensors::save(&w, ck.join("model.safetensors")).unwrap();
+    let e = train(&r, corpus(32, 0, 24), None::<Bytes>)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lm_head.weight") && e.contains("non-finite"),
+        "{e}"
+    );
 }
 
 /// The same run on the GPU tracks the CPU run step by step (f32: to rounding; bf16-mixed: loosely), and its

@@ -6,6 +6,7 @@
 //! plus each sequence's embedding row and reads and writes its decode state. The bandwidth is measured in the
 //! same run (multithreaded sum over a buffer far larger than the caches).
 
+use super::args::{DeviceArgs, PresetArgs};
 use super::generate::WeightsArg;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -18,9 +19,8 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct GenerateBenchArgs {
-    /// Model shape, a preset name, e.g. mamba2_130m.
-    #[arg(long, default_value = "mamba2_130m")]
-    pub preset: String,
+    #[command(flatten)]
+    pub model: PresetArgs,
     /// Prompt tokens per sequence.
     #[arg(long, default_value_t = 32)]
     pub prompt: usize,
@@ -30,7 +30,8 @@ pub struct GenerateBenchArgs {
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batch: Vec<usize>,
-    /// Decode weight precisions, comma-separated.
+    /// Decode weight precisions, comma-separated. On a GPU the whole batch is one tensor and every step is the
+    /// model's forward with T = 1, in this precision.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
     pub weights: Vec<WeightsArg>,
     /// Timed repetitions per configuration (the median is reported, after one untimed warm-up).
@@ -42,10 +43,8 @@ pub struct GenerateBenchArgs {
     /// Print one JSON object per configuration instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Device: auto, cpu, cuda or cuda:N. On a GPU the whole batch is one tensor and every step is the model's
-    /// forward with T = 1, in the precision of --weights.
-    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Best of several multithreaded read passes over `mib` MiB, in bytes/s.
@@ -103,13 +102,13 @@ fn run_once(e: &Engine, prompts: &[Vec<u32>], new: usize) -> Result<Timing> {
 }
 
 pub fn run(a: GenerateBenchArgs) -> Result<()> {
-    let cfg = super::bench::preset_config(&a.preset, None)?;
+    let cfg = a.model.config()?;
     if a.prompt == 0 || a.new_tokens < 2 || a.iters == 0 || a.batch.contains(&0) {
         bail!(
             "--prompt and --iters must be positive, --new-tokens at least 2, batch sizes positive"
         );
     }
-    let device = coil_model::device::select_device(&a.device).context("--device")?;
+    let device = a.device.open()?;
     if !device.is_cpu() {
         return run_on_device(&a, &cfg, &device);
     }
@@ -122,7 +121,7 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
     if !a.json {
         println!(
             "generate {} (random weights), prompt {} + {} new tokens, {threads} threads; read bandwidth {:.1} GB/s (load avg {load})",
-            a.preset,
+            a.model.preset,
             a.prompt,
             a.new_tokens,
             bw / 1e9
@@ -161,7 +160,7 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "bench": "generate", "impl": "coil", "preset": a.preset, "weights": dt, "batch": batch,
+                        "bench": "generate", "impl": "coil", "preset": a.model.preset, "weights": dt, "batch": batch,
                         "prompt": a.prompt, "new_tokens": a.new_tokens, "threads": threads, "load_avg": load,
                         "bandwidth_gb_s": bw / 1e9, "prefill_s": m.prefill_s, "decode_s": m.decode_s,
                         "decode_tokens_per_s": decode_tok_s, "end_to_end_new_tokens_per_s": e2e_tok_s,
@@ -251,7 +250,7 @@ fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Dev
     if !a.json {
         println!(
             "generate {} (random weights), prompt {} + {} new tokens on {label}; copy bandwidth {:.0} GB/s",
-            a.preset,
+            a.model.preset,
             a.prompt,
             a.new_tokens,
             bw / 1e9
@@ -287,7 +286,7 @@ fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Dev
                 println!(
                     "{}",
                     serde_json::json!({
-                        "bench": "generate", "impl": "coil", "preset": a.preset, "weights": dt, "batch": batch,
+                        "bench": "generate", "impl": "coil", "preset": a.model.preset, "weights": dt, "batch": batch,
                         "prompt": a.prompt, "new_tokens": a.new_tokens, "device": label,
                         "bandwidth_gb_s": bw / 1e9, "prefill_s": m.prefill_s, "decode_s": m.decode_s,
                         "decode_tokens_per_s": decode_tok_s, "end_to_end_new_tokens_per_s": e2e_tok_s,

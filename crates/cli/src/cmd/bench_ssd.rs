@@ -7,7 +7,8 @@
 //! (`coil_ops::tensor::composed`) and backpropagates a random output gradient to x, dt, dt_bias, A, B, C and D.
 //! On CUDA each run is timed with CUDA events on candle's stream; elsewhere with the host clock.
 
-use anyhow::{bail, Context, Result};
+use super::args::DeviceArgs;
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use coil_ops::tensor::{self as ops, composed};
@@ -41,8 +42,8 @@ pub struct SsdBenchArgs {
     /// Time the forward only.
     #[arg(long)]
     pub forward_only: bool,
-    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -101,7 +102,7 @@ pub fn run(a: SsdBenchArgs) -> Result<()> {
         other => bail!("--dtype {other:?}: expected bf16 or f32"),
     };
     let t_start = Instant::now();
-    let dev = coil_model::device::select_device(&a.device).context("--device")?;
+    let dev = a.device.open()?;
     let (b, t, h, p, g, n) = (a.batch, a.seqlen, a.heads, a.head_dim, a.groups, a.state);
     let rand = |shape: &[usize], lo: f64, hi: f64, dt: DType| -> Result<Tensor> {
         Ok(Tensor::rand(lo as f32, hi as f32, shape, &dev)?.to_dtype(dt)?)

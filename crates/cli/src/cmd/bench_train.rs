@@ -1,5 +1,6 @@
 //! `coil bench train`: training-step throughput (forward, backward, AdamW with clipping) on random tokens.
 
+use super::args::{DeviceArgs, PresetArgs};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
@@ -10,9 +11,8 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct TrainBenchArgs {
-    /// Model shape, a preset name, e.g. mamba2_130m.
-    #[arg(long, default_value = "mamba2_130m")]
-    pub preset: String,
+    #[command(flatten)]
+    pub model: PresetArgs,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
@@ -28,18 +28,15 @@ pub struct TrainBenchArgs {
     /// `32` or `bf16-mixed`.
     #[arg(long, default_value = "32")]
     pub precision: String,
-    /// Override the SSD chunk size of the preset.
-    #[arg(long)]
-    pub chunk_size: Option<usize>,
-    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: TrainBenchArgs) -> Result<()> {
-    let cfg = super::bench::preset_config(&a.preset, a.chunk_size)?;
+    let cfg = a.model.config()?;
     if a.batch == 0 || a.seq_length == 0 || a.steps == 0 {
         bail!("--batch, --seq-length and --steps must be positive");
     }
@@ -48,7 +45,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         "bf16-mixed" => Precision::Bf16Mixed,
         other => bail!("--precision {other:?}: expected 32 or bf16-mixed"),
     };
-    let device = coil_model::device::select_device(&a.device)?;
+    let device = a.device.open()?;
     let n_params = coil_model::params::num_parameters(&cfg)?;
     let masters = coil_model::params::init_params(&cfg, 0, &device, DType::F32)?
         .into_iter()
@@ -106,7 +103,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"bench": "train", "impl": "coil", "preset": a.preset, "params": n_params, "batch": a.batch,
+            serde_json::json!({"bench": "train", "impl": "coil", "preset": a.model.preset, "params": n_params, "batch": a.batch,
                 "seq_length": a.seq_length, "precision": a.precision, "device": label, "threads": threads,
                 "median_s": median, "tokens_per_s": tokens / median,
                 "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt_s})
@@ -114,7 +111,7 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     } else {
         println!(
             "train {} ({:.1}M params, {}, {label}, {threads} threads): batch {} x {} tokens, median step {:.3} s over {} steps = {:.1} tokens/s (mean forward {fwd:.2} s, backward {bwd:.2} s, optimizer {opt_s:.2} s)",
-            a.preset,
+            a.model.preset,
             n_params as f64 / 1e6,
             a.precision,
             a.batch,

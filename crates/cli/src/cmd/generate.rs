@@ -5,6 +5,7 @@
 //! prompt streams its completion as it is generated. `--output FILE.safetensors` writes `tokens` (i64 [B, N],
 //! the generated ids only; rows that stopped at EOS are padded with EOS) and `lengths` (i64 [B]).
 
+use super::args::{DeviceArgs, ModelDirArgs};
 use super::logits::{read_input_ids, write_safetensors_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -37,10 +38,8 @@ pub enum DecodeDtArg {
 /// Generate continuations of prompts (flags as NeMo's scripts/llm/generate.py; `_` spellings accepted).
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model directory: HF layout (config.json + safetensors; also a Coil checkpoint) or a state-spaces
-    /// Mamba2 directory (config.json + pytorch_model.bin).
-    #[arg(long, alias = "model_path", alias = "model-path")]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelDirArgs,
     /// Text prompts.
     #[arg(long, num_args = 1..)]
     pub prompts: Vec<String>,
@@ -55,10 +54,11 @@ pub struct GenerateArgs {
     /// Divides the logits before sampling (ignored by greedy --top-k 1).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    /// Nucleus sampling mass (0 = off). Cannot be combined with --top-k > 0.
-    #[arg(long, alias = "top_p", default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Keep the k most likely tokens (0 = off, 1 = greedy).
+    /// Nucleus sampling mass (0 = off). Default 0.95, or 0 when --top-k is given; an explicit value cannot be
+    /// combined with --top-k > 0 (Megatron's rule).
+    #[arg(long, alias = "top_p")]
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens (0 = off, 1 = greedy). Turns the default top-p off.
     #[arg(long, alias = "top_k", default_value_t = 0)]
     pub top_k: usize,
     /// Sequences decoded together at most.
@@ -76,7 +76,8 @@ pub struct GenerateArgs {
     /// Keep generating after EOS (for exact comparisons with runs that ignore it).
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Precision of the decode-step weights.
+    /// Precision of the decode-step weights (on a GPU: of the whole model, and prompts of equal length decode as
+    /// one batch).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights: WeightsArg,
     /// dt clamp in the decode step.
@@ -88,10 +89,20 @@ pub struct GenerateArgs {
     /// FP8 inference (not implemented yet).
     #[arg(long)]
     pub fp8: bool,
-    /// Device: auto (a GPU when built with CUDA and one is present), cpu, cuda or cuda:N. On a GPU the model
-    /// runs in the precision of --weights and prompts of equal length decode as one batch.
-    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl GenerateArgs {
+    /// `--top-p` as given; when not given, 0.95 (NeMo's default) unless `--top-k` was given, since Megatron
+    /// refuses top-k and top-p together and `--top-k 1` alone is how a user asks for greedy decoding.
+    pub fn top_p(&self) -> f32 {
+        match (self.top_p, self.top_k) {
+            (Some(p), _) => p,
+            (None, 0) => 0.95,
+            (None, _) => 0.0,
+        }
+    }
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -104,19 +115,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.fp8 {
         bail!("--fp8: FP8 inference is not implemented yet; drop --fp8 to decode in f32 or bf16");
     }
-    let device = coil_model::device::select_device(&a.device).context("--device")?;
+    let device = a.device.open()?;
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
-        top_p: a.top_p,
+        top_p: a.top_p(),
     };
     let dtype = match (device.is_cpu(), a.weights) {
         // The CPU engine converts its own step weights; its prefill stays f32.
         (true, _) | (false, WeightsArg::F32) => DType::F32,
         (false, WeightsArg::Bf16) => DType::BF16,
     };
-    let lm = HybridLm::from_dir(&a.model, &device, dtype)
-        .with_context(|| format!("--model {}: loading the model", a.model.display()))?;
+    let lm = a.model.load(&device, dtype)?;
     let tokenizer = open_tokenizer(&a)?;
     let text_mode = a.input_ids.is_none();
     let prompts = read_prompts(&a, &lm, tokenizer.as_deref())?;
@@ -244,14 +254,15 @@ fn open_tokenizer(a: &GenerateArgs) -> Result<Option<Box<dyn Tokenizer>>> {
             .with_context(|| format!("--tokenizer {spec}"));
     }
     // A checkpoint Coil wrote carries its tokenizer (tokenizer.json, or coil_tokenizer.json naming one).
+    let dir = &a.model.model;
     let has_tokenizer = ["tokenizer.json", coil_data::tokenizer::COIL_TOKENIZER_FILE]
         .iter()
-        .any(|f| a.model.join(f).is_file());
+        .any(|f| dir.join(f).is_file());
     if has_tokenizer {
-        let spec = a.model.to_string_lossy().into_owned();
+        let spec = dir.to_string_lossy().into_owned();
         return coil_data::load_tokenizer(&spec)
             .map(Some)
-            .with_context(|| format!("{}: the model directory's tokenizer", a.model.display()));
+            .with_context(|| format!("{}: the model directory's tokenizer", dir.display()));
     }
     Ok(None)
 }
@@ -289,7 +300,7 @@ fn read_prompts(
                 bail!(
                     "no tokenizer for the text prompts: {} has no tokenizer.json; pass --tokenizer (a tokenizer.json, \
                      a NeMo tiktoken vocab, a SentencePiece .model, gpt2 or bytes) or give --input-ids",
-                    a.model.display()
+                    a.model.model.display()
                 );
             };
             let bos = if a.add_bos {
@@ -317,7 +328,8 @@ fn read_prompts(
                     let vocab = lm.config.vocab_size;
                     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
                         bail!(
-                            "--prompts: the tokenizer ({}) gave id {bad} for prompt {i}, outside the model's vocabulary                              [0, {vocab}); is it the model's tokenizer?",
+                            "--prompts: the tokenizer ({}) gave id {bad} for prompt {i}, outside the model's \
+                             vocabulary [0, {vocab}); is it the model's tokenizer?",
                             tok.describe()
                         );
                     }

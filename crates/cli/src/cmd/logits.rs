@@ -1,38 +1,38 @@
 //! `coil logits`: run a model on given token ids and write logits and loss, for exact comparisons.
 
+use super::args::{DeviceArgs, ModelDirArgs};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use coil_model::{next_token_loss, HybridLm};
+use coil_model::{all_finite, next_token_loss, HybridLm, Trace};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Compute logits and the next-token loss of a model on token ids from a safetensors file.
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
-    /// Model directory: HF layout (config.json + model.safetensors or sharded), or a state-spaces Mamba2
-    /// directory (config.json + pytorch_model.bin).
-    #[arg(long)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelDirArgs,
     /// Safetensors file with tensor `input_ids` (i64 [B, T]).
     #[arg(long)]
     pub input: PathBuf,
     /// Safetensors file to write: `logits` (f32 [B, T, V]) and `loss` (f32 [1], mean next-token cross-entropy).
+    /// Nothing is written when the logits hold NaN or infinity (the command fails, naming the first layer whose
+    /// output is not finite).
     #[arg(long)]
     pub output: PathBuf,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = coil_model::device::DEFAULT_DEVICE)]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Also write `grad.<name>` (f32) for every parameter: the gradient of `loss`, named as in the checkpoint.
     #[arg(long)]
     pub grads: bool,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let device = coil_model::device::select_device(&args.device)?;
+    let device = args.device.open()?;
     let ids = read_input_ids(&args.input)?;
-    let model = HybridLm::from_dir(&args.model, &device, DType::F32)
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let model = args.model.load(&device, DType::F32)?;
+    let model_dir = &args.model.model;
     let ids = ids.to_device(&device)?;
     let (b, t) = ids.dims2()?;
     if args.grads && t < 2 {
@@ -47,10 +47,19 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let logits = model.forward(&ids, None).with_context(|| {
         format!(
             "running {} on {}",
-            args.model.display(),
+            model_dir.display(),
             args.input.display()
         )
     })?;
+    if !all_finite(&logits)? {
+        bail!(
+            "{}: the logits on {} hold NaN or infinity ({}); the weights are finite, so the values overflow \
+             inside the model (a diverged checkpoint?); nothing was written",
+            model_dir.display(),
+            args.input.display(),
+            first_non_finite_layer(&model, &ids)?
+        );
+    }
     let loss = if t >= 2 {
         next_token_loss(&logits, &ids)?.reshape(1)?
     } else {
@@ -86,6 +95,34 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         model.config.vocab_size
     );
     Ok(())
+}
+
+/// Where non-finite values first appear in a forward pass over `ids` (run again with every activation kept, which
+/// only happens on this failure path): the embeddings, a layer's output (with its kind), or the final norm.
+pub fn first_non_finite_layer(model: &HybridLm, ids: &Tensor) -> Result<String> {
+    let mut trace = Trace::default();
+    model.forward(ids, Some(&mut trace))?;
+    let finite = |name: &str| -> Result<bool> {
+        match trace.0.get(name) {
+            Some(t) => Ok(all_finite(t)?),
+            None => Ok(true),
+        }
+    };
+    if !finite("act.embeddings")? {
+        return Ok("first non-finite: the embeddings".into());
+    }
+    for (i, block) in model.blocks.iter().enumerate() {
+        if !finite(&format!("act.layers.{i}.out"))? {
+            return Ok(format!(
+                "first non-finite output: layer {i} ({:?})",
+                block.kind
+            ));
+        }
+    }
+    if !finite("act.norm_f")? {
+        return Ok("first non-finite output: the final norm".into());
+    }
+    Ok("first non-finite: the LM head".into())
 }
 
 /// Reads tensor `input_ids` (integer, [B, T]) from a safetensors file.

@@ -10,6 +10,7 @@ use coil_model::HybridLm;
 use coil_recipes::launch::{rendezvous, run_local, run_slurm, WorkerEnv};
 use coil_recipes::{apply_overrides, from_toml, recipe, to_toml, ExecutorKind, Mode, Recipe};
 use coil_train::dist::{Collective, SingleProcess, TcpCollective};
+use coil_train::lock::{self, RunLock};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,7 +35,19 @@ trainer.num_nodes, resume_path, dir, name are accepted.\n\nThe local and slurm e
 processes with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set. They meet at a rank-0 TCP \
 rendezvous and train data-parallel: each rank takes its slice of every global batch on its own device (LOCAL_RANK \
 picks the GPU), the gradients are summed over the ranks through rank 0 each step, and rank 0 writes the run. \
-Splitting the model (tensor, pipeline or context parallelism > 1) is not implemented yet and is refused."
+Splitting the model (tensor, pipeline or context parallelism > 1) is not implemented yet and is refused.\n\n\
+One process trains a run directory at a time: it holds an advisory lock on <run.dir>/<run.name>/coil.lock (released \
+when the process ends, however it ends), and a second `coil pretrain`/`finetune` on the same directory fails at once \
+naming the process holding it.\n\n\
+A run directory that holds a checkpoint resumes from the newest one. The settings that shape the trajectory \
+(trainer.max_steps, global_batch_size, micro_batch_size, seq_length, seed, precision; every optim.* and data.* key; \
+tokenizer.path and vocab_size) must then equal the checkpoint's recipe; a difference is an error listing each key \
+with both values, unless allowed explicitly: checkpoint.allow_changed=[optim.max_lr,trainer.max_steps] (a table \
+name such as optim allows all its keys). A step whose training loss, gradient norm or validation loss is not finite \
+stops the run (exit code 1) before anything of that step is saved, naming the last good checkpoint.\n\n\
+resume_path=DIR starts a new run from the weights in DIR: a fine-tune (finetune) or continued pretraining \
+(pretrain), with a fresh optimizer and schedule. --dryrun makes every check a run makes before it reads data or \
+weights, the resume check included."
 )]
 pub struct RunArgs {
     /// Built-in recipe (see `coil recipes`), e.g. demo, mamba2_130m, nemotronh_8b.
@@ -48,7 +61,8 @@ pub struct RunArgs {
     /// A recipe file (TOML, as `coil recipe show` prints or `--to-toml` writes) instead of a built-in recipe.
     #[arg(long, conflicts_with = "recipe")]
     pub config: Option<PathBuf>,
-    /// Print the resolved plan (recipe TOML, derived figures, executor) and exit without running.
+    /// Make every check a run makes before it reads data or weights (values, files the recipe names, the resume
+    /// check), print the resolved plan (recipe TOML, derived figures, executor) and exit without running.
     #[arg(long)]
     pub dryrun: bool,
     /// Save the resolved recipe to FILE and exit without running.
@@ -58,7 +72,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorArg>,
     /// Overrides `key=value` with dotted keys, applied in order: trainer.max_steps=200, data.paths=[a,b],
-    /// model.num_layers=4, resume_path=DIR. An unknown key is an error listing the valid ones.
+    /// model.num_layers=4, resume_path=DIR, checkpoint.allow_changed=[optim.max_lr]. An unknown key is an error
+    /// listing the valid ones.
     pub overrides: Vec<String>,
 }
 
@@ -97,33 +112,36 @@ fn resolve(a: &RunArgs, mode: Mode) -> Result<Recipe> {
 pub fn run(a: RunArgs, mode: Mode) -> Result<()> {
     let r = resolve(&a, mode)?;
     if let Some(path) = &a.to_toml {
-        std::fs::write(path, to_toml(&r)?)
+        coil_data::atomic::write_file(path, to_toml(&r)?.as_bytes())
             .with_context(|| format!("--to-toml {}", path.display()))?;
         eprintln!("wrote {}", path.display());
         return Ok(());
     }
+    let check = r.preflight()?;
     if a.dryrun {
         print!("{}", render(&r)?);
         println!("# executor: {}", plan_line(&r));
+        match &check.checkpoint {
+            Some(dir) => println!("# resumes from {}", dir.display()),
+            None => println!("# starts a new run"),
+        }
+        for c in &check.allowed {
+            println!(
+                "# changed on resume (allowed): {} {} -> {}",
+                c.key, c.old, c.new
+            );
+        }
         return Ok(());
     }
     let exe = std::env::current_exe().context("locating the coil binary for the workers")?;
     match r.executor.kind {
         ExecutorKind::Direct => {
-            let world = r.parallel.world_size();
-            if world > 1 {
-                bail!(
-                    "the recipe asks for {} node(s) x {} GPU(s) = {world} ranks, but the direct executor runs \
-                     one process; start one process per GPU with --executor local (this machine) or \
-                     --executor slurm, or set parallel.num_nodes=1 parallel.num_gpus_per_node=1 \
-                     parallel.tensor_parallelism=1 parallel.pipeline_parallelism=1 for a single-process run",
-                    r.parallel.num_nodes,
-                    r.parallel.num_gpus_per_node
-                );
+            if let Some(problem) = direct_world_problem(&r) {
+                bail!("{problem}");
             }
-            train_here(&r, &mut SingleProcess)
+            locked(&r, || train_here(&r, &mut SingleProcess))
         }
-        ExecutorKind::Local => {
+        ExecutorKind::Local => locked(&r, || {
             let plan = write_plan(&r)?;
             let args = vec![
                 "worker".to_string(),
@@ -135,10 +153,16 @@ pub fn run(a: RunArgs, mode: Mode) -> Result<()> {
                 r.parallel.num_gpus_per_node,
                 plan.display()
             );
+            // The workers rely on this process's lock (lock::held_by_parent).
             run_local(&r, &exe, &args)?;
             Ok(())
-        }
+        }),
         ExecutorKind::Slurm => {
+            // The job runs later and takes the lock then; refuse to rewrite the plan of a run in progress.
+            let dir = r.run_dir();
+            if dir.is_dir() {
+                lock::ensure_free(&dir)?;
+            }
             let plan = write_plan(&r)?;
             let (script, submitted) = run_slurm(&r, &exe, &plan)?;
             if submitted {
@@ -155,10 +179,57 @@ pub fn run(a: RunArgs, mode: Mode) -> Result<()> {
     }
 }
 
+/// Runs `train` holding the run directory's lock. After taking it, checks the resume again (another process may
+/// have finished a checkpoint meanwhile) and says which changed settings it resumes with. When the run fails and
+/// the directory was new, a directory left with nothing of value (no checkpoint, no logged step) is removed.
+fn locked(r: &Recipe, train: impl FnOnce() -> Result<()>) -> Result<()> {
+    let dir = r.run_dir();
+    let fresh = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    let lock = RunLock::acquire(&dir)?;
+    let result = r.check_resume().map_err(anyhow::Error::from).and_then(|check| {
+        for c in &check.allowed {
+            eprintln!(
+                "resuming with a changed setting (allowed by checkpoint.allow_changed): {} {} -> {}",
+                c.key, c.old, c.new
+            );
+        }
+        train()
+    });
+    if result.is_err() && fresh && nothing_of_value(&dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    drop(lock);
+    result
+}
+
+/// True when a run directory holds no checkpoint and no logged step.
+fn nothing_of_value(dir: &Path) -> bool {
+    let no_checkpoint = coil_train::checkpoint::list_checkpoints(dir).is_ok_and(|l| l.is_empty());
+    let no_metrics = std::fs::metadata(dir.join("metrics.jsonl")).map_or(true, |m| m.len() == 0);
+    no_checkpoint && no_metrics
+}
+
+/// Why the direct executor cannot run this recipe (it asks for more than one rank), if it cannot.
+fn direct_world_problem(r: &Recipe) -> Option<String> {
+    let world = r.parallel.world_size();
+    (world > 1).then(|| {
+        format!(
+            "the recipe asks for {} node(s) x {} GPU(s) = {world} ranks, but the direct executor runs one \
+             process; start one process per GPU with --executor local (this machine) or --executor slurm, or \
+             set parallel.num_nodes=1 parallel.num_gpus_per_node=1 parallel.tensor_parallelism=1 \
+             parallel.pipeline_parallelism=1 for a single-process run",
+            r.parallel.num_nodes, r.parallel.num_gpus_per_node
+        )
+    })
+}
+
 fn plan_line(r: &Recipe) -> String {
     let p = &r.parallel;
     match r.executor.kind {
-        ExecutorKind::Direct => format!("direct (this process), run dir {}", r.run_dir().display()),
+        ExecutorKind::Direct => match direct_world_problem(r) {
+            Some(problem) => format!("direct (this process), which a run refuses: {problem}"),
+            None => format!("direct (this process), run dir {}", r.run_dir().display()),
+        },
         ExecutorKind::Local => format!(
             "local: {} worker processes, rendezvous {}:{}, run dir {}",
             p.num_gpus_per_node,
@@ -176,10 +247,9 @@ fn plan_line(r: &Recipe) -> String {
 }
 
 fn write_plan(r: &Recipe) -> Result<PathBuf> {
-    let dir = r.run_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("plan.toml");
-    std::fs::write(&path, to_toml(r)?).with_context(|| format!("writing {}", path.display()))?;
+    let path = r.run_dir().join("plan.toml");
+    coil_data::atomic::write_file(&path, to_toml(r)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
 }
 
@@ -195,6 +265,14 @@ pub fn run_worker(a: WorkerArgs) -> Result<()> {
         master_addr: "127.0.0.1".into(),
         master_port: 29500,
     });
+    // Every rank makes the resume check (they read the same run directory, so they agree and none waits for
+    // another that gave up); rank 0 writes the run and holds its lock, unless the launcher holds it already.
+    r.check_resume()?;
+    let _lock = if env.rank == 0 && !lock::held_by_parent() {
+        Some(RunLock::acquire(&r.run_dir())?)
+    } else {
+        None
+    };
     let met = rendezvous(&env, Duration::from_secs(120))?;
     println!(
         "rendezvous done: rank {} of {} (local rank {}), id {}",

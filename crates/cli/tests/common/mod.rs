@@ -50,3 +50,26 @@ pub fn coil_model_io(
     args.extend_from_slice(extra);
     coil(&args)
 }
+
+/// A copy of fixture `name` (config, weights and inputs) whose tensor `tensor` is replaced by `edit` of its
+/// values (e.g. a NaN, or a huge scale that makes the logits overflow).
+pub fn edited_fixture(name: &str, tensor: &str, edit: impl Fn(&mut Vec<f32>)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for f in ["config.json", "model.safetensors", "fixture.safetensors"] {
+        std::fs::copy(fixture(name).join(f), dir.path().join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let cpu = candle_core::Device::Cpu;
+    let path = dir.path().join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&path, &cpu).unwrap_or_else(|e| panic!("{e}"));
+    let t = &w[tensor];
+    let mut v = t
+        .flatten_all()
+        .and_then(|f| f.to_vec1::<f32>())
+        .unwrap_or_else(|e| panic!("{e}"));
+    edit(&mut v);
+    let edited = candle_core::Tensor::from_vec(v, t.dims(), &cpu).unwrap_or_else(|e| panic!("{e}"));
+    w.insert(tensor.to_string(), edited);
+    candle_core::safetensors::save(&w, &path).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}

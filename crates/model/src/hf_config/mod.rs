@@ -63,9 +63,9 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(&file).map_err(|error| ModelError::Io {
         path: file.clone(),
-        source,
+        error,
     })?;
     parse_config(&text).map_err(|msg| ModelError::config(&file, msg))
 }
