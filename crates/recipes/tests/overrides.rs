@@ -191,7 +191,7 @@ fn model_settings_the_family_cannot_export_are_refused_before_training() {
     // transformers' nemotron_h has no upper dt clamp, so a checkpoint could not carry one.
     let r = ok(&["model.mamba.dt_clamp_max=0.5"]);
     let e = r.validate().map(|_| ()).unwrap_err().to_string();
-    assert!(e.contains("[model]") && e.contains("dt clamp max"), "{e}");
+    assert!(e.starts_with("model:") && e.contains("dt clamp max"), "{e}");
     let r = ok(&["model.family=mamba2"]);
     let e = r.validate().map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("family mamba2"), "{e}");
