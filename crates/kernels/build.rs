@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Kernel sources (without `.cu`) and the architectures each is built for. sm_80 code runs on every 8.x GPU
-/// (A100, A10, L4, L40, RTX 30/40); sm_90 on the H100/H200.
-const KERNELS: &[&str] = &["ssd_fwd"];
-const ARCHS: &[&str] = &["80", "90"];
+/// (A100, A10, L4, L40, RTX 30/40); sm_90 on the H100/H200; sm_90a (Hopper-only instructions: wgmma) only on
+/// compute capability 9.0 exactly.
+const KERNELS: &[(&str, &[&str])] = &[("ssd_fwd", &["80", "90"]), ("ssd_fwd_sm90", &["90a"])];
 
 fn nvcc() -> PathBuf {
     if let Some(p) = std::env::var_os("NVCC") {
@@ -45,8 +45,8 @@ fn main() {
     }
     let nvcc = nvcc();
     let verbose = std::env::var("COIL_KERNELS_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
-    for name in KERNELS {
-        for arch in ARCHS {
+    for (name, archs) in KERNELS {
+        for arch in archs.iter() {
             let cubin = out.join(format!("{name}.sm{arch}.cubin"));
             let mut cmd = Command::new(&nvcc);
             cmd.args(["-std=c++17", "-O3", "-cubin", "-lineinfo"])

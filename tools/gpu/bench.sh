@@ -100,7 +100,10 @@ PEER=("$PY" tools/gpu/peer_bench.py)
 if want first_call; then
   FC=(--batch 1 --seqlen 8192 --heads 128 --head-dim 64 --groups 8 --state 128 --chunk 128)
   for round in cold warm; do
-    run_one first_call "NH-8B 1x8192 $round" coil 240 --synth wall_s -- \
+    # cold: an empty driver cache (CUDA_CACHE_PATH), as the first run after install sees it; warm: the cache the
+    # cold round filled.
+    [[ $round == cold ]] && CACHE=$(mktemp -d /tmp/coil-cuda-cache-XXXX)
+    run_one first_call "NH-8B 1x8192 $round" coil 240 --synth wall_s -- env CUDA_CACHE_PATH="$CACHE" \
       "$COIL" bench ssd "${FC[@]}" --device cuda --iters 1 --warmup 0 --forward-only --json
     run_one first_call "NH-8B 1x8192 $round" mamba_ssm 300 --synth wall_s -- "${PEER[@]}" first-call "${FC[@]}"
   done

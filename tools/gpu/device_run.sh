@@ -13,12 +13,13 @@ if [[ "${TESTS:-1}" == 1 ]]; then
     name=$(basename "$f" .xz)
     xz -dc "$f" >"/tmp/coil-tests/$name" && chmod +x "/tmp/coil-tests/$name"
   done
-  # binary:crate dir:test filter
-  for spec in ops_cuda:crates/ops: model_cuda:crates/model: train_loop:crates/train:cuda_run; do
-    IFS=: read -r bin dir filter <<<"$spec"
-    echo "### $bin ($dir) $filter" | tee -a "$OUT/tests.log"
-    (cd "$dir" && timeout -k 5 "${TEST_TIMEOUT_S:-150}" "/tmp/coil-tests/$bin" --ignored --nocapture --test-threads 1 $filter) \
-      >>"$OUT/tests.log" 2>&1
+  # binary:crate dir:test filter:COIL_SSD_KERNEL (mma_sync: the ops tables again with the portable SSD kernel)
+  for spec in ops_cuda:crates/ops:: ops_cuda:crates/ops::mma_sync model_cuda:crates/model:: \
+    train_loop:crates/train:cuda_run:; do
+    IFS=: read -r bin dir filter kernel <<<"$spec"
+    echo "### $bin ($dir) $filter ${kernel:+COIL_SSD_KERNEL=$kernel}" | tee -a "$OUT/tests.log"
+    (cd "$dir" && COIL_SSD_KERNEL="$kernel" timeout -k 5 "${TEST_TIMEOUT_S:-150}" "/tmp/coil-tests/$bin" --ignored \
+      --nocapture --test-threads 1 $filter) >>"$OUT/tests.log" 2>&1
     echo "### $bin exit $?" | tee -a "$OUT/tests.log"
     grep -E "^test |test result|FAIL|panicked" "$OUT/tests.log" | tail -n 12
   done

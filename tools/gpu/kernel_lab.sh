@@ -3,19 +3,24 @@
 # float64 scan, compute-sanitizer, timings) and mamba_ssm's SSD forward+backward on the same shapes, in one call.
 #   bash tools/gpu/kernel_lab.sh        needs gpu-bin/ssd_lab (crates/kernels/dev/ssd_lab.cu, see its header) and
 #                                       gpu-peer/mamba_ssm (tools/gpu/README.md); logs to $OUT (default lab-out/).
-# LAB_SANITIZE=0 skips compute-sanitizer; LAB_PEER=0 skips the peer.
+# LAB_MODE picks the harness mode (default all; sm90: the wgmma kernel only; time: every kernel's timings);
+# LAB_SANITIZE=0 skips compute-sanitizer (which runs on the mma.sync and the wgmma kernel); LAB_PEER=0 skips the peer.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 OUT="${OUT:-lab-out}"
 mkdir -p "$OUT"
 LOG="$OUT/lab.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee "$LOG"
-echo "### ssd_lab all" | tee -a "$LOG"
-timeout 300 gpu-bin/ssd_lab all 2>&1 | tee -a "$LOG"
+for mode in ${LAB_MODE:-all}; do
+  echo "### ssd_lab $mode" | tee -a "$LOG"
+  timeout 300 gpu-bin/ssd_lab "$mode" 2>&1 | tee -a "$LOG"
+done
 if [[ "${LAB_SANITIZE:-1}" == 1 ]]; then
-  for tool in memcheck racecheck; do
-    echo "### compute-sanitizer --tool $tool ssd_lab tiny" | tee -a "$LOG"
-    timeout 240 compute-sanitizer --tool "$tool" gpu-bin/ssd_lab tiny 2>&1 | tail -n 15 | tee -a "$LOG"
+  for sm90 in "" 1; do
+    for tool in memcheck racecheck; do
+      echo "### compute-sanitizer --tool $tool ssd_lab tiny ${sm90:+(wgmma)}" | tee -a "$LOG"
+      SSD_LAB_SM90=$sm90 timeout 240 compute-sanitizer --tool "$tool" gpu-bin/ssd_lab tiny 2>&1 | tail -n 15 | tee -a "$LOG"
+    done
   done
 fi
 if [[ "${LAB_PEER:-1}" == 1 ]]; then

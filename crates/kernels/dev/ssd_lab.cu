@@ -1,8 +1,9 @@
 // Lab harness for the fused SSD forward: checks the kernel against a float64 sequential scan on many shapes and
 // times it on the benchmark shapes, all in one process (one device call). Not part of the build: compile with
-//   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -I crates/kernels/cuda -o ssd_lab crates/kernels/dev/ssd_lab.cu
-// and run `./ssd_lab [check|time|variants|all|tiny|time1]` (tiny: the first shapes only, for compute-sanitizer;
-// time1: one shape, for ncu; variants: stages left out in turn). The product's own checks are the case tables in coil-ops.
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I crates/kernels/cuda -o ssd_lab crates/kernels/dev/ssd_lab.cu
+// and run `./ssd_lab [check|time|variants|all|tiny|time1|sm90]` (tiny: the first shapes only, for compute-sanitizer;
+// time1: one shape, for ncu; variants: stages left out in turn; sm90: checks and times of the wgmma kernel only).
+// `SSD_LAB_SM90=1` in the environment makes tiny and time1 use the wgmma kernel. The product's own checks are the case tables in coil-ops.
 
 #include <cuda_runtime.h>
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "../cuda/ssd_fwd.cu"
+#include "../cuda/ssd_fwd_sm90.cu"
 
 #define CK(x)                                                                                   \
   do {                                                                                          \
@@ -160,6 +162,7 @@ static int smem_bytes(int p, int n) {
 }
 
 static bool g_minb1 = false;  // run the (64, 128) shapes with the one-CTA-per-SM build
+static bool g_sm90 = false;   // run the (64, 128) shapes with the wgmma kernel (ssd_fwd_sm90.cu)
 
 static void launch(const SsdFwdParams& p, int P, int N, cudaStream_t st = 0) {
   const int smem = smem_bytes(P, N);
@@ -169,6 +172,11 @@ static void launch(const SsdFwdParams& p, int P, int N, cudaStream_t st = 0) {
     CK(cudaFuncSetAttribute(ssd_fwd_p##PP##_n##NN, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)); \
     ssd_fwd_p##PP##_n##NN<<<grid, block, smem, st>>>(p);                                           \
     return;                                                                                        \
+  }
+  if (g_sm90 && P == 64 && N == 128) {
+    CK(cudaFuncSetAttribute(ssd_fwd_sm90_p64_n128, cudaFuncAttributeMaxDynamicSharedMemorySize, Sm90Layout::ALLOC));
+    ssd_fwd_sm90_p64_n128<<<grid, block, Sm90Layout::ALLOC, st>>>(p);
+    return;
   }
   if (g_minb1 && P == 64 && N == 128) {
     CK(cudaFuncSetAttribute(lab_p64_n128_minb1, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -230,7 +238,8 @@ static int check(int count) {
       {1, 300, 6, 64, 3, 64, false, false, true, false},     {2, 1000, 4, 128, 1, 128, false, false, false, false},
       {1, 777, 4, 128, 2, 64, false, true, false, true},     {3, 500, 8, 64, 4, 128, true, false, false, false},
       {2, 640, 16, 64, 8, 128, true, true, true, false},     {1, 2048, 24, 64, 1, 128, false, false, false, false},
-      {1, 4096, 8, 64, 8, 128, false, false, false, false},
+      {1, 4096, 8, 64, 8, 128, false, false, false, false},  {2, 333, 8, 64, 2, 128, false, true, false, true},
+      {2, 129, 4, 64, 4, 128, true, true, true, true},
   };
   int fails = 0;
   unsigned seed = 1;
@@ -361,6 +370,13 @@ int main(int argc, char** argv) {
     fails += check(-1);
     g_minb1 = false;
   }
+  if (mode == "check" || mode == "all" || mode == "sm90") {
+    g_sm90 = true;
+    std::printf("-- the same checks with the wgmma kernel for (64, 128)\n");
+    fails += check(-1);
+    g_sm90 = false;
+  }
+  if (const char* e = std::getenv("SSD_LAB_SM90"); e && std::string(e) == "1") g_sm90 = true;
   if (mode == "tiny") fails = check(4);  // for compute-sanitizer
   if (mode == "time1") time_one("NH-8B 1x8192", {1, 8192, 128, 64, 8, 128, false, false, false, false});
   if (mode == "variants" || mode == "all") {
@@ -377,6 +393,14 @@ int main(int argc, char** argv) {
     time_one("1CTA NH-8B 4x8192", {4, 8192, 128, 64, 8, 128, false, false, false, false});
     time_one("1CTA 130M 8x2048", {8, 2048, 24, 64, 1, 128, false, false, false, false});
     g_minb1 = false;
+  }
+  if (mode == "time" || mode == "all" || mode == "sm90") {
+    g_sm90 = true;
+    time_one("wgmma NH-8B 1x8192", {1, 8192, 128, 64, 8, 128, false, false, false, false});
+    time_one("wgmma NH-8B 4x8192", {4, 8192, 128, 64, 8, 128, false, false, false, false});
+    time_one("wgmma 130M 8x2048", {8, 2048, 24, 64, 1, 128, false, false, false, false});
+    time_one("wgmma seq 4x8192", {4, 8192, 128, 64, 8, 128, true, false, false, false});
+    g_sm90 = false;
   }
   std::printf("%s: %d check failures\n", fails ? "FAIL" : "PASS", fails);
   return fails ? 1 : 0;

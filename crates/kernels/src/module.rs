@@ -26,33 +26,40 @@ pub enum KernelError {
 
 pub type Result<T> = std::result::Result<T, KernelError>;
 
-/// A cubin per architecture for one kernel source.
+/// The cubins of one kernel source: for compute capability 8.x (absent for Hopper-only sources) and 9.0.
 pub(crate) struct Cubins {
     name: &'static str,
-    sm80: &'static [u8],
+    sm80: Option<&'static [u8]>,
     sm90: &'static [u8],
 }
 
-macro_rules! cubins {
-    ($name:literal) => {
-        Cubins {
-            name: $name,
-            sm80: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".sm80.cubin")),
-            sm90: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".sm90.cubin")),
-        }
+macro_rules! cubin {
+    ($name:literal, $arch:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".sm", $arch, ".cubin"))
     };
 }
 
-pub(crate) static SSD_FWD: Cubins = cubins!("ssd_fwd");
+/// The mma.sync SSD forward (sm_80 and sm_90 builds).
+pub(crate) static SSD_FWD: Cubins = Cubins {
+    name: "ssd_fwd",
+    sm80: Some(cubin!("ssd_fwd", "80")),
+    sm90: cubin!("ssd_fwd", "90"),
+};
+/// The wgmma SSD forward (sm_90a only).
+pub(crate) static SSD_FWD_SM90: Cubins = Cubins {
+    name: "ssd_fwd_sm90",
+    sm80: None,
+    sm90: cubin!("ssd_fwd_sm90", "90a"),
+};
 
 impl Cubins {
     /// The cubin that runs on compute capability (major, minor).
     fn for_arch(&self, (major, minor): (i32, i32)) -> Result<&'static [u8]> {
-        match major {
-            8 => Ok(self.sm80),
-            9 if minor == 0 => Ok(self.sm90),
+        match (major, self.sm80) {
+            (8, Some(image)) => Ok(image),
+            (9, _) if minor == 0 => Ok(self.sm90),
             _ => Err(KernelError::Unsupported(format!(
-                "no {} kernel for compute capability {major}.{minor} in this build (sm_80 and sm_90 only)",
+                "no {} kernel for compute capability {major}.{minor} in this build",
                 self.name
             ))),
         }

@@ -1,17 +1,19 @@
-//! Launcher of the fused SSD forward (`cuda/ssd_fwd.cu`; design and measurements in `notes/ssd_fwd.md`).
+//! Launcher of the fused SSD forward (`cuda/ssd_fwd_sm90.cu` with wgmma on the H100/H200 for head dim 64 and
+//! state 128, `cuda/ssd_fwd.cu` with mma.sync for every other case; design and measurements in
+//! `notes/ssd_fwd.md`).
 //!
 //! Computes, for every batch row and head, `dt = clamp(softplus(dt_raw + dt_bias), lo, hi)`, the SSD scan
 //! `y = SSD(x, dt, A, B, C) + D·x` and the final state, in one launch: bf16 x, B, C and y, raw dt in bf16 or
 //! f32, fp32 parameters, an fp32 state. Head dim and state size 64 or 128, any head count divisible by the
 //! group count, any length; `seq_idx` restarts the state wherever it changes.
 
-use crate::module::{function, KernelError, Result, SSD_FWD};
+use crate::module::{function, KernelError, Result, SSD_FWD, SSD_FWD_SM90};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg,
 };
 use half::bf16;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 const KERNEL: &str = "ssd_fwd";
 /// Positions per block of the kernel (its own choice: the result does not depend on it beyond rounding).
@@ -72,7 +74,7 @@ pub struct SsdFwdOutput {
     pub final_state: CudaSlice<f32>,
 }
 
-/// The kernel's parameter block: `struct SsdFwdParams` of `cuda/ssd_fwd.cu`, field for field.
+/// The kernel's parameter block: `struct SsdFwdParams` of `cuda/ssd_common.cuh`, field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct Params {
@@ -161,6 +163,35 @@ fn check_align(what: &str, ptr: u64, bytes: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Dynamic shared memory of the wgmma kernel: mirrors `Sm90Layout::ALLOC` in `cuda/ssd_fwd_sm90.cu` (13 panels
+/// of 64 x 64 bf16: x, B and C double-buffered, the bf16 state, M; the scalars and raw words; 1 KB of slack to
+/// align the base to the 1024-byte swizzle atom).
+const SM90_SMEM_BYTES: u32 =
+    (13 * BLOCK_LEN * 64 * 2 + 2 * (5 * BLOCK_LEN + 4) * 4 + 2 * 2 * BLOCK_LEN * 4 + 1024) as u32;
+
+/// The two kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Warpgroup MMAs (`cuda/ssd_fwd_sm90.cu`): compute capability 9.0, head dim 64, state 128.
+    Wgmma,
+    /// mma.sync (`cuda/ssd_fwd.cu`): every supported size on compute capability 8.x and 9.0.
+    MmaSync,
+}
+
+/// The kernel [`ssd_fwd`] runs for `dims` on a GPU of compute capability `cc`: the wgmma kernel where it
+/// applies, unless `COIL_SSD_KERNEL=mma_sync` is set in the environment (read once; for comparing the two
+/// kernels on one GPU, as the CUDA case tables do).
+pub fn variant(dims: &SsdDims, cc: (i32, i32)) -> Variant {
+    static FORCE_MMA_SYNC: OnceLock<bool> = OnceLock::new();
+    let forced = *FORCE_MMA_SYNC
+        .get_or_init(|| std::env::var("COIL_SSD_KERNEL").is_ok_and(|v| v == "mma_sync"));
+    if !forced && cc == (9, 0) && dims.head_dim == 64 && dims.state == 128 {
+        Variant::Wgmma
+    } else {
+        Variant::MmaSync
+    }
 }
 
 /// Whether the fused kernel takes these sizes (others go to the portable path).
@@ -269,17 +300,20 @@ pub fn ssd_fwd(
         }
     }
 
-    let func = function(
-        stream.context(),
-        &SSD_FWD,
-        match (p, n) {
-            (64, 64) => "ssd_fwd_p64_n64",
-            (64, 128) => "ssd_fwd_p64_n128",
-            (128, 64) => "ssd_fwd_p128_n64",
-            _ => "ssd_fwd_p128_n128",
-        },
-        smem_bytes(p, n),
-    )?;
+    let (cubins, name, smem) = match variant(&dims, stream.context().compute_capability()?) {
+        Variant::Wgmma => (&SSD_FWD_SM90, "ssd_fwd_sm90_p64_n128", SM90_SMEM_BYTES),
+        Variant::MmaSync => (
+            &SSD_FWD,
+            match (p, n) {
+                (64, 64) => "ssd_fwd_p64_n64",
+                (64, 128) => "ssd_fwd_p64_n128",
+                (128, 64) => "ssd_fwd_p128_n64",
+                _ => "ssd_fwd_p128_n128",
+            },
+            smem_bytes(p, n),
+        ),
+    };
+    let func = function(stream.context(), cubins, name, smem)?;
 
     // SAFETY: the kernel writes every element of both outputs (every position, head and column of y; every
     // state element of every (batch row, head)) before anything reads them.
@@ -348,7 +382,7 @@ pub fn ssd_fwd(
     let cfg = LaunchConfig {
         grid_dim: (heads as u32, batch as u32, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem_bytes(p, n),
+        shared_mem_bytes: smem,
     };
     let mut launch = stream.launch_builder(&func);
     launch.arg(&params);
@@ -380,5 +414,26 @@ mod tests {
     fn shared_memory_fits_hopper_and_two_ctas_of_head_dim_64() {
         assert!(smem_bytes(128, 128) <= 227 * 1024);
         assert!(2 * (smem_bytes(64, 128) + 1024) <= 228 * 1024);
+        assert!(2 * (SM90_SMEM_BYTES + 1024) <= 228 * 1024);
+        assert_eq!(SM90_SMEM_BYTES, 111_136);
+    }
+
+    #[test]
+    fn wgmma_only_for_hopper_head_dim_64_state_128() {
+        let dims = |head_dim, state| SsdDims {
+            batch: 1,
+            seqlen: 8,
+            heads: 2,
+            head_dim,
+            groups: 1,
+            state,
+        };
+        if std::env::var_os("COIL_SSD_KERNEL").is_none() {
+            assert_eq!(variant(&dims(64, 128), (9, 0)), Variant::Wgmma);
+        }
+        assert_eq!(variant(&dims(64, 128), (8, 0)), Variant::MmaSync);
+        assert_eq!(variant(&dims(64, 128), (10, 0)), Variant::MmaSync);
+        assert_eq!(variant(&dims(128, 128), (9, 0)), Variant::MmaSync);
+        assert_eq!(variant(&dims(64, 64), (9, 0)), Variant::MmaSync);
     }
 }

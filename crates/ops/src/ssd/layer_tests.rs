@@ -34,6 +34,9 @@ pub const CASES: &[Case] = &[
     Case { batch: 1, seqlen: 200, heads: 4, head_dim: 128, groups: 2, state: 128, chunk: 256, init: true, pieces: 1, dt_f32: true, clamp: true },
     Case { batch: 2, seqlen: 150, heads: 6, head_dim: 64, groups: 3, state: 64, chunk: 128, init: false, pieces: 3, dt_f32: false, clamp: false },
     Case { batch: 1, seqlen: 130, heads: 4, head_dim: 128, groups: 1, state: 64, chunk: 64, init: true, pieces: 2, dt_f32: true, clamp: false },
+    // Head dim 64 with state 128 (the wgmma kernel on an H100/H200): packed rows, clamp, ragged blocks.
+    Case { batch: 2, seqlen: 300, heads: 8, head_dim: 64, groups: 2, state: 128, chunk: 128, init: true, pieces: 3, dt_f32: true, clamp: true },
+    Case { batch: 1, seqlen: 129, heads: 4, head_dim: 64, groups: 4, state: 128, chunk: 256, init: false, pieces: 1, dt_f32: false, clamp: true },
 ];
 
 /// y and the final state against the f64 reference (`scaled_err`), by the dtype of the activations.
