@@ -7,7 +7,7 @@
 # commands printed), table.md (tools/gpu/table.py over results.jsonl).
 # Environment: BENCH_ONLY=first_call,ssd,train,generate (comma list, default all, run in that order);
 # BENCH_DEADLINE_S=560 (stop starting commands after that many seconds, shorten the last ones' timeouts; 0 = none);
-# COIL=/path/to/coil (skip the decompression); PYTHON=python3 (the peer's interpreter);
+# SSD_FORWARD_ONLY=1 (the ssd part times the forward only, on both sides); COIL=/path/to/coil (skip the decompression); PYTHON=python3 (the peer's interpreter);
 # PEER_ONLY=first_call,ssd,train,generate (the parts the peer runs in, default all: a later run can measure Coil
 # alone where the peer's numbers from an earlier run of the same session stand).
 # No `set -e`: one failing or hanging command must not stop the others (each has a timeout).
@@ -117,8 +117,10 @@ if want ssd; then
               "130M 8x2048:8:2048:24:64:1:128:128"; do
     IFS=: read -r label b t h p g n q <<<"$spec"
     S=(--batch "$b" --seqlen "$t" --heads "$h" --head-dim "$p" --groups "$g" --state "$n" --chunk "$q")
-    run_one ssd "$label" coil 240 -- "$COIL" bench ssd "${S[@]}" --device cuda --iters 20 --warmup 3 --json
-    run_one ssd "$label" mamba_ssm 300 -- "${PEER[@]}" ssd "${S[@]}" --iters 20 --warmup 3
+    FWD=()
+    [[ "${SSD_FORWARD_ONLY:-0}" == 1 ]] && FWD=(--forward-only)
+    run_one ssd "$label" coil 240 -- "$COIL" bench ssd "${S[@]}" "${FWD[@]}" --device cuda --iters 20 --warmup 3 --json
+    run_one ssd "$label" mamba_ssm 300 -- "${PEER[@]}" ssd "${S[@]}" "${FWD[@]}" --iters 20 --warmup 3
   done
 fi
 
