@@ -8,8 +8,8 @@
 //   phase 1  WG0: C · Sᵀ (y from the entering state)        WG1: C · Bᵀ           (K-major, k = n, 8 steps)
 //            then WG0 scales its rows by 2^(s_l), WG1 writes M = C·Bᵀ ⊙ decay ⊙ dt_j (causal, one segment) as bf16
 //   phase 2  WG0: y += M · x (x MN-major, 4 steps), + D·x, staged in C; everyone scales B rows by w_j in place
-//   phase 3  y to HBM in 16-byte rows; each WG: H[:, its 64 columns] ← 2^(s_last)·H + xᵀ · (w ⊙ B) (both operands
-//            MN-major, 4 steps); the bf16 copy of H for the next block's C · Sᵀ
+//   phase 3  each WG: H[:, its 64 columns] ← 2^(s_last)·H + xᵀ · (w ⊙ B) (both operands
+//            MN-major, 4 steps) while y goes to HBM in 16-byte rows; the bf16 copy of H for the next C · Sᵀ
 // Three barriers per block. Tiles arrive by cp.async one block ahead (raw dt and seq_idx two blocks ahead), and
 // the next block's scalars are computed by warp 0 while phase 1's MMAs run.
 
@@ -246,7 +246,19 @@ __device__ __forceinline__ void ssd_fwd_sm90_body(const SsdFwdParams& p) {
     fence_proxy_async();
     __syncthreads();  // scaled B and staged y complete; the entering state's bf16 copy no longer read
 
-    // (3) y to HBM; the state update of this warpgroup's 64 columns; its bf16 copy for the next block.
+    // (3) The state update of this warpgroup's 64 columns runs on the tensor cores while y goes to HBM in
+    // 16-byte rows; then the state's bf16 copy for the next block.
+    {
+      const float dec = f[F_DEC];
+#pragma unroll
+      for (int i = 0; i < 32; ++i) st[i] *= dec;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_m64n64k16<1, 1>(st, gmma_desc(xt + ks * 2048, TILE, 1024),
+                              gmma_desc(bt + wg * TILE + ks * 2048, TILE, 1024), 1);
+      wgmma_commit();
+    }
     {
       const int r0 = threadIdx.x / 8, ch = threadIdx.x % 8;
       const uint32_t y0 = Lay::C + cur * 2 * TILE + pan<L>(r0, ch);
@@ -258,23 +270,12 @@ __device__ __forceinline__ void ssd_fwd_sm90_body(const SsdFwdParams& p) {
               *reinterpret_cast<const uint4*>(smem + y0 + q * 32 * 128);
       }
     }
-    {
-      const float dec = f[F_DEC];
+    wgmma_wait<0>();
+    fence_regs(st);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) st[i] *= dec;
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        wgmma_m64n64k16<1, 1>(st, gmma_desc(xt + ks * 2048, TILE, 1024),
-                              gmma_desc(bt + wg * TILE + ks * 2048, TILE, 1024), 1);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(st);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        *reinterpret_cast<uint32_t*>(smem + (es ^ (i << 4))) = pack_bf16(st[4 * i], st[4 * i + 1]);
-        *reinterpret_cast<uint32_t*>(smem + (es ^ (i << 4)) + 1024) = pack_bf16(st[4 * i + 2], st[4 * i + 3]);
-      }
+    for (int i = 0; i < 8; ++i) {
+      *reinterpret_cast<uint32_t*>(smem + (es ^ (i << 4))) = pack_bf16(st[4 * i], st[4 * i + 1]);
+      *reinterpret_cast<uint32_t*>(smem + (es ^ (i << 4)) + 1024) = pack_bf16(st[4 * i + 2], st[4 * i + 3]);
     }
   }
 

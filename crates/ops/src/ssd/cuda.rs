@@ -80,9 +80,15 @@ fn view<'s, T: candle_core::cuda_backend::CudaDType>(
         .slice(l.start_offset()..))
 }
 
-/// A small f32 parameter as a fresh contiguous device tensor.
+/// An f32 parameter as a contiguous device tensor starting on an 8-byte boundary (the kernel reads the initial
+/// state as float2): the tensor itself when it already is one (no copy on the hot path), else a fresh copy.
 fn f32_param(t: &Tensor) -> Result<Tensor> {
-    t.to_dtype(DType::F32)?.force_contiguous()
+    let t = t.to_dtype(DType::F32)?;
+    if t.is_contiguous() && t.layout().start_offset() % 2 == 0 {
+        Ok(t)
+    } else {
+        Ok(t.force_contiguous()?)
+    }
 }
 
 fn notice(why: &str) {
