@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+/// A request's sequence events, tagged with their choice index.
+type Events = UnboundedReceiver<(usize, Event)>;
+
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/completions", post(completions))
@@ -146,7 +149,7 @@ impl AppState {
         s: &Settings,
         prompt_logprobs: Option<usize>,
         logprobs: Option<usize>,
-    ) -> Result<(UnboundedReceiver<(usize, Event)>, Vec<Arc<AtomicBool>>), ApiError> {
+    ) -> Result<(Events, Vec<Arc<AtomicBool>>), ApiError> {
         let total = prompts.len() * s.n;
         if total > self.scheduler.max_queue() {
             return Err(ApiError::invalid(
@@ -352,7 +355,7 @@ struct Job {
     id: String,
     created: u64,
     choices: Vec<Choice>,
-    rx: UnboundedReceiver<(usize, Event)>,
+    rx: Events,
     logprobs: Option<usize>,
     echo: bool,
     include_usage: bool,

@@ -606,7 +606,110 @@ fn emit(m: &Metrics, r: &mut Running, tok: u32, logits: &[f32], now: Instant) ->
 
 #[cfg(test)]
 mod tests {
-    use super::token_logprob;
+    use super::*;
+    use candle_core::{DType, Device};
+    use coil_infer::EngineOptions;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    fn seq(
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        choice: usize,
+    ) -> (SeqRequest, UnboundedReceiver<(usize, Event)>) {
+        let (tx, rx) = unbounded_channel();
+        let req = SeqRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            seed: 0,
+            stream: 0,
+            eos: None,
+            vocab_limit: None,
+            prompt_logprobs: None,
+            logprobs: None,
+            arrived: Instant::now(),
+            choice,
+            tx,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        (req, rx)
+    }
+
+    fn tokens(rx: &mut UnboundedReceiver<(usize, Event)>) -> usize {
+        let mut n = 0;
+        while let Ok((_, e)) = rx.try_recv() {
+            n += matches!(e, Event::Token { .. }) as usize;
+        }
+        n
+    }
+
+    /// A long prompt is prefilled `prefill_chunk` tokens per iteration while the running sequence advances by
+    /// one token in every iteration; it joins the batch when its prompt is in.
+    #[test]
+    fn prefill_is_chunked_and_interleaved_with_decode_steps() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../model/tests/fixtures/nemotron_h_tiny");
+        let lm = coil_model::HybridLm::from_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+        let engine = Engine::new(lm, EngineOptions::default()).unwrap();
+        let cfg = SchedulerConfig {
+            max_batch: 2,
+            max_queue: 8,
+            prefill_chunk: 16,
+            prefix_cache_bytes: 0,
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                shutdown: false,
+            }),
+            cv: Condvar::new(),
+            alive: AtomicBool::new(true),
+            max_queue: cfg.max_queue,
+            metrics: Arc::new(Metrics::new()),
+        });
+        let sched = Scheduler {
+            shared: shared.clone(),
+        };
+        let mut lp = Loop::new(engine, cfg, shared);
+        let (a, mut rx_a) = seq(vec![1, 2, 3], 1000, 0);
+        sched.submit(vec![a]).unwrap();
+        assert!(lp.admit());
+        lp.iteration();
+        // A's prompt fits one chunk: its first token comes from the prefill, the second from the step.
+        assert_eq!((lp.running.len(), tokens(&mut rx_a)), (1, 2));
+
+        let (b, mut rx_b) = seq((0..100).map(|i| i % 256).collect(), 5, 1);
+        let (c, _rx_c) = seq(vec![4, 5], 5, 2);
+        sched.submit(vec![b, c]).unwrap();
+        let mut iterations = 0;
+        while lp.running.len() < 2 {
+            assert!(lp.admit());
+            // The batch holds 2: C waits while A runs and B prefills.
+            assert_eq!(lp.prefilling.len() + lp.running.len(), 2);
+            lp.iteration();
+            iterations += 1;
+            assert_eq!(tokens(&mut rx_a), 1, "A advances in every iteration");
+            if lp.running.len() < 2 {
+                assert_eq!(
+                    lp.prefilling[0].pos,
+                    16 * iterations,
+                    "16 prompt tokens per iteration"
+                );
+            }
+        }
+        assert_eq!(iterations, 7, "100 prompt tokens in chunks of 16");
+        assert_eq!(tokens(&mut rx_b), 2);
+        assert_eq!(lp.shared.metrics.prefill_tokens.get(), 3 + 100);
+        // B finishes after 5 tokens; its slot goes to C at the next step boundary.
+        while lp.running.len() == 2 && lp.prefilling.is_empty() {
+            assert!(lp.admit());
+            lp.iteration();
+        }
+        assert_eq!(tokens(&mut rx_b), 3);
+        assert!(lp.admit());
+        assert_eq!(lp.prefilling.len() + lp.running.len(), 2);
+        assert!(lp.shared.queue.lock().unwrap().waiting.is_empty());
+    }
 
     #[test]
     fn logprobs_are_log_softmax_with_the_top_entries() {

@@ -450,7 +450,13 @@ fn a_prefix_cache_hit_gives_identical_output_and_skips_the_prefix() {
         );
         assert_eq!(
             u32s(&hit["choices"][0]["token_ids"]),
-            library_tokens(dir.path(), &[b.clone()], SamplingParams::greedy(), 0, 12)[0],
+            library_tokens(
+                dir.path(),
+                std::slice::from_ref(&b),
+                SamplingParams::greedy(),
+                0,
+                12
+            )[0],
             "{name}"
         );
         // The identical prompt again starts from its deepest snapshot that leaves a token to prefill (48).

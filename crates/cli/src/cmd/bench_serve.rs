@@ -94,7 +94,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 pub fn run(a: ServeBenchArgs) -> Result<()> {
-    if a.clients == 0 || a.prompt_tokens == 0 || !(a.seconds > 0.0) {
+    if a.clients == 0 || a.prompt_tokens == 0 || a.seconds.is_nan() || a.seconds <= 0.0 {
         bail!("--clients, --prompt-tokens and --seconds must be positive");
     }
     let mut cfg = config(&a.serve)?;
