@@ -374,6 +374,10 @@ impl Loop {
             });
         }
         shared.metrics.waiting.set(q.waiting.len() as i64);
+        shared
+            .metrics
+            .running
+            .set((self.prefilling.len() + self.running.len()) as i64);
         true
     }
 

@@ -402,7 +402,9 @@ fn thirty_two_concurrent_streams_all_complete_correctly() {
     for (i, h) in handles.into_iter().enumerate() {
         assert_eq!(h.join().unwrap(), want[i], "stream {i}");
     }
-    assert_eq!(metric(&server, "coil_num_requests_running"), 0.0);
+    eventually("the batch to empty", || {
+        metric(&server, "coil_num_requests_running") == 0.0
+    });
     assert_eq!(metric(&server, "coil_generation_tokens_total"), 32.0 * 16.0);
 }
 
@@ -526,14 +528,13 @@ fn overload_is_a_503_and_cancellation_frees_the_slot() {
     );
     assert_eq!(metric(&server, "coil_num_requests_waiting"), 0.0);
     waiting.close();
+    eventually("both requests to count as cancelled", || {
+        let text = client::get(addr, "/metrics").unwrap().text();
+        text.contains("coil_sequences_finished_total{reason=\"cancelled\"} 2")
+    });
     eventually("both slots to be freed", || {
         metric(&server, "coil_num_requests_running") == 0.0
     });
-    let text = client::get(addr, "/metrics").unwrap().text();
-    assert!(
-        text.contains("coil_sequences_finished_total{reason=\"cancelled\"} 2"),
-        "{text}"
-    );
 
     // A non-streaming client that goes away cancels too.
     let body = json!({"prompt": [1, 2, 3], "max_tokens": 1_000_000, "ignore_eos": true});
@@ -548,12 +549,18 @@ fn overload_is_a_503_and_cancellation_frees_the_slot() {
         metric(&server, "coil_num_requests_running") == 1.0
     });
     drop(conn);
+    eventually("the non-streaming request to count as cancelled", || {
+        let text = client::get(addr, "/metrics").unwrap().text();
+        text.contains("coil_sequences_finished_total{reason=\"cancelled\"} 3")
+    });
+    let t0 = Instant::now();
     let r = ok_json(post(
         &server,
         "/v1/completions",
         &json!({"prompt": "x", "max_tokens": 2}),
     ));
     assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert!(t0.elapsed() < Duration::from_secs(10), "the slot was free");
 }
 
 #[test]

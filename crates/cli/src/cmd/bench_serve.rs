@@ -120,7 +120,8 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
             std::thread::spawn(move || {
                 let mut st = ClientStats::default();
                 let mut r = 0u64;
-                while Instant::now() < deadline {
+                // At least one request per client, then new ones until the deadline.
+                loop {
                     let prompt: Vec<u64> = (0..plen as u64)
                         .map(|i| ((c as u64 * 1_000_003 + r * 7919 + i) * 2_654_435_761) % vocab)
                         .collect();
@@ -136,6 +137,9 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
                             st.itl.extend(gaps);
                         }
                         Err(e) => st.errors.push(e.to_string()),
+                    }
+                    if Instant::now() >= deadline {
+                        break;
                     }
                 }
                 st
