@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.max_body_bytes,
         ))
@@ -70,6 +71,17 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(req.uri().path())
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::bad_request(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ))
+    }
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {

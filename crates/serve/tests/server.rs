@@ -704,6 +704,10 @@ fn bad_input_gets_the_right_4xx_and_the_server_keeps_serving() {
     }
     let r = client::get(addr, "/v1/models/gpt-4").unwrap();
     assert_eq!(r.status, 404);
+    assert_eq!(r.json().unwrap()["error"]["param"], "model");
+    let r = client::get(addr, "/v1/completions").unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json().unwrap()["error"]["type"], "invalid_request_error");
     // Still serving.
     let r = ok_json(post(
         &server,
