@@ -35,6 +35,9 @@ enum Command {
     Logits(cmd::logits::LogitsArgs),
     /// Generate text (or token ids) from a model: prefill + constant-memory decode, Megatron sampling rules.
     Generate(cmd::generate::GenerateArgs),
+    /// Serve a model over HTTP with OpenAI's API (completions, chat, models, health, metrics), continuous batching
+    /// and a prefix cache.
+    Serve(cmd::serve::ServeArgs),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(a) => cmd::run::run_worker(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Preprocess(a) => cmd::data::run_preprocess(a),
         Command::Data(c) => cmd::data::run_data(c),

@@ -7,7 +7,7 @@ use crate::state::SeqState;
 use crate::step::{self, Scratch};
 use crate::weights::{DecodeDtClamp, StepWeights};
 use candle_core::{DType, Device, Tensor};
-use coil_model::HybridLm;
+use coil_model::{HybridLm, ModelState};
 
 /// How the decode step is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,33 +66,56 @@ impl Engine {
     /// Runs the whole prompt through the model (chunked scan) and returns the logits of its last position [V]
     /// and the state after it. `reserve` positions are preallocated in the KV caches for the steps to come.
     pub fn prefill(&self, prompt: &[u32], reserve: usize) -> Result<(Vec<f32>, SeqState)> {
-        if prompt.is_empty() {
+        let (logits, state) = self.prefill_chunk(prompt, None, false)?;
+        Ok((logits, self.seq_state(&state, prompt.len(), reserve)?))
+    }
+
+    /// One piece of a prompt: runs `tokens` through the model's forward, continuing from `state` (the model
+    /// state after the tokens before them; `None`: the prompt starts here). Returns the logits, row-major
+    /// [`tokens.len()`, V] when `all_logits` (row i predicts the token after `tokens[i]`) or [1, V] for the last
+    /// position, and the state after the last token on the model's device. A prompt prefilled in pieces this way
+    /// continues exactly where each piece left off; [`Engine::seq_state`] turns the last state into a decode
+    /// state.
+    pub fn prefill_chunk(
+        &self,
+        tokens: &[u32],
+        state: Option<&ModelState>,
+        all_logits: bool,
+    ) -> Result<(Vec<f32>, ModelState)> {
+        if tokens.is_empty() {
             return Err(InferError::Invalid(
                 "empty prompt: generation needs at least one token (add a BOS token)".into(),
             ));
         }
-        if let Some(&t) = prompt.iter().find(|&&t| t as usize >= self.weights.vocab) {
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.weights.vocab) {
             return Err(InferError::Invalid(format!(
                 "prompt token id {t} is outside the vocabulary [0, {})",
                 self.weights.vocab
             )));
         }
-        let ids = Tensor::from_slice(prompt, (1, prompt.len()), self.lm.device())?
+        let ids = Tensor::from_slice(tokens, (1, tokens.len()), self.lm.device())?
             .to_dtype(DType::I64)?;
-        let (logits, state) = self.lm.forward_with_state(&ids, None, None, true)?;
-        let state = if self.lm.device().is_cpu() {
-            state
-        } else {
-            to_cpu(state)?
-        };
+        let (logits, state) = self.lm.forward_with_state(&ids, state, None, !all_logits)?;
         let logits = logits
             .to_device(&Device::Cpu)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok((
-            logits,
-            SeqState::from_model_state(&state, prompt.len(), reserve)?,
-        ))
+        Ok((logits, state))
+    }
+
+    /// The decode state of a sequence from the model state after its first `position` tokens (as
+    /// [`Engine::prefill_chunk`] returns it); `reserve` positions are preallocated in the KV caches.
+    pub fn seq_state(
+        &self,
+        state: &ModelState,
+        position: usize,
+        reserve: usize,
+    ) -> Result<SeqState> {
+        if self.lm.device().is_cpu() {
+            SeqState::from_model_state(state, position, reserve)
+        } else {
+            SeqState::from_model_state(&to_cpu(state.clone())?, position, reserve)
+        }
     }
 
     /// Advances each sequence by its token; returns the logits [batch, V] (row b for `states[b]`).

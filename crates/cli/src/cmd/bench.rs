@@ -13,6 +13,9 @@ pub enum BenchCommand {
     Generate(super::bench_generate::GenerateBenchArgs),
     /// Training-step throughput: forward, backward and AdamW on random tokens with random weights.
     Train(super::bench_train::TrainBenchArgs),
+    /// The OpenAI server under load: concurrent streaming clients on 127.0.0.1; requests/s, tokens/s, time to
+    /// first token and inter-token latency percentiles, RSS.
+    Serve(super::bench_serve::ServeBenchArgs),
     /// The SSD scan of one Mamba2 layer: forward and forward+backward (the shapes of mamba_ssm's
     /// mamba_chunk_scan_combined).
     Ssd(super::bench_ssd::SsdBenchArgs),
@@ -23,6 +26,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Forward(a) => super::bench_forward::run(a),
         BenchCommand::Generate(a) => super::bench_generate::run(a),
         BenchCommand::Train(a) => super::bench_train::run(a),
+        BenchCommand::Serve(a) => super::bench_serve::run(a),
         BenchCommand::Ssd(a) => super::bench_ssd::run(a),
     }
 }
