@@ -136,6 +136,74 @@ __device__ __forceinline__ void gemv_sk_body(const __nv_bfloat16* __restrict__ w
   }
 }
 
+// Lab variant: a persistent grid whose warps stream their rows (r = warp, warp + warps, ...) as one sequence of
+// slices of UNROLL chunks per lane, the next slice's loads (across row ends too) in flight while the current
+// one is summed, so the bytes in flight per warp never drop to zero between rows.
+template <int BATCH, int UNROLL>
+__device__ __forceinline__ void gemv_pipe_body(const bf16* __restrict__ w, long long ldw, const float* __restrict__ x,
+                                               long long ldx, float* __restrict__ y, long long ldy, int rows,
+                                               int cols) {
+  const int lane = threadIdx.x & 31;
+  const int nw = gridDim.x * (blockDim.x >> 5);
+  const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int chunks = cols / 8;
+  const int spr = (chunks + 32 * UNROLL - 1) / (32 * UNROLL);  // slices per row
+  const int my_rows = gw < rows ? (rows - gw + nw - 1) / nw : 0;
+  const int total = my_rows * spr;
+  auto load = [&](int i, uint4 (&u)[UNROLL]) {
+    const int row = gw + (i / spr) * nw, c0 = (i % spr) * 32 * UNROLL + lane;
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      const int c = c0 + 32 * k;
+      u[k] = c < chunks ? ld_stream(w + row * ldw + 8 * c) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  float acc[BATCH];
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) acc[b] = 0.f;
+  auto consume = [&](int i, const uint4 (&u)[UNROLL]) {
+    const int row = gw + (i / spr) * nw, c0 = (i % spr) * 32 * UNROLL + lane;
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      const int c = c0 + 32 * k;
+      if (c < chunks) {
+        float wf[8];
+        bf16x8_to_f32(u[k], wf);
+#pragma unroll
+        for (int b = 0; b < BATCH; ++b) {
+          const float4 xa = __ldg(reinterpret_cast<const float4*>(x + b * ldx + 8 * c));
+          const float4 xb = __ldg(reinterpret_cast<const float4*>(x + b * ldx + 8 * c + 4));
+          acc[b] += wf[0] * xa.x + wf[1] * xa.y + wf[2] * xa.z + wf[3] * xa.w + wf[4] * xb.x + wf[5] * xb.y +
+                    wf[6] * xb.z + wf[7] * xb.w;
+        }
+      }
+    }
+    if (i % spr == spr - 1) {
+#pragma unroll
+      for (int b = 0; b < BATCH; ++b) {
+        const float s = warp_sum(acc[b]);
+        if (lane == 0) y[b * ldy + row] = s;
+        acc[b] = 0.f;
+      }
+    }
+  };
+  uint4 ua[UNROLL], ub[UNROLL];
+  if (total > 0) load(0, ua);
+  for (int i = 0; i < total; i += 2) {
+    if (i + 1 < total) load(i + 1, ub);
+    consume(i, ua);
+    if (i + 1 >= total) break;
+    if (i + 2 < total) load(i + 2, ua);
+    consume(i + 1, ub);
+  }
+}
+#define LAB_GEMV_PIPE(B, U)                                                                                      \
+  __global__ void __launch_bounds__(256) lab_gemv_pipe_b##B##_u##U(const bf16* w, long long ldw, const float* x,\
+                                                                   long long ldx, float* y, long long ldy,     \
+                                                                   int rows, int cols) {                       \
+    gemv_pipe_body<B, U>(w, ldw, x, ldx, y, ldy, rows, cols);                                                   \
+  }
+LAB_GEMV_PIPE(1, 4) LAB_GEMV_PIPE(1, 2) LAB_GEMV_PIPE(8, 2)
 // 8 CTAs of 256 per SM (register cap 32).
 __global__ void __launch_bounds__(256, 8) lab_gemv_b1_occ8(const bf16* w, long long ldw, const float* x,
                                                           long long ldx, float* y, long long ldy, int rows, int cols) {
@@ -192,6 +260,13 @@ static int check_all() {
     char name[64];
     std::snprintf(name, sizeof name, "gemv_bf16 b%d %dx%d", batch, rows, cols);
     fails += report(name, rel_err(down(dy, want.size()), want), 1e-5);
+    if (batch == 1 || batch == 8) {  // the pipelined persistent variant on the same problem
+      CK(cudaMemset(dy, 0xff, want.size() * 4));
+      (batch == 1 ? lab_gemv_pipe_b1_u4 : lab_gemv_pipe_b8_u2)<<<132 * 4, 256>>>(dw, cols, dx, cols, dy, rows, rows, cols);
+      CK(cudaDeviceSynchronize());
+      std::snprintf(name, sizeof name, "gemv pipelined b%d %dx%d", batch, rows, cols);
+      fails += report(name, rel_err(down(dy, want.size()), want), 1e-5);
+    }
     if (batch == 1 || batch == 8) {  // the stream-K variant on the same problem
       launch_sk(batch == 1 ? lab_gemv_sk_b1_u4 : lab_gemv_sk_b8_u2, 4, dw, cols, dx, cols, dy, rows, rows, cols, batch);
       CK(cudaDeviceSynchronize());
@@ -396,6 +471,15 @@ static void time_gemv() {
     const struct { const char* name; GemvFn fn; int batch, per_sm; } sks[] = {
         {"sk b1 u4 x6", lab_gemv_sk_b1_u4, 1, 6}, {"sk b1 u8 x4", lab_gemv_sk_b1_u8, 1, 4},
         {"sk b1 u4 x4", lab_gemv_sk_b1_u4, 1, 4}, {"sk b8 u2 x4", lab_gemv_sk_b8_u2, 8, 4}};
+    const struct { const char* name; GemvFn fn; int batch, per_sm; } pipes[] = {
+        {"pipe b1 u4 x4", lab_gemv_pipe_b1_u4, 1, 4}, {"pipe b1 u4 x6", lab_gemv_pipe_b1_u4, 1, 6},
+        {"pipe b1 u2 x8", lab_gemv_pipe_b1_u2, 1, 8}, {"pipe b8 u2 x4", lab_gemv_pipe_b8_u2, 8, 4}};
+    for (const auto& v : pipes) {
+      int i = 0;
+      const float ms = median_ms([&] { v.fn<<<132 * v.per_sm, 256>>>(ws[i++ % copies], m.cols, x, m.cols, y, m.rows, m.rows, m.cols); });
+      std::printf("time gemv %-20s %-13s  median %.2f us  %.2f TB/s of weights\n", m.name, v.name, ms * 1e3,
+                  bytes / (ms * 1e-3) / 1e12);
+    }
     for (const auto& v : sks) {
       int i = 0;
       const float ms = median_ms([&] { launch_sk(v.fn, v.per_sm, ws[i++ % copies], m.cols, x, m.cols, y, m.rows, m.rows, m.cols, v.batch); });
