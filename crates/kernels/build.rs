@@ -10,8 +10,11 @@ use std::process::Command;
 /// Kernel sources (without `.cu`) and the architectures each is built for. sm_80 code runs on every 8.x GPU
 /// (A100, A10, L4, L40, RTX 30/40); sm_90 on the H100/H200; sm_90a (Hopper-only instructions: wgmma) only on
 /// compute capability 9.0 exactly.
-/// (`cuda/decode.cu` is lab-stage, checked and timed by `dev/decode_lab.cu`; it joins this list with its launchers.)
-const KERNELS: &[(&str, &[&str])] = &[("ssd_fwd", &["80", "90"]), ("ssd_fwd_sm90", &["90a"])];
+const KERNELS: &[(&str, &[&str])] = &[
+    ("ssd_fwd", &["80", "90"]),
+    ("ssd_fwd_sm90", &["90a"]),
+    ("decode", &["80", "90"]),
+];
 
 fn nvcc() -> PathBuf {
     if let Some(p) = std::env::var_os("NVCC") {

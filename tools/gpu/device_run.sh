@@ -15,7 +15,7 @@ if [[ "${TESTS:-1}" == 1 ]]; then
   done
   # binary:crate dir:test filter:COIL_SSD_KERNEL (mma_sync: the ops tables again with the portable SSD kernel)
   for spec in ops_cuda:crates/ops:: ops_cuda:crates/ops::mma_sync model_cuda:crates/model:: \
-    train_loop:crates/train:cuda_run:; do
+    infer_cuda_step:crates/infer:: train_loop:crates/train:cuda_run:; do
     IFS=: read -r bin dir filter kernel <<<"$spec"
     echo "### $bin ($dir) $filter ${kernel:+COIL_SSD_KERNEL=$kernel}" | tee -a "$OUT/tests.log"
     (cd "$dir" && COIL_SSD_KERNEL="$kernel" timeout -k 5 "${TEST_TIMEOUT_S:-150}" "/tmp/coil-tests/$bin" --ignored \

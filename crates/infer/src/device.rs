@@ -1,6 +1,6 @@
-//! Generation on the model's own device (CUDA): the model's chunked forward for the prefill and the same
-//! forward with T = 1 for every step (`HybridLm::forward_with_state`), batched as one tensor per group of
-//! prompts of equal length. Sampling follows the same Megatron rules as the CPU engine ([`crate::sampling`]), on
+//! Generation on the model's own device (CUDA): the model's chunked forward for the prefill, then for every step
+//! the fused CUDA decode step (`crate::cuda_step`) when the model is made of Mamba2 layers, else the same forward
+//! with T = 1 (`HybridLm::forward_with_state`); batched as one tensor per group of prompts of equal length. Sampling follows the same Megatron rules as the CPU engine ([`crate::sampling`]), on
 //! the host, from each step's logits [B, V].
 //!
 //! Unlike the CPU engine ([`crate::generate`]), a batch here is one tensor, so prompts of different lengths go in
@@ -56,14 +56,15 @@ fn run_batch(
         .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
         .collect();
     let ids = Tensor::from_vec(ids, (batch.len(), len), dev)?;
-    let (mut logits, mut state) = lm.forward_with_state(&ids, None, None, true)?;
+    let (logits, state) = lm.forward_with_state(&ids, None, None, true)?;
+    let mut rows = host_rows(&logits, batch.len())?;
+    let mut stepper = Stepper::new(lm, state, batch.len())?;
     let mut samplers: Vec<Sampler> = batch
         .iter()
         .map(|&i| Sampler::new(params.sampling, params.seed, i as u64, params.vocab_limit))
         .collect();
     let mut done = vec![false; batch.len()];
     loop {
-        let rows = host_rows(&logits, batch.len())?;
         let mut next = Vec::with_capacity(batch.len());
         for (r, &i) in batch.iter().enumerate() {
             if !done[r] {
@@ -87,8 +88,44 @@ fn run_batch(
         if done.iter().all(|&d| d) {
             return Ok(());
         }
-        let step_ids = Tensor::from_vec(next, (batch.len(), 1), dev)?;
-        (logits, state) = lm.forward_with_state(&step_ids, Some(&state), None, true)?;
+        rows = stepper.step(lm, &next)?;
+    }
+}
+
+/// How the decode steps of a batch run: the fused CUDA step (models of Mamba2 layers in bf16 or f32,
+/// `crate::cuda_step`), else the model's forward with T = 1.
+enum Stepper {
+    #[cfg(feature = "cuda")]
+    Fused(Box<crate::cuda_step::CudaStep>),
+    Forward(coil_model::ModelState),
+}
+
+impl Stepper {
+    fn new(lm: &HybridLm, state: coil_model::ModelState, batch: usize) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Some(mut fused) = crate::cuda_step::CudaStep::new(lm)? {
+            fused.start(&state, batch)?;
+            return Ok(Stepper::Fused(Box::new(fused)));
+        }
+        let _ = (lm, batch); // used by the CUDA build only
+        Ok(Stepper::Forward(state))
+    }
+
+    /// Feeds one token per sequence; returns each sequence's logits.
+    fn step(&mut self, lm: &HybridLm, next: &[i64]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Stepper::Fused(f) => {
+                let toks: Vec<u32> = next.iter().map(|&t| t as u32).collect();
+                f.step(&toks)
+            }
+            Stepper::Forward(state) => {
+                let ids = Tensor::from_vec(next.to_vec(), (next.len(), 1), lm.device())?;
+                let (logits, st) = lm.forward_with_state(&ids, Some(state), None, true)?;
+                *state = st;
+                host_rows(&logits, next.len())
+            }
+        }
     }
 }
 

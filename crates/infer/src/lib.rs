@@ -3,7 +3,8 @@
 //! Owns: the decode state of a sequence ([`state`]: Mamba conv window + SSM state, attention KV cache), the
 //! decode-step weights ([`weights`]) and the fast CPU step ([`step`], batched matrix-vector products in
 //! [`matvec`]), the engine that joins prefill and step ([`engine`]), Megatron's sampling rules ([`sampling`])
-//! and batched generation with EOS / length stops ([`generate`]).
+//! and batched generation with EOS / length stops ([`generate`]); on a CUDA GPU, generation on the model's device
+//! ([`device`]) with the fused decode step of `cuda_step` for models made of Mamba2 layers.
 //!
 //! Key design decision: prefill and decode are two implementations of one function. Prefill is the model's
 //! own chunked forward (`HybridLm::forward_with_state`, the readable reference); the step is a separate,
@@ -14,6 +15,8 @@
 //! dt clamp: by default the step clamps dt with the model's `time_step_limit` exactly as prefill does (Coil's
 //! choice, see `coil_model`); [`DecodeDtClamp::HfUnclamped`] reproduces HF transformers' unclamped step.
 
+#[cfg(feature = "cuda")]
+pub mod cuda_step;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -2,7 +2,7 @@
 // per-sequence state updates, each one memory-bound pass. Per layer and token the step is
 //   add_rmsnorm      residual += x; h = RMSNorm(residual)·w                      (one CTA per sequence)
 //   gemv_bf16        zxbcdt = W_in · h                                          (bf16 weights, f32 activations)
-//   conv_step        xBC = SiLU(conv1d window of the last K inputs + bias); window rolled   (per channel)
+//   conv_step        window rolled to take the new input; xBC = SiLU(conv1d over the window + bias) (per channel)
 //   ssm_step         dt = clamp(softplus(dt_raw + bias)); s ← exp(dt·A)·s + dt·x⊗B; y = s·C + D·x  (per head)
 //   gated_rmsnorm    y = RMSNorm_group(y · SiLU(z))·w                           (per norm group)
 //   gemv_bf16        out = W_out · y
@@ -44,7 +44,11 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
   return r;
 }
 
-__device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&w)[8]) {
+// The 16 bytes of one chunk as floats: 8 bf16 or 4 f32 weights.
+__device__ __forceinline__ void chunk_to_f32(const uint4& u, float (&w)[4]) {
+  w[0] = __uint_as_float(u.x), w[1] = __uint_as_float(u.y), w[2] = __uint_as_float(u.z), w[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void chunk_to_f32(const uint4& u, float (&w)[8]) {
   const uint32_t v[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -55,16 +59,18 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&w)[8]) {
 
 }  // namespace
 
-// y[b, r] = Σ_c W[r, c] · x[b, c] for BATCH sequences: each warp owns RPW consecutive rows, each lane streams
-// 16-byte chunks of them (UNROLL chunks of every row in flight per lane before any is used), the activations read
-// through L1. C % 8 == 0 and W's rows 16-byte aligned (the launcher checks).
-template <int BATCH, int UNROLL = 4, int RPW = 1>
-__device__ __forceinline__ void gemv_bf16_body(const __nv_bfloat16* __restrict__ w, long long ldw,
-                                               const float* __restrict__ x, long long ldx, float* __restrict__ y,
-                                               long long ldy, int rows, int cols) {
+// y[b, r] = Σ_c W[r, c] · x[b, c] (+ bias[r]) for BATCH sequences, W in bf16 or f32: each warp owns RPW
+// consecutive rows, each lane streams 16-byte chunks of them (UNROLL chunks of every row in flight per lane before
+// any is used), the activations read through L1. Rows of W and x start 16-byte aligned and C is a whole number of
+// chunks (the launcher checks).
+template <typename WT, int BATCH, int UNROLL = 4, int RPW = 1>
+__device__ __forceinline__ void gemv_body(const WT* __restrict__ w, long long ldw, const float* __restrict__ bias,
+                                          const float* __restrict__ x, long long ldx, float* __restrict__ y,
+                                          long long ldy, int rows, int cols) {
+  constexpr int E = 16 / sizeof(WT);  // weights per 16-byte chunk
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
-  const int chunks = cols / 8;
+  const int chunks = cols / E;
   for (int r0 = (blockIdx.x * warps + (threadIdx.x >> 5)) * RPW; r0 < rows; r0 += gridDim.x * warps * RPW) {
     float acc[RPW][BATCH];
 #pragma unroll
@@ -78,7 +84,7 @@ __device__ __forceinline__ void gemv_bf16_body(const __nv_bfloat16* __restrict__
 #pragma unroll
         for (int k = 0; k < UNROLL; ++k) {
           const int c = c0 + 32 * k;
-          u[i][k] = c < chunks && r0 + i < rows ? ld_stream(w + (r0 + i) * ldw + 8 * c) : make_uint4(0, 0, 0, 0);
+          u[i][k] = c < chunks && r0 + i < rows ? ld_stream(w + (r0 + i) * ldw + E * c) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
       for (int k = 0; k < UNROLL; ++k) {
@@ -86,14 +92,18 @@ __device__ __forceinline__ void gemv_bf16_body(const __nv_bfloat16* __restrict__
         if (c >= chunks) break;
 #pragma unroll
         for (int b = 0; b < BATCH; ++b) {
-          const float4 xa = __ldg(reinterpret_cast<const float4*>(x + b * ldx + 8 * c));
-          const float4 xb = __ldg(reinterpret_cast<const float4*>(x + b * ldx + 8 * c + 4));
+          float xv[E];
+#pragma unroll
+          for (int e = 0; e < E; e += 4) {
+            const float4 x4 = __ldg(reinterpret_cast<const float4*>(x + b * ldx + E * c + e));
+            xv[e] = x4.x, xv[e + 1] = x4.y, xv[e + 2] = x4.z, xv[e + 3] = x4.w;
+          }
 #pragma unroll
           for (int i = 0; i < RPW; ++i) {
-            float wf[8];
-            bf16x8_to_f32(u[i][k], wf);
-            acc[i][b] += wf[0] * xa.x + wf[1] * xa.y + wf[2] * xa.z + wf[3] * xa.w + wf[4] * xb.x + wf[5] * xb.y +
-                         wf[6] * xb.z + wf[7] * xb.w;
+            float wf[E];
+            chunk_to_f32(u[i][k], wf);
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[i][b] += wf[e] * xv[e];
           }
         }
       }
@@ -103,21 +113,26 @@ __device__ __forceinline__ void gemv_bf16_body(const __nv_bfloat16* __restrict__
 #pragma unroll
       for (int b = 0; b < BATCH; ++b) {
         const float s = warp_sum(acc[i][b]);
-        if (lane == 0 && r0 + i < rows) y[b * ldy + r0 + i] = s;
+        if (lane == 0 && r0 + i < rows) y[b * ldy + r0 + i] = bias ? s + bias[r0 + i] : s;
       }
   }
 }
 
-#define COIL_GEMV(B)                                                                                           \
-  extern "C" __global__ void __launch_bounds__(256) gemv_bf16_b##B(                                            \
-      const __nv_bfloat16* w, long long ldw, const float* x, long long ldx, float* y, long long ldy, int rows, \
-      int cols) {                                                                                              \
-    gemv_bf16_body<B>(w, ldw, x, ldx, y, ldy, rows, cols);                                                     \
+#define COIL_GEMV(NAME, WT, B)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) gemv_##NAME##_b##B(const WT* w, long long ldw,               \
+                                                                         const float* bias, const float* x,      \
+                                                                         long long ldx, float* y, long long ldy, \
+                                                                         int rows, int cols) {                   \
+    gemv_body<WT, B>(w, ldw, bias, x, ldx, y, ldy, rows, cols);                                                   \
   }
-COIL_GEMV(1)
-COIL_GEMV(2)
-COIL_GEMV(4)
-COIL_GEMV(8)
+COIL_GEMV(bf16, __nv_bfloat16, 1)
+COIL_GEMV(bf16, __nv_bfloat16, 2)
+COIL_GEMV(bf16, __nv_bfloat16, 4)
+COIL_GEMV(bf16, __nv_bfloat16, 8)
+COIL_GEMV(f32, float, 1)
+COIL_GEMV(f32, float, 2)
+COIL_GEMV(f32, float, 4)
+COIL_GEMV(f32, float, 8)
 
 // residual[b] += x[b] (x may be null: the first layer's residual is the embedding); h[b] = RMSNorm(residual[b])·w.
 // One CTA per sequence.
@@ -136,27 +151,30 @@ extern "C" __global__ void __launch_bounds__(256) add_rmsnorm(float* residual, c
   for (int i = threadIdx.x; i < width; i += blockDim.x) h[blockIdx.x * ld + i] = r[i] * inv * w[i];
 }
 
-// Causal conv1d step over `channels` channels of one token per sequence: the window holds the previous K − 1
-// inputs of each channel, oldest first ([batch, channels, K − 1]); out = SiLU(Σ_k w[c, k]·window·(k) + w[c, K−1]·in
-// + bias[c]); the window then drops its oldest input and takes `in`. grid (ceil(channels / 256), batch).
+// Causal conv1d step over `channels` channels of one token per sequence. The window holds the last K raw inputs
+// of each channel, oldest first ([batch, channels, K], the model's conv state): it drops its oldest input and
+// takes `in`, then out = SiLU(Σ_k w[c, k]·window[k] + bias[c]). grid (ceil(channels / 256), batch).
 extern "C" __global__ void __launch_bounds__(256) conv_step(const float* in, long long ld_in, float* window,
                                                             const float* w, const float* bias, float* out,
                                                             long long ld_out, int channels, int k) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
   if (c >= channels) return;
-  const float v = in[b * ld_in + c];
-  float* win = window + (static_cast<long long>(b) * channels + c) * (k - 1);
+  float* win = window + (static_cast<long long>(b) * channels + c) * k;
   const float* wc = w + static_cast<long long>(c) * k;
   float acc = bias ? bias[c] : 0.f;
-  for (int i = 0; i < k - 1; ++i) acc += wc[i] * win[i];
+  for (int i = 0; i + 1 < k; ++i) {
+    const float v = win[i + 1];
+    win[i] = v;
+    acc += wc[i] * v;
+  }
+  const float v = in[b * ld_in + c];
+  win[k - 1] = v;
   acc += wc[k - 1] * v;
-  for (int i = 0; i + 1 < k - 1; ++i) win[i] = win[i + 1];
-  if (k > 1) win[k - 2] = v;
   out[b * ld_out + c] = silu(acc);
 }
 
 // The SSM update of one token for head h of sequence b (grid (heads, batch), P·4 threads: four per state row,
-// each owning N/4 columns as float4s). dt = clamp(softplus(dt_raw + dt_bias), lo, hi);
+// each owning N/4 columns as float4s; N a multiple of 16, P at most 256). dt = clamp(softplus(dt_raw + dt_bias), lo, hi);
 // s[p, n] ← exp(dt·A)·s[p, n] + dt·x[p]·B[n]; y[p] = Σ_n s[p, n]·C[n] + D·x[p].
 // x, B and C are columns of the conv output `xbc` ([batch, ...]: x of head h at h·P, B of group g at x_width +
 // g·N, C at x_width + G·N + g·N); dt_raw is column h of `dt` ([batch, ...]); state [batch, heads, P, N].
@@ -213,6 +231,8 @@ __device__ __forceinline__ void ssm_step_body(const float* __restrict__ xbc, lon
     ssm_step_body<N>(xbc, ld_xbc, dt_raw, ld_dt, a, dt_bias, d, state, y, ld_y, heads, groups, head_dim, dt_lo,  \
                      dt_hi);                                                                                      \
   }
+COIL_SSM_STEP(16)
+COIL_SSM_STEP(32)
 COIL_SSM_STEP(64)
 COIL_SSM_STEP(128)
 

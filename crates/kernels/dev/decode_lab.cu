@@ -77,7 +77,7 @@ static int report(const char* what, double err, double tol) {
   __global__ void __launch_bounds__(256) lab_gemv_b##B##_u##U##_r##R(const bf16* w, long long ldw, const float* x, \
                                                                      long long ldx, float* y, long long ldy,      \
                                                                      int rows, int cols) {                       \
-    gemv_bf16_body<B, U, R>(w, ldw, x, ldx, y, ldy, rows, cols);                                                  \
+    gemv_body<bf16, B, U, R>(w, ldw, nullptr, x, ldx, y, ldy, rows, cols);                                                  \
   }
 LAB_GEMV(1, 8, 1) LAB_GEMV(1, 2, 2) LAB_GEMV(1, 4, 2) LAB_GEMV(1, 2, 4) LAB_GEMV(1, 4, 4) LAB_GEMV(8, 2, 2)
 // Lab variant (measured slower than one row per warp, kept for the record): the GEMV with the work balanced
@@ -117,7 +117,7 @@ __device__ __forceinline__ void gemv_sk_body(const __nv_bfloat16* __restrict__ w
         const int c = c0 + 32 * k;
         if (c >= ce) break;
         float wf[8];
-        bf16x8_to_f32(u[k], wf);
+        chunk_to_f32(u[k], wf);
 #pragma unroll
         for (int b = 0; b < BATCH; ++b) {
           const float4 xa = __ldg(reinterpret_cast<const float4*>(x + b * ldx + 8 * c));
@@ -168,7 +168,7 @@ __device__ __forceinline__ void gemv_pipe_body(const bf16* __restrict__ w, long 
       const int c = c0 + 32 * k;
       if (c < chunks) {
         float wf[8];
-        bf16x8_to_f32(u[k], wf);
+        chunk_to_f32(u[k], wf);
 #pragma unroll
         for (int b = 0; b < BATCH; ++b) {
           const float4 xa = __ldg(reinterpret_cast<const float4*>(x + b * ldx + 8 * c));
@@ -207,7 +207,7 @@ LAB_GEMV_PIPE(1, 4) LAB_GEMV_PIPE(1, 2) LAB_GEMV_PIPE(8, 2)
 // 8 CTAs of 256 per SM (register cap 32).
 __global__ void __launch_bounds__(256, 8) lab_gemv_b1_occ8(const bf16* w, long long ldw, const float* x,
                                                           long long ldx, float* y, long long ldy, int rows, int cols) {
-  gemv_bf16_body<1, 4, 1>(w, ldw, x, ldx, y, ldy, rows, cols);
+  gemv_body<bf16, 1, 4, 1>(w, ldw, nullptr, x, ldx, y, ldy, rows, cols);
 }
 #define LAB_GEMV_SK(B, U)                                                                                        \
   __global__ void __launch_bounds__(256) lab_gemv_sk_b##B##_u##U(const bf16* w, long long ldw, const float* x,  \
@@ -228,10 +228,10 @@ static void launch_gemv(int batch, const bf16* w, long long ldw, const float* x,
                         long long ldy, int rows, int cols, cudaStream_t st = 0) {
   const int grid = (rows + 7) / 8;
   switch (batch) {
-    case 1: gemv_bf16_b1<<<grid, 256, 0, st>>>(w, ldw, x, ldx, y, ldy, rows, cols); break;
-    case 2: gemv_bf16_b2<<<grid, 256, 0, st>>>(w, ldw, x, ldx, y, ldy, rows, cols); break;
-    case 4: gemv_bf16_b4<<<grid, 256, 0, st>>>(w, ldw, x, ldx, y, ldy, rows, cols); break;
-    case 8: gemv_bf16_b8<<<grid, 256, 0, st>>>(w, ldw, x, ldx, y, ldy, rows, cols); break;
+    case 1: gemv_bf16_b1<<<grid, 256, 0, st>>>(w, ldw, nullptr, x, ldx, y, ldy, rows, cols); break;
+    case 2: gemv_bf16_b2<<<grid, 256, 0, st>>>(w, ldw, nullptr, x, ldx, y, ldy, rows, cols); break;
+    case 4: gemv_bf16_b4<<<grid, 256, 0, st>>>(w, ldw, nullptr, x, ldx, y, ldy, rows, cols); break;
+    case 8: gemv_bf16_b8<<<grid, 256, 0, st>>>(w, ldw, nullptr, x, ldx, y, ldy, rows, cols); break;
     default: std::fprintf(stderr, "batch %d\n", batch); std::exit(2);
   }
 }
@@ -300,10 +300,10 @@ static int check_all() {
                     1e-5);
     cudaFree(dr), cudaFree(dx), cudaFree(dw), cudaFree(dh);
   }
-  // conv_step: three tokens in a row (the window rolls), bias and no bias.
+  // conv_step: three tokens in a row (the window rolls), bias and no bias; the window is [batch, channels, K].
   for (int with_bias : {0, 1}) {
     const int batch = 2, channels = 700, k = 4, ld_in = 900;
-    std::vector<float> win = randv(size_t(batch) * channels * (k - 1)), w = randv(size_t(channels) * k),
+    std::vector<float> win = randv(size_t(batch) * channels * k), w = randv(size_t(channels) * k),
                        bias = randv(channels);
     std::vector<double> wwin(win.begin(), win.end());
     float *dwin = up(win), *dw = up(w), *db = up(bias), *dout = poisoned(size_t(batch) * channels);
@@ -313,12 +313,11 @@ static int check_all() {
       std::vector<double> want(size_t(batch) * channels);
       for (int b = 0; b < batch; ++b)
         for (int c = 0; c < channels; ++c) {
-          double* wn = &wwin[(size_t(b) * channels + c) * (k - 1)];
+          double* wn = &wwin[(size_t(b) * channels + c) * k];
+          for (int i = 0; i + 1 < k; ++i) wn[i] = wn[i + 1];
+          wn[k - 1] = in[b * ld_in + c];
           double acc = with_bias ? bias[c] : 0.0;
-          for (int i = 0; i < k - 1; ++i) acc += double(w[c * k + i]) * wn[i];
-          acc += double(w[c * k + k - 1]) * in[b * ld_in + c];
-          for (int i = 0; i + 1 < k - 1; ++i) wn[i] = wn[i + 1];
-          wn[k - 2] = in[b * ld_in + c];
+          for (int i = 0; i < k; ++i) acc += double(w[c * k + i]) * wn[i];
           want[b * channels + c] = acc / (1.0 + std::exp(-acc));
         }
       float* din = up(in);
@@ -547,7 +546,7 @@ static void time_model_step() {
   float *resid = zeros(size_t(bmax) * D), *hbuf = zeros(size_t(bmax) * D), *proj = zeros(size_t(bmax) * IN_ROWS);
   float *xbc = zeros(size_t(bmax) * CONV), *y = zeros(size_t(bmax) * DI), *yn = zeros(size_t(bmax) * DI);
   float *out = zeros(size_t(bmax) * D), *logits = zeros(size_t(bmax) * VOCAB);
-  float* win = zeros(size_t(LAYERS) * bmax * CONV * (K - 1));
+  float* win = zeros(size_t(LAYERS) * bmax * CONV * K);
   float* st = zeros(size_t(LAYERS) * bmax * H * P * N);
   cudaStream_t stream;
   CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -565,7 +564,7 @@ static void time_model_step() {
         add_rmsnorm<<<batch, 256, 0, s>>>(resid, l ? out : nullptr, norm_w, hbuf, D, D, 1e-5f);
         gemv(w_in[l], hbuf, proj, IN_ROWS, D, s);
         conv_step<<<dim3((CONV + 255) / 256, batch), 256, 0, s>>>(proj + DI, IN_ROWS,
-                                                                  win + size_t(l) * bmax * CONV * (K - 1), conv_w,
+                                                                  win + size_t(l) * bmax * CONV * K, conv_w,
                                                                   conv_b, xbc, CONV, CONV, K);
         ssm_step_n128<<<dim3(H, batch), P * 4, 0, s>>>(xbc, CONV, proj + DI + CONV, IN_ROWS, a, dtb, dd,
                                                        st + size_t(l) * bmax * H * P * N, y, DI, H, G, P, 0.f,

@@ -14,6 +14,8 @@
 //! is empty, so CPU builds need neither nvcc nor the CUDA libraries.
 
 #[cfg(feature = "cuda")]
+pub mod decode;
+#[cfg(feature = "cuda")]
 mod module;
 #[cfg(feature = "cuda")]
 pub mod ssd_fwd;

@@ -45,6 +45,12 @@ pub(crate) static SSD_FWD: Cubins = Cubins {
     sm80: Some(cubin!("ssd_fwd", "80")),
     sm90: cubin!("ssd_fwd", "90"),
 };
+/// The single-token decode kernels.
+pub(crate) static DECODE: Cubins = Cubins {
+    name: "decode",
+    sm80: Some(cubin!("decode", "80")),
+    sm90: cubin!("decode", "90"),
+};
 /// The wgmma SSD forward (sm_90a only).
 pub(crate) static SSD_FWD_SM90: Cubins = Cubins {
     name: "ssd_fwd_sm90",

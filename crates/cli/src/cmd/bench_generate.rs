@@ -228,6 +228,26 @@ fn run_once_on_device(
             coil_model::LayerState::Stateless => 0,
         })
         .sum();
+    // The decode steps as generation runs them: the fused CUDA step where it applies (models of Mamba2 layers),
+    // greedy tokens picked on the host from each step's logits; else the forward with T = 1.
+    #[cfg(feature = "cuda")]
+    if let Some(mut fused) = coil_infer::cuda_step::CudaStep::new(lm)? {
+        let batch = ids.dim(0)?;
+        fused.start(&state, batch)?;
+        let mut toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        for _ in 1..new {
+            let rows = fused.step(&toks)?;
+            toks = rows.iter().map(|r| argmax(r) as u32).collect();
+        }
+        dev.synchronize()?;
+        return Ok((
+            Timing {
+                prefill_s: (t1 - t0).as_secs_f64(),
+                decode_s: t1.elapsed().as_secs_f64(),
+            },
+            state_bytes,
+        ));
+    }
     for _ in 1..new {
         let (logits, st) = lm.forward_with_state(&next, Some(&state), None, true)?;
         state = st;

@@ -1,0 +1,146 @@
+//! The fused CUDA decode step (`coil_infer::cuda_step`) against the CPU engine's step, its reference: the same
+//! prefill state, the same tokens, logits equal up to summation order (f32 weights: the HF fixtures; bf16
+//! weights: a model of real layer sizes); and `generate_on_device`, which
+//! decodes with it, gives the CPU engine's greedy tokens. Needs a GPU: `#[ignore]`d, run with `--ignored` on one.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use coil_infer::cuda_step::CudaStep;
+use coil_infer::{
+    generate, generate_on_device, DecodeDtClamp, Engine, EngineOptions, GenerateParams,
+    SamplingParams, SeqState, WeightDtype,
+};
+use coil_model::HybridLm;
+use common::*;
+
+const MAMBA_FIXTURES: [&str; 3] = ["mamba2_tiny", "mamba2_g1_chunk64", "mamba2_tied_limit"];
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("a CUDA device")
+}
+
+/// Prefills `prompts` (equal lengths) with the GPU model, hands the same prefill states to the fused step and to
+/// the CPU engine's step, then feeds both `steps` tokens (each step's greedy token of the CPU engine); returns the
+/// largest |Δ logit| relative to the largest |logit| of the row.
+fn step_gap(gpu_lm: &HybridLm, cpu: &Engine, prompts: &[Vec<u32>], steps: usize) -> f32 {
+    let n = prompts.len();
+    let len = prompts[0].len();
+    let ids: Vec<u32> = prompts.iter().flatten().copied().collect();
+    let ids = Tensor::from_vec(ids, (n, len), gpu_lm.device()).unwrap();
+    let (logits, state) = gpu_lm.forward_with_state(&ids, None, None, true).unwrap();
+    let mut fused = CudaStep::new(gpu_lm)
+        .unwrap()
+        .expect("the fused step applies");
+    fused.start(&state, n).unwrap();
+    let mut states = vec![];
+    for p in prompts {
+        let one = Tensor::from_vec(p.clone(), (1, len), gpu_lm.device()).unwrap();
+        let (_, st) = gpu_lm.forward_with_state(&one, None, None, true).unwrap();
+        states.push(SeqState::from_model_state(&st, len, steps + 1).unwrap());
+    }
+    let v = cpu.vocab_size();
+    let first = logits
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut toks: Vec<u32> = (0..n).map(|b| argmax(&first[b * v..(b + 1) * v])).collect();
+    let mut scratch = cpu.scratch(n);
+    let mut worst = 0f32;
+    for _ in 0..steps {
+        let want = cpu.step(&mut states, &toks, &mut scratch).unwrap();
+        let got = fused.step(&toks).unwrap();
+        for (b, row) in got.iter().enumerate() {
+            let w = &want[b * v..(b + 1) * v];
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            worst = worst.max(max_abs(row, w) / scale);
+        }
+        toks = (0..n).map(|b| argmax(&want[b * v..(b + 1) * v])).collect();
+    }
+    worst
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    l.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0 as u32
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_step_matches_the_cpu_step_on_the_fixtures_in_f32() {
+    for name in MAMBA_FIXTURES {
+        let fx = load_fixture(name);
+        let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
+        let gpu_lm = HybridLm::from_dir(&fixture_dir(name), &gpu(), DType::F32).unwrap();
+        let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
+        let gap = step_gap(&gpu_lm, &cpu, &prompts, 6);
+        println!("{name} f32: fused step vs CPU step, worst relative logit gap {gap:.2e}");
+        assert!(gap <= 1e-5, "{name}: {gap}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn generation_on_cuda_gives_the_cpu_greedy_tokens() {
+    let params = GenerateParams {
+        max_new_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        eos: None,
+        vocab_limit: None,
+        max_batch: 8,
+    };
+    for name in MAMBA_FIXTURES {
+        let fx = load_fixture(name);
+        let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
+        let gpu_lm = HybridLm::from_dir(&fixture_dir(name), &gpu(), DType::F32).unwrap();
+        let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
+        let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
+        let got = generate_on_device(&gpu_lm, &prompts, &params, &mut |_, _| {}).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.tokens, w.tokens, "{name}");
+        }
+        println!(
+            "{name}: greedy tokens on CUDA equal the CPU engine's: {:?}",
+            got[0].tokens
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_step_matches_the_cpu_step_with_bf16_weights_at_real_layer_sizes() {
+    // Mamba2-130M's layer (hidden 768, 24 heads of 64, state 128, one group), two layers, a small vocabulary;
+    // the same bf16 weights on both sides.
+    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
+    cfg.pattern = "MM".into();
+    cfg.vocab_size = 1024;
+    let params = coil_model::params::init_params(&cfg, 3, &Device::Cpu, DType::BF16).unwrap();
+    let gpu_lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
+    let cpu_lm = HybridLm::load(&cfg, &params, &Device::Cpu, DType::BF16).unwrap();
+    let cpu = Engine::new(
+        cpu_lm,
+        EngineOptions {
+            weights: WeightDtype::Bf16,
+            dt_clamp: DecodeDtClamp::SameAsPrefill,
+        },
+    )
+    .unwrap();
+    let prompts = vec![(1..40).collect::<Vec<u32>>(), (100..139).collect()];
+    let gap = step_gap(&gpu_lm, &cpu, &prompts, 6);
+    println!("mamba2_130m-sized bf16: fused step vs CPU step, worst relative logit gap {gap:.2e}");
+    // Both sides read the same bf16 weights with f32 activations; only the summation order differs.
+    assert!(gap <= 1e-4, "{gap}");
+}
