@@ -40,7 +40,7 @@ fn check_rows(what: &str, len: usize, rows: usize, ld: usize, width: usize) -> R
 }
 
 fn check_align(what: &str, ptr: u64, bytes: u64) -> Result<()> {
-    if ptr % bytes != 0 {
+    if !ptr.is_multiple_of(bytes) {
         return Err(invalid(format!("{what} is not {bytes}-byte aligned")));
     }
     Ok(())
@@ -100,7 +100,10 @@ where
         Weights::F32(_) => (4usize, "gemv_f32"),
     };
     let per_chunk = 16 / elem;
-    if d.cols % per_chunk != 0 || d.ldw % per_chunk != 0 || d.ldx % 4 != 0 {
+    if !d.cols.is_multiple_of(per_chunk)
+        || !d.ldw.is_multiple_of(per_chunk)
+        || !d.ldx.is_multiple_of(4)
+    {
         return Err(KernelError::Unsupported(format!(
             "{name}: {} columns (row strides {} and {}) are not whole 16-byte chunks",
             d.cols, d.ldw, d.ldx
@@ -319,9 +322,9 @@ pub fn ssm_supported(d: &SsmDims) -> bool {
     matches!(d.state, 16 | 32 | 64 | 128)
         && (1..=256).contains(&d.head_dim)
         && d.groups > 0
-        && d.heads % d.groups == 0
-        && (d.heads * d.head_dim) % 4 == 0
-        && d.ld_xbc % 4 == 0
+        && d.heads.is_multiple_of(d.groups)
+        && (d.heads * d.head_dim).is_multiple_of(4)
+        && d.ld_xbc.is_multiple_of(4)
         && d.batch <= 65_535
 }
 
@@ -452,7 +455,7 @@ where
     if batch == 0 || width == 0 {
         return Ok(());
     }
-    if group == 0 || width % group != 0 {
+    if group == 0 || !width.is_multiple_of(group) {
         return Err(invalid(format!(
             "gated norm: width {width} is not a multiple of the group {group}"
         )));
