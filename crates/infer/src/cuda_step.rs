@@ -1,19 +1,29 @@
-//! The single-token decode step on a CUDA GPU for models whose layers are all Mamba2 mixers: the fused kernels of
-//! `coil_kernels::decode`, six launches per layer (residual add + RMSNorm, in_proj, conv window + SiLU, SSM
-//! update, gated RMSNorm, out_proj), then the final norm and the LM head. It is the GPU twin of the CPU engine's
-//! step ([`crate::step`]) with the same arithmetic (f32 activations and states, weights in the model's dtype
-//! read as they are), which the CUDA tests compare it against; the prefill stays the model's chunked forward.
+//! The single-token decode step on a CUDA GPU for models whose layers are all Mamba2 mixers, on the fused kernels
+//! of `coil_kernels::decode`: the embedding gather, three launches per layer (in_proj with the RMSNorm, conv
+//! window and dt fused in; the SSM update with the gate; out_proj with the gated norm and the residual add), the
+//! final norm with the LM head, and the greedy argmax. The launches of a step are captured once per batch into a
+//! CUDA graph and replayed for every token; only the token ids (and, when sampling, the logits) cross to the host.
+//! It is the GPU twin of the CPU engine's step ([`crate::step`]) with the same arithmetic (f32 activations and
+//! states, weights in the model's dtype read as they are), which the CUDA tests compare it against; the prefill
+//! stays the model's chunked forward.
 //!
 //! Weights are read in place from the model's tensors (no copy); the engine owns the per-sequence conv windows
-//! and SSM states of a batch and the activation buffers, allocated once per batch. Hybrids (attention and MLP
-//! layers) take the composed path until their decode kernels exist.
+//! and SSM states of a batch and the activation buffers, allocated once per batch size, so memory stays flat over
+//! any number of tokens. Hybrids (attention and MLP layers) take the composed path until their decode kernels
+//! exist.
 
 use crate::error::{InferError, Result};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, CudaView, DriverError};
-use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaGraph, CudaSlice, CudaStream, CudaView, DriverError,
+};
 use candle_core::{DType, Device, Layout, Storage, Tensor};
-use coil_kernels::decode::{self as k, ConvDims, GemvDims, SsmDims, Weights};
+use coil_kernels::decode::{
+    self as k, ConvRows, DtRows, GatedNorm, GemvDims, Sched, SsmDims, Weights,
+};
 use coil_model::config::MixerDims;
 use coil_model::lm::{LayerState, Mixer};
 use coil_model::{HybridLm, ModelState};
@@ -44,6 +54,27 @@ fn cuda_view<'s, T: candle_core::cuda_backend::CudaDType>(
     }
 }
 
+fn weights<'s>(s: &'s Storage, l: &Layout) -> Result<Weights<'s>> {
+    Ok(match s {
+        Storage::Cuda(c) => match c.dtype() {
+            DType::BF16 => {
+                Weights::Bf16(c.as_cuda_slice::<half::bf16>()?.slice(l.start_offset()..))
+            }
+            DType::F32 => Weights::F32(c.as_cuda_slice::<f32>()?.slice(l.start_offset()..)),
+            other => {
+                return Err(InferError::Invalid(format!(
+                    "CUDA decode step: {other:?} weights (bf16 or f32 only)"
+                )))
+            }
+        },
+        _ => {
+            return Err(InferError::Invalid(
+                "CUDA decode step: a weight is not on the GPU".into(),
+            ))
+        }
+    })
+}
+
 struct Layer {
     norm: Tensor,
     in_proj: Tensor,
@@ -60,24 +91,40 @@ struct Layer {
     dt_limit: (f32, f32),
 }
 
-/// Buffers of one batch.
+/// The buffers of one batch size, and the step captured over them.
 struct Batch {
+    /// The launches of a step, captured on first use. It holds raw pointers to the buffers below and to the
+    /// model's weights (`CudaStep`'s tensors, which outlive every `Batch`); it is the first field, so it is
+    /// destroyed before the buffers are freed.
+    graph: Option<CudaGraph>,
     size: usize,
     conv: Vec<CudaSlice<f32>>,
     ssm: Vec<CudaSlice<f32>>,
+    /// The residual stream [B, hidden].
     resid: CudaSlice<f32>,
-    h: CudaSlice<f32>,
+    /// The in_proj output [B, ld_proj]: z | SiLU(conv(xBC)) | dt.
     proj: CudaSlice<f32>,
-    xbc: CudaSlice<f32>,
-    y: CudaSlice<f32>,
-    yn: CudaSlice<f32>,
-    out: CudaSlice<f32>,
+    /// The gated SSM output [B, inner] and each head's sum of its squares [B, H].
+    yg: CudaSlice<f32>,
+    part: CudaSlice<f32>,
     logits: CudaSlice<f32>,
+    /// This step's token ids [B], and the argmax's ids and non-finite flags [B, 2].
+    ids: CudaSlice<u32>,
+    picked: CudaSlice<u32>,
+}
+
+/// One step's greedy choice per sequence.
+pub struct Picked {
+    pub ids: Vec<u32>,
+    /// The sequence's logits held NaN or infinity (its id means nothing then).
+    pub non_finite: Vec<bool>,
 }
 
 pub struct CudaStep {
-    dev: CudaDevice,
     stream: Arc<CudaStream>,
+    sched: Sched,
+    /// Capture the step into a CUDA graph (`COIL_DECODE_GRAPH=0`: plain launches every step, for measuring).
+    use_graph: bool,
     dims: MixerDims,
     hidden: usize,
     vocab: usize,
@@ -101,21 +148,25 @@ impl CudaStep {
         }
         let dims = lm.config.mixer_dims();
         let (hidden, vocab) = (lm.config.hidden_size, lm.config.vocab_size);
-        let (inner, conv) = (dims.d_inner(), dims.conv_dim());
-        let rows = 2 * inner + 2 * dims.groups * dims.state + dims.heads;
+        let inner = dims.d_inner();
         let probe = SsmDims {
             batch: 1,
             heads: dims.heads,
             groups: dims.groups,
             head_dim: dims.head_dim,
             state: dims.state,
-            ld_xbc: conv,
-            ld_dt: rows,
+            ld_proj: ld_proj(&dims),
+            xbc_off: inner,
+            dt_off: inner + dims.conv_dim(),
             ld_y: inner,
         };
-        // 16-byte chunks of bf16 (8) or f32 (4) weights per row, 16-byte aligned activation rows.
+        // 16-byte chunks of bf16 (8) or f32 (4) weights per row and per norm group.
         let chunk = if lm.dtype == DType::BF16 { 8 } else { 4 };
-        if !k::ssm_supported(&probe) || hidden % chunk != 0 || inner % chunk != 0 || conv % 4 != 0 {
+        if !k::ssm_supported(&probe)
+            || hidden % chunk != 0
+            || inner % chunk != 0
+            || (inner / dims.groups) % chunk != 0
+        {
             return Ok(None);
         }
         let mut layers = Vec::with_capacity(lm.blocks.len());
@@ -141,27 +192,48 @@ impl CudaStep {
             });
         }
         let head = lm.lm_head.as_ref().unwrap_or(&lm.embeddings).contiguous()?;
+        let stream = dev.cuda_stream();
+        let sched = Sched::for_stream(&stream).map_err(kernel_err)?;
         Ok(Some(CudaStep {
-            stream: dev.cuda_stream(),
-            dev: dev.clone(),
+            stream,
+            sched,
+            use_graph: std::env::var("COIL_DECODE_GRAPH").map_or(true, |v| v != "0"),
             dims,
             hidden,
             vocab,
             norm_eps: lm.config.norm_eps as f32,
             layers,
-            embeddings: lm.embeddings.clone(),
+            embeddings: lm.embeddings.contiguous()?,
             norm_f: f32_param(&lm.norm_f)?,
             head,
             batch: None,
         }))
     }
 
-    fn rows(&self) -> usize {
-        2 * self.dims.d_inner() + 2 * self.dims.groups * self.dims.state + self.dims.heads
+    /// How the kernels are launched (programmatic dependent launch, L2 prefetch, grid sizes).
+    pub fn sched(&self) -> Sched {
+        self.sched
+    }
+
+    /// Turns programmatic dependent launch on or off (off: plain stream order; for comparing the two).
+    pub fn set_pdl(&mut self, on: bool) {
+        self.sched.pdl = on;
+        if let Some(b) = &mut self.batch {
+            b.graph = None;
+        }
+    }
+
+    /// Replays the step from a CUDA graph (the default) or launches its kernels every step.
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if let Some(b) = &mut self.batch {
+            b.graph = None;
+        }
     }
 
     /// Takes over the decode state the prefill left for `batch` sequences (each Mamba layer's conv window
-    /// `[B, C, K]` and SSM state `[B, H, P, N]`).
+    /// `[B, C, K]` and SSM state `[B, H, P, N]`). The buffers (and the captured step) of the previous batch are
+    /// kept when its size is the same.
     pub fn start(&mut self, state: &ModelState, batch: usize) -> Result<()> {
         if state.layers.len() != self.layers.len() {
             return Err(InferError::Invalid(format!(
@@ -170,32 +242,30 @@ impl CudaStep {
                 self.layers.len()
             )));
         }
-        let (inner, conv) = (self.dims.d_inner(), self.dims.conv_dim());
-        let st_len = self.dims.heads * self.dims.head_dim * self.dims.state;
-        let s = &self.stream;
-        let zeros = |n: usize| s.alloc_zeros::<f32>(n.max(1)).map_err(driver_err);
-        let mut b = Batch {
-            size: batch,
-            conv: Vec::with_capacity(self.layers.len()),
-            ssm: Vec::with_capacity(self.layers.len()),
-            resid: zeros(batch * self.hidden)?,
-            h: zeros(batch * self.hidden)?,
-            proj: zeros(batch * self.rows())?,
-            xbc: zeros(batch * conv)?,
-            y: zeros(batch * inner)?,
-            yn: zeros(batch * inner)?,
-            out: zeros(batch * self.hidden)?,
-            logits: zeros(batch * self.vocab)?,
+        if batch == 0 {
+            return Err(InferError::Invalid(
+                "CUDA decode step: a batch of 0 sequences".into(),
+            ));
+        }
+        let mut b = match self.batch.take() {
+            Some(b) if b.size == batch => b,
+            _ => self.alloc(batch)?,
         };
-        for ls in &state.layers {
+        let conv = self.dims.conv_dim();
+        let st_len = self.dims.heads * self.dims.head_dim * self.dims.state;
+        for (li, ls) in state.layers.iter().enumerate() {
             let LayerState::Mamba(m) = ls else {
                 return Err(InferError::Invalid(
                     "CUDA decode step: a layer state is not a Mamba state".into(),
                 ));
             };
             for (src, len, dst) in [
-                (&m.conv, batch * conv * self.dims.conv_kernel, &mut b.conv),
-                (&m.ssm, batch * st_len, &mut b.ssm),
+                (
+                    &m.conv,
+                    batch * conv * self.dims.conv_kernel,
+                    &mut b.conv[li],
+                ),
+                (&m.ssm, batch * st_len, &mut b.ssm[li]),
             ] {
                 if src.elem_count() != len {
                     return Err(InferError::Invalid(format!(
@@ -206,34 +276,86 @@ impl CudaStep {
                 let t = src.to_dtype(DType::F32)?.contiguous()?;
                 let (g, l) = t.storage_and_layout();
                 let v = cuda_view::<f32>(&g, l)?;
-                let mut buf = zeros(len)?;
-                s.memcpy_dtod(&v.slice(..len), &mut buf)
+                self.stream
+                    .memcpy_dtod(&v.slice(..len), dst)
                     .map_err(driver_err)?;
-                dst.push(buf);
             }
         }
         self.batch = Some(b);
         Ok(())
     }
 
+    fn alloc(&self, batch: usize) -> Result<Batch> {
+        let (inner, conv) = (self.dims.d_inner(), self.dims.conv_dim());
+        let st_len = self.dims.heads * self.dims.head_dim * self.dims.state;
+        let s = &self.stream;
+        let zeros = |n: usize| s.alloc_zeros::<f32>(n.max(1)).map_err(driver_err);
+        let n_layers = self.layers.len();
+        Ok(Batch {
+            size: batch,
+            conv: (0..n_layers)
+                .map(|_| zeros(batch * conv * self.dims.conv_kernel))
+                .collect::<Result<_>>()?,
+            ssm: (0..n_layers)
+                .map(|_| zeros(batch * st_len))
+                .collect::<Result<_>>()?,
+            resid: zeros(batch * self.hidden)?,
+            proj: zeros(batch * ld_proj(&self.dims))?,
+            yg: zeros(batch * inner)?,
+            part: zeros(batch * self.dims.heads)?,
+            logits: zeros(batch * self.vocab)?,
+            ids: s.alloc_zeros::<u32>(batch).map_err(driver_err)?,
+            picked: s.alloc_zeros::<u32>(2 * batch).map_err(driver_err)?,
+            graph: None,
+        })
+    }
+
     /// One token for every sequence of the batch given to [`CudaStep::start`]; returns each sequence's logits.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.run(tokens)?;
+        self.logits()
+    }
+
+    /// One token for every sequence; returns each sequence's greedy choice, computed on the GPU (only the ids
+    /// cross to the host).
+    pub fn step_greedy(&mut self, tokens: &[u32]) -> Result<Picked> {
+        self.run(tokens)?;
+        let b = self.batch.as_ref().expect("run checked the batch");
+        let host = self.stream.clone_dtoh(&b.picked).map_err(driver_err)?;
+        Ok(Picked {
+            ids: host.iter().step_by(2).copied().collect(),
+            non_finite: host.iter().skip(1).step_by(2).map(|&f| f != 0).collect(),
+        })
+    }
+
+    /// The logits of the last step, one row per sequence.
+    pub fn logits(&self) -> Result<Vec<Vec<f32>>> {
+        let Some(b) = &self.batch else {
+            return Err(InferError::Invalid(
+                "CUDA decode step: no step has run".into(),
+            ));
+        };
+        let host = self.stream.clone_dtoh(&b.logits).map_err(driver_err)?;
+        Ok(host.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    fn run(&mut self, tokens: &[u32]) -> Result<()> {
         let Some(mut b) = self.batch.take() else {
             return Err(InferError::Invalid(
                 "CUDA decode step: step before start".into(),
             ));
         };
-        let r = self.step_batch(&mut b, tokens);
+        let r = self.run_batch(&mut b, tokens);
         self.batch = Some(b);
         r
     }
 
-    fn step_batch(&self, b: &mut Batch, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let n = b.size;
-        if tokens.len() != n {
+    fn run_batch(&self, b: &mut Batch, tokens: &[u32]) -> Result<()> {
+        if tokens.len() != b.size {
             return Err(InferError::Invalid(format!(
-                "CUDA decode step: {} tokens for a batch of {n}",
-                tokens.len()
+                "CUDA decode step: {} tokens for a batch of {}",
+                tokens.len(),
+                b.size
             )));
         }
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
@@ -242,23 +364,44 @@ impl CudaStep {
                 self.vocab
             )));
         }
-        let s = &self.stream;
-        let (d, inner, conv, rows) = (
-            self.hidden,
-            self.dims.d_inner(),
-            self.dims.conv_dim(),
-            self.rows(),
-        );
-        let ids = Tensor::from_vec(tokens.to_vec(), n, &Device::Cuda(self.dev.clone()))?;
-        let emb = self
-            .embeddings
-            .index_select(&ids, 0)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
-        {
-            let (g, l) = emb.storage_and_layout();
-            s.memcpy_dtod(&cuda_view::<f32>(&g, l)?.slice(..n * d), &mut b.resid)
+        self.stream
+            .memcpy_htod(tokens, &mut b.ids)
+            .map_err(driver_err)?;
+        if !self.use_graph {
+            return self.record(b);
+        }
+        if b.graph.is_none() {
+            self.stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(driver_err)?;
+            let recorded = self.record(b);
+            // End the capture whatever happened, so the stream is usable again.
+            let graph = self
+                .stream
+                .end_capture(CUgraphInstantiate_flags(0))
+                .map_err(driver_err);
+            recorded?;
+            b.graph = Some(graph?.ok_or_else(|| {
+                InferError::Invalid("CUDA decode step: the captured step is empty".into())
+            })?);
+        }
+        b.graph
+            .as_ref()
+            .expect("captured above")
+            .launch()
+            .map_err(driver_err)
+    }
+
+    /// Launches one whole step on the stream (captured into the graph, or run as it is).
+    fn record(&self, b: &mut Batch) -> Result<()> {
+        let (s, sched, n) = (&self.stream, &self.sched, b.size);
+        let (d, inner, conv) = (self.hidden, self.dims.d_inner(), self.dims.conv_dim());
+        let (rows, ldp) = (self.dims.in_proj_dim(), ld_proj(&self.dims));
+        {
+            let (g, l) = self.embeddings.storage_and_layout();
+            let table = weights(&g, l)?;
+            k::embed(s, sched, &table, self.vocab, d, &b.ids, &mut b.resid, n, d)
+                .map_err(kernel_err)?;
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let f32s = [
@@ -285,43 +428,39 @@ impl CudaStep {
                 layer.out_proj.storage_and_layout(),
             );
             let (w_in, w_out) = (weights(&win.0, win.1)?, weights(&wout.0, wout.1)?);
-
-            let prev = (li > 0).then(|| b.out.slice(..));
-            k::add_rmsnorm(
-                s,
-                &mut b.resid,
-                prev.as_ref(),
-                &v[0],
-                &mut b.h,
-                n,
-                d,
-                self.norm_eps,
-            )
-            .map_err(kernel_err)?;
             let gd = GemvDims {
                 rows,
                 cols: d,
                 batch: n,
                 ldw: d,
                 ldx: d,
-                ldy: rows,
+                ldy: ldp,
             };
-            k::gemv(s, &w_in, ov[0].as_ref(), &b.h, &mut b.proj, gd).map_err(kernel_err)?;
-            let cd = ConvDims {
-                batch: n,
+            let conv_rows = ConvRows {
+                first: inner,
                 channels: conv,
                 k: self.dims.conv_kernel,
-                ld_in: rows,
-                ld_out: conv,
+                window: &mut b.conv[li],
+                w: &v[1],
+                bias: ov[1].as_ref(),
             };
-            k::conv_step(
+            let dt_rows = DtRows {
+                first: inner + conv,
+                bias: Some(&v[3]),
+                limit: layer.dt_limit,
+            };
+            k::gemv_in(
                 s,
-                &b.proj.slice(inner..),
-                &mut b.conv[li],
-                &v[1],
-                ov[1].as_ref(),
-                &mut b.xbc,
-                cd,
+                sched,
+                &w_in,
+                ov[0].as_ref(),
+                &b.resid,
+                &v[0],
+                self.norm_eps,
+                &mut b.proj,
+                gd,
+                Some(conv_rows),
+                Some(dt_rows),
             )
             .map_err(kernel_err)?;
             let sd = SsmDims {
@@ -330,36 +469,21 @@ impl CudaStep {
                 groups: self.dims.groups,
                 head_dim: self.dims.head_dim,
                 state: self.dims.state,
-                ld_xbc: conv,
-                ld_dt: rows,
+                ld_proj: ldp,
+                xbc_off: inner,
+                dt_off: inner + conv,
                 ld_y: inner,
             };
-            k::ssm_step(
+            k::ssm_gate(
                 s,
-                &b.xbc,
-                &b.proj.slice(inner + conv..),
+                sched,
+                &b.proj,
                 &v[2],
-                Some(&v[3]),
                 Some(&v[4]),
                 &mut b.ssm[li],
-                &mut b.y,
+                &mut b.yg,
+                &mut b.part,
                 sd,
-                layer.dt_limit,
-            )
-            .map_err(kernel_err)?;
-            k::gated_rmsnorm(
-                s,
-                &b.y,
-                inner,
-                &b.proj.slice(..),
-                rows,
-                &v[5],
-                &mut b.yn,
-                inner,
-                n,
-                inner,
-                inner / self.dims.groups,
-                layer.eps,
             )
             .map_err(kernel_err)?;
             let gd = GemvDims {
@@ -370,23 +494,28 @@ impl CudaStep {
                 ldx: inner,
                 ldy: d,
             };
-            k::gemv(s, &w_out, ov[2].as_ref(), &b.yn, &mut b.out, gd).map_err(kernel_err)?;
+            let norm = GatedNorm {
+                heads: self.dims.heads,
+                groups: self.dims.groups,
+                eps: layer.eps,
+            };
+            k::gemv_out(
+                s,
+                sched,
+                &w_out,
+                ov[2].as_ref(),
+                &b.yg,
+                &b.part,
+                &v[5],
+                norm,
+                &mut b.resid,
+                gd,
+            )
+            .map_err(kernel_err)?;
         }
         let (gf, lf) = self.norm_f.storage_and_layout();
         let (gh, lh) = self.head.storage_and_layout();
         let (norm_f, head) = (cuda_view::<f32>(&gf, lf)?, weights(&gh, lh)?);
-        let prev = (!self.layers.is_empty()).then(|| b.out.slice(..));
-        k::add_rmsnorm(
-            s,
-            &mut b.resid,
-            prev.as_ref(),
-            &norm_f,
-            &mut b.h,
-            n,
-            d,
-            self.norm_eps,
-        )
-        .map_err(kernel_err)?;
         let gd = GemvDims {
             rows: self.vocab,
             cols: d,
@@ -395,31 +524,35 @@ impl CudaStep {
             ldx: d,
             ldy: self.vocab,
         };
-        k::gemv(s, &head, None::<&CudaView<f32>>, &b.h, &mut b.logits, gd).map_err(kernel_err)?;
-        let host = s
-            .clone_dtoh(&b.logits.slice(..n * self.vocab))
-            .map_err(driver_err)?;
-        Ok(host.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+        k::gemv_in(
+            s,
+            sched,
+            &head,
+            None,
+            &b.resid,
+            &norm_f,
+            self.norm_eps,
+            &mut b.logits,
+            gd,
+            None,
+            None,
+        )
+        .map_err(kernel_err)?;
+        k::argmax(
+            s,
+            sched,
+            &b.logits,
+            self.vocab,
+            self.vocab,
+            n,
+            &mut b.picked,
+        )
+        .map_err(kernel_err)
     }
 }
 
-fn weights<'s>(s: &'s Storage, l: &Layout) -> Result<Weights<'s>> {
-    Ok(match s {
-        Storage::Cuda(c) => match c.dtype() {
-            DType::BF16 => {
-                Weights::Bf16(c.as_cuda_slice::<half::bf16>()?.slice(l.start_offset()..))
-            }
-            DType::F32 => Weights::F32(c.as_cuda_slice::<f32>()?.slice(l.start_offset()..)),
-            other => {
-                return Err(InferError::Invalid(format!(
-                    "CUDA decode step: {other:?} weights (bf16 or f32 only)"
-                )))
-            }
-        },
-        _ => {
-            return Err(InferError::Invalid(
-                "CUDA decode step: a weight is not on the GPU".into(),
-            ))
-        }
-    })
+/// Row stride of the in_proj output buffer: its rows rounded up to whole 16-byte chunks, so x, B and C start
+/// aligned for the SSM update's vector loads.
+fn ld_proj(dims: &MixerDims) -> usize {
+    dims.in_proj_dim().next_multiple_of(4)
 }

@@ -1,7 +1,8 @@
 //! Generation on the model's own device (CUDA): the model's chunked forward for the prefill, then for every step
 //! the fused CUDA decode step (`crate::cuda_step`) when the model is made of Mamba2 layers, else the same forward
-//! with T = 1 (`HybridLm::forward_with_state`); batched as one tensor per group of prompts of equal length. Sampling follows the same Megatron rules as the CPU engine ([`crate::sampling`]), on
-//! the host, from each step's logits [B, V].
+//! with T = 1 (`HybridLm::forward_with_state`); batched as one tensor per group of prompts of equal length. Greedy
+//! decoding on the fused step picks the ids on the GPU (only they cross to the host); sampling follows the same
+//! Megatron rules as the CPU engine ([`crate::sampling`]), on the host, from each step's logits [B, V].
 //!
 //! Unlike the CPU engine ([`crate::generate`]), a batch here is one tensor, so prompts of different lengths go in
 //! separate batches (no padding ever enters a state); a sequence that stops early keeps its row until its batch
@@ -57,7 +58,8 @@ fn run_batch(
         .collect();
     let ids = Tensor::from_vec(ids, (batch.len(), len), dev)?;
     let (logits, state) = lm.forward_with_state(&ids, None, None, true)?;
-    let mut rows = host_rows(&logits, batch.len())?;
+    let mut next_rows = Next::Rows(host_rows(&logits, batch.len())?);
+    let greedy = params.sampling.is_greedy();
     let mut stepper = Stepper::new(lm, state, batch.len())?;
     let mut samplers: Vec<Sampler> = batch
         .iter()
@@ -67,10 +69,22 @@ fn run_batch(
     loop {
         let mut next = Vec::with_capacity(batch.len());
         for (r, &i) in batch.iter().enumerate() {
-            if !done[r] {
-                check_finite(&rows[r], i, results[i].tokens.len())?;
-            }
-            let tok = samplers[r].sample(&rows[r]);
+            let generated = results[i].tokens.len();
+            let tok = match &next_rows {
+                Next::Rows(rows) => {
+                    if !done[r] {
+                        check_finite(&rows[r], i, generated)?;
+                    }
+                    samplers[r].sample(&rows[r])
+                }
+                Next::Picked(p) => {
+                    if !done[r] && p.non_finite[r] {
+                        // The same error as the host path, naming the first bad logit.
+                        check_finite(&stepper.logits_row(r)?, i, generated)?;
+                    }
+                    p.ids[r]
+                }
+            };
             next.push(tok as i64);
             if done[r] {
                 continue;
@@ -88,8 +102,24 @@ fn run_batch(
         if done.iter().all(|&d| d) {
             return Ok(());
         }
-        rows = stepper.step(lm, &next)?;
+        next_rows = stepper.step(lm, &next, greedy)?;
     }
+}
+
+/// What a step hands back: every sequence's logits, or (greedy, fused step) the ids chosen on the GPU.
+enum Next {
+    Rows(Vec<Vec<f32>>),
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Picked(Picked),
+}
+
+#[cfg(feature = "cuda")]
+use crate::cuda_step::Picked;
+/// Stand-in for the fused step's greedy choices in builds without CUDA.
+#[cfg(not(feature = "cuda"))]
+struct Picked {
+    ids: Vec<u32>,
+    non_finite: Vec<bool>,
 }
 
 /// How the decode steps of a batch run: the fused CUDA step (models of Mamba2 layers in bf16 or f32,
@@ -111,19 +141,39 @@ impl Stepper {
         Ok(Stepper::Forward(state))
     }
 
-    /// Feeds one token per sequence; returns each sequence's logits.
-    fn step(&mut self, lm: &HybridLm, next: &[i64]) -> Result<Vec<Vec<f32>>> {
+    /// Feeds one token per sequence; returns each sequence's logits, or with `greedy` on the fused step, the
+    /// ids the GPU picked.
+    fn step(&mut self, lm: &HybridLm, next: &[i64], greedy: bool) -> Result<Next> {
         match self {
             #[cfg(feature = "cuda")]
             Stepper::Fused(f) => {
                 let toks: Vec<u32> = next.iter().map(|&t| t as u32).collect();
-                f.step(&toks)
+                if greedy {
+                    Ok(Next::Picked(f.step_greedy(&toks)?))
+                } else {
+                    Ok(Next::Rows(f.step(&toks)?))
+                }
             }
             Stepper::Forward(state) => {
+                let _ = greedy; // the forward's logits are sampled on the host either way
                 let ids = Tensor::from_vec(next.to_vec(), (next.len(), 1), lm.device())?;
                 let (logits, st) = lm.forward_with_state(&ids, Some(state), None, true)?;
                 *state = st;
-                host_rows(&logits, next.len())
+                Ok(Next::Rows(host_rows(&logits, next.len())?))
+            }
+        }
+    }
+
+    /// Sequence `r`'s logits of the last step (to report non-finite values the GPU flagged).
+    fn logits_row(&mut self, r: usize) -> Result<Vec<f32>> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Stepper::Fused(f) => Ok(f.logits()?.swap_remove(r)),
+            Stepper::Forward(_) => {
+                let _ = r;
+                Err(crate::error::InferError::Invalid(
+                    "the forward step keeps no logits".into(),
+                ))
             }
         }
     }

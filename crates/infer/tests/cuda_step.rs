@@ -144,3 +144,117 @@ fn fused_step_matches_the_cpu_step_with_bf16_weights_at_real_layer_sizes() {
     // Both sides read the same bf16 weights with f32 activations; only the summation order differs.
     assert!(gap <= 1e-4, "{gap}");
 }
+
+/// A Mamba2-130M-sized two-layer model in bf16 (real layer sizes, a small vocabulary) on the GPU, and prompts.
+fn small_bf16_model(seed: u64) -> (HybridLm, Vec<Vec<u32>>) {
+    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
+    cfg.pattern = "MM".into();
+    cfg.vocab_size = 1024;
+    let params = coil_model::params::init_params(&cfg, seed, &Device::Cpu, DType::BF16).unwrap();
+    let lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
+    let prompts = vec![
+        (1..40).collect::<Vec<u32>>(),
+        (100..139).collect(),
+        (500..539).collect(),
+    ];
+    (lm, prompts)
+}
+
+/// Runs `steps` steps of the fused step from the prefill of `prompts`, feeding back the GPU's greedy ids; returns
+/// every step's logits and ids.
+fn run_fused(
+    lm: &HybridLm,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    pdl: bool,
+    graph: bool,
+) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<u32>>) {
+    let (n, len) = (prompts.len(), prompts[0].len());
+    let ids = Tensor::from_vec(prompts.concat(), (n, len), lm.device()).unwrap();
+    let (_, state) = lm.forward_with_state(&ids, None, None, true).unwrap();
+    let mut fused = CudaStep::new(lm).unwrap().expect("the fused step applies");
+    fused.set_pdl(pdl);
+    fused.set_graph(graph);
+    fused.start(&state, n).unwrap();
+    let mut toks: Vec<u32> = prompts.iter().map(|p| p[len - 1]).collect();
+    let (mut logits, mut picked) = (vec![], vec![]);
+    for _ in 0..steps {
+        let p = fused.step_greedy(&toks).unwrap();
+        assert!(p.non_finite.iter().all(|&f| !f));
+        logits.push(fused.logits().unwrap());
+        toks = p.ids.clone();
+        picked.push(p.ids);
+    }
+    (logits, picked)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_argmax_graph_and_pdl_change_nothing() {
+    let (lm, prompts) = small_bf16_model(5);
+    let (logits, picked) = run_fused(&lm, &prompts, 8, true, true);
+    for (rows, ids) in logits.iter().zip(&picked) {
+        let want: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
+        assert_eq!(
+            ids, &want,
+            "the GPU's greedy ids are the argmax of its logits"
+        );
+    }
+    // Programmatic dependent launch and the graph change when kernels start, never what they compute.
+    for (pdl, graph) in [(false, true), (true, false), (false, false)] {
+        let (l2, p2) = run_fused(&lm, &prompts, 8, pdl, graph);
+        assert_eq!(p2, picked, "pdl {pdl} graph {graph}");
+        assert!(l2 == logits, "pdl {pdl} graph {graph}: logits differ");
+    }
+    println!(
+        "greedy ids on the GPU equal the argmax; PDL on/off and graph on/off give identical logits"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn non_finite_logits_stop_greedy_generation_on_cuda_with_the_cpu_error() {
+    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
+    cfg.pattern = "MM".into();
+    cfg.vocab_size = 1024;
+    let mut params = coil_model::params::init_params(&cfg, 1, &Device::Cpu, DType::BF16).unwrap();
+    let w = params.get_mut("backbone.norm_f.weight").unwrap();
+    *w = (w.ones_like().unwrap() * f64::NAN).unwrap();
+    let lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
+    let params = GenerateParams {
+        max_new_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        eos: None,
+        vocab_limit: None,
+        max_batch: 8,
+    };
+    let err = generate_on_device(&lm, &[vec![1, 2, 3]], &params, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("NaN or infinity"), "{err}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_memory_stays_flat_over_10000_tokens() {
+    let (lm, prompts) = small_bf16_model(9);
+    let (n, len) = (prompts.len(), prompts[0].len());
+    let ids = Tensor::from_vec(prompts.concat(), (n, len), lm.device()).unwrap();
+    let (_, state) = lm.forward_with_state(&ids, None, None, true).unwrap();
+    let mut fused = CudaStep::new(&lm).unwrap().unwrap();
+    fused.start(&state, n).unwrap();
+    let free = || {
+        lm.device().synchronize().unwrap();
+        candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+            .unwrap()
+            .0
+    };
+    let mut toks: Vec<u32> = vec![7; n];
+    toks = fused.step_greedy(&toks).unwrap().ids;
+    let before = free();
+    for _ in 0..10_000 {
+        toks = fused.step_greedy(&toks).unwrap().ids;
+    }
+    let after = free();
+    println!("free device memory before {before} B, after 10,000 tokens {after} B");
+    assert_eq!(before, after);
+}

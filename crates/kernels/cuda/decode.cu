@@ -1,13 +1,22 @@
-// Single-token decode kernels of a Mamba2 layer (issue 14): the weight-streaming matrix-vector product and the
-// per-sequence state updates, each one memory-bound pass. Per layer and token the step is
-//   add_rmsnorm      residual += x; h = RMSNorm(residual)·w                      (one CTA per sequence)
-//   gemv_bf16        zxbcdt = W_in · h                                          (bf16 weights, f32 activations)
-//   conv_step        window rolled to take the new input; xBC = SiLU(conv1d over the window + bias) (per channel)
-//   ssm_step         dt = clamp(softplus(dt_raw + bias)); s ← exp(dt·A)·s + dt·x⊗B; y = s·C + D·x  (per head)
-//   gated_rmsnorm    y = RMSNorm_group(y · SiLU(z))·w                           (per norm group)
-//   gemv_bf16        out = W_out · y
-// All activations are f32 and all states f32, as the CPU engine keeps them (crates/infer/src/step.rs), so the
-// GPU step can match it to f32 rounding. Layouts are row-major: activations [batch, width] with a row stride.
+// Single-token decode kernels of a Mamba2 model (issue 14): three launches per layer, each one memory-bound pass,
+// plus the embedding gather at the start of the step and the greedy argmax at its end:
+//   embed       residual[b] = E[id[b]]                                                      (f32 residual stream)
+//   gemv_in     zxbcdt = W_in · RMSNorm(residual)·w; epilogue per row: the conv window of an xBC channel takes the
+//               new value and the channel becomes SiLU(conv1d over the window + bias); a dt row becomes
+//               clamp(softplus(dt + dt_bias)); z rows are stored as they are
+//   ssm_gate    per (sequence, head): s ← exp(dt·A)·s + dt·x⊗B, y = s·C + D·x, yg = y·SiLU(z), and the head's
+//               Σ yg² for the gated norm
+//   gemv_out    residual += W_out · (RMSNorm_group(yg)·w), the group norms from the heads' sums
+//   (gemv_in once more as the final norm + LM head, no epilogue), then argmax per sequence.
+// All activations and states are f32, as the CPU engine keeps them (crates/infer/src/step.rs), with its arithmetic
+// per element (h = r·inv·w, v = y·SiLU(z), out = v·inv·w), so the GPU step matches it up to summation order.
+//
+// Overlap (sm_90): every kernel lets the next one launch as soon as it starts (programmatic dependent launch,
+// `griddepcontrol`), and before waiting for the kernels it depends on, a kernel fetches what does not depend on
+// them: the GEMVs request their first rows of weights into L2, the SSM update loads its state (last written by the
+// previous step). Launched without the PDL attribute (or on sm_80) the same code runs in plain stream order.
+// Activations written by an earlier kernel of the step are read with plain loads, never through the read-only
+// (.nc) path: with PDL that kernel may still be running while this one starts.
 
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -15,6 +24,7 @@
 namespace {
 
 constexpr unsigned FULL = 0xffffffffu;
+constexpr int MAX_GROUPS = 16;  // norm groups of the gated RMSNorm
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -34,6 +44,27 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 }
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+
+// Lets the next kernel in the stream launch now (its griddepcontrol.wait still waits for this one to finish).
+__device__ __forceinline__ void allow_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Waits until the kernels this one depends on have finished and their writes are visible.
+__device__ __forceinline__ void wait_prev_kernels() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Requests `bytes` (a multiple of 16, 16-byte aligned start) into L2 without waiting for them.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
 
 // 16 bytes of weights that are read once: no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
@@ -57,73 +88,161 @@ __device__ __forceinline__ void chunk_to_f32(const uint4& u, float (&w)[8]) {
   }
 }
 
+// E consecutive floats (E = 4 or 8, 16-byte aligned), plain loads.
+template <int E>
+__device__ __forceinline__ void load_f32(const float* p, float (&v)[E]) {
+#pragma unroll
+  for (int e = 0; e < E; e += 4) {
+    const float4 f = *reinterpret_cast<const float4*>(p + e);
+    v[e] = f.x, v[e + 1] = f.y, v[e + 2] = f.z, v[e + 3] = f.w;
+  }
+}
+
 }  // namespace
 
-// y[b, r] = Σ_c W[r, c] · x[b, c] (+ bias[r]) for BATCH sequences, W in bf16 or f32: each warp owns RPW
-// consecutive rows, each lane streams 16-byte chunks of them (UNROLL chunks of every row in flight per lane before
-// any is used), the activations read through L1. Rows of W and x start 16-byte aligned and C is a whole number of
-// chunks (the launcher checks).
-template <typename WT, int BATCH, int UNROLL = 4, int RPW = 1>
-__device__ __forceinline__ void gemv_body(const WT* __restrict__ w, long long ldw, const float* __restrict__ bias,
-                                          const float* __restrict__ x, long long ldx, float* __restrict__ y,
-                                          long long ldy, int rows, int cols) {
+// Arguments of the fused GEMVs (mirrored by `GemvArgs` in src/decode.rs: keep the two in the same order).
+struct GemvArgs {
+  const void* w;         // [rows, ldw] bf16 or f32, rows 16-byte aligned
+  const float* bias;     // [rows] or null
+  const float* x;        // [batch, ldx]: the residual stream (in) or the gated SSM output (out)
+  const float* xw;       // [cols]: the norm's weight
+  const float* part;     // out: Σ x² per (sequence, head), [batch, heads]
+  float* y;              // [batch, ldy]: the projection (in) or the residual stream it adds to (out)
+  float* window;         // in: conv windows [batch, conv_hi - conv_lo, k], oldest first; null: no conv rows
+  const float* conv_w;   // [conv channels, k]
+  const float* conv_b;   // [conv channels] or null
+  const float* dt_bias;  // [rows - dt_lo] or null
+  long long ldw, ldx, ldy;
+  int rows, cols;
+  int conv_lo, conv_hi, k;  // rows [conv_lo, conv_hi) are conv channels
+  int dt_lo;                // rows [dt_lo, rows) are dt
+  int heads, groups;        // out: the gated norm's groups of cols / groups columns, heads / groups heads each
+  int prefetch_iters;       // L2 prefetch of each CTA's rows of its first iterations, before the wait
+  float eps, dt_min, dt_max;
+};
+static_assert(sizeof(GemvArgs) == 152, "GemvArgs: the layout src/decode.rs mirrors");
+
+enum { MODE_IN = 0, MODE_OUT = 1 };
+
+// y[b, r] = Σ_c W[r, c]·x̂[b, c] (+ bias[r]) for BATCH sequences, where x̂ is x normalised in the prologue:
+// MODE_IN: x̂ = x·inv_b·w with inv_b = 1/sqrt(mean(x[b]²) + eps) (each CTA reduces the row itself);
+// MODE_OUT: x̂ = x·inv_bg·w with inv_bg from the heads' sums of squares of group g.
+// Each warp owns rows r = warp, warp + warps in grid, ...; each lane streams 16-byte chunks of its row, UNROLL of
+// them in flight before any is used. Epilogue: MODE_IN as the file header says; MODE_OUT adds into y.
+template <typename WT, int BATCH, int MODE>
+__device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
   constexpr int E = 16 / sizeof(WT);  // weights per 16-byte chunk
-  const int lane = threadIdx.x & 31;
-  const int warps = blockDim.x >> 5;
-  const int chunks = cols / E;
-  for (int r0 = (blockIdx.x * warps + (threadIdx.x >> 5)) * RPW; r0 < rows; r0 += gridDim.x * warps * RPW) {
-    float acc[RPW][BATCH];
+  constexpr int UNROLL = 4;
+  __shared__ float inv[BATCH][MAX_GROUPS];
+  __shared__ float red[32];
+  const WT* w = static_cast<const WT*>(a.w);
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int nw = gridDim.x * warps;
+  const int chunks = a.cols / E;
+  allow_next_kernel();
+  if (threadIdx.x == 0) {
+    // The weights depend on nothing earlier: this CTA's first rows go to L2 while earlier kernels finish.
+    const long long row_bytes = a.ldw * static_cast<long long>(sizeof(WT));
+    for (int it = 0; it < a.prefetch_iters; ++it) {
+      const int r0 = blockIdx.x * warps + it * nw;
+      if (r0 >= a.rows) break;
+      const int n = min(warps, a.rows - r0);
+      prefetch_l2(w + r0 * a.ldw, static_cast<unsigned>((n - 1) * row_bytes + a.cols * sizeof(WT)));
+    }
+  }
+  wait_prev_kernels();
+  if (MODE == MODE_IN) {
 #pragma unroll
-    for (int i = 0; i < RPW; ++i)
+    for (int b = 0; b < BATCH; ++b) {
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < a.cols; i += blockDim.x) {
+        const float v = a.x[b * a.ldx + i];
+        ss += v * v;
+      }
+      const float s = block_sum(ss, red);
+      if (threadIdx.x == 0) inv[b][0] = rsqrtf(s / a.cols + a.eps);
+    }
+  } else {
+    const int hpg = a.heads / a.groups, group = a.cols / a.groups;
+    for (int i = threadIdx.x; i < BATCH * a.groups; i += blockDim.x) {
+      const int b = i / a.groups, g = i % a.groups;
+      float s = 0.f;
+      for (int h = 0; h < hpg; ++h) s += a.part[b * a.heads + g * hpg + h];
+      inv[b][g] = rsqrtf(s / group + a.eps);
+    }
+  }
+  __syncthreads();
+  const int group_chunks = MODE == MODE_OUT ? chunks / a.groups : chunks;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.rows; r += nw) {
+    float acc[BATCH];
 #pragma unroll
-      for (int b = 0; b < BATCH; ++b) acc[i][b] = 0.f;
+    for (int b = 0; b < BATCH; ++b) acc[b] = 0.f;
+    const WT* wr = w + r * a.ldw;
     for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-      uint4 u[RPW][UNROLL];
+      uint4 u[UNROLL];
 #pragma unroll
-      for (int i = 0; i < RPW; ++i)
-#pragma unroll
-        for (int k = 0; k < UNROLL; ++k) {
-          const int c = c0 + 32 * k;
-          u[i][k] = c < chunks && r0 + i < rows ? ld_stream(w + (r0 + i) * ldw + E * c) : make_uint4(0, 0, 0, 0);
-        }
+      for (int k = 0; k < UNROLL; ++k) {
+        const int c = c0 + 32 * k;
+        u[k] = c < chunks ? ld_stream(wr + E * c) : make_uint4(0, 0, 0, 0);
+      }
 #pragma unroll
       for (int k = 0; k < UNROLL; ++k) {
         const int c = c0 + 32 * k;
         if (c >= chunks) break;
+        float wf[E], nv[E];
+        chunk_to_f32(u[k], wf);
+        load_f32<E>(a.xw + E * c, nv);
+        const int g = MODE == MODE_OUT ? c / group_chunks : 0;
 #pragma unroll
         for (int b = 0; b < BATCH; ++b) {
           float xv[E];
+          load_f32<E>(a.x + b * a.ldx + E * c, xv);
+          const float iv = inv[b][g];
 #pragma unroll
-          for (int e = 0; e < E; e += 4) {
-            const float4 x4 = __ldg(reinterpret_cast<const float4*>(x + b * ldx + E * c + e));
-            xv[e] = x4.x, xv[e + 1] = x4.y, xv[e + 2] = x4.z, xv[e + 3] = x4.w;
-          }
-#pragma unroll
-          for (int i = 0; i < RPW; ++i) {
-            float wf[E];
-            chunk_to_f32(u[i][k], wf);
-#pragma unroll
-            for (int e = 0; e < E; ++e) acc[i][b] += wf[e] * xv[e];
-          }
+          for (int e = 0; e < E; ++e) acc[b] += wf[e] * (xv[e] * iv * nv[e]);
         }
       }
     }
 #pragma unroll
-    for (int i = 0; i < RPW; ++i)
-#pragma unroll
-      for (int b = 0; b < BATCH; ++b) {
-        const float s = warp_sum(acc[i][b]);
-        if (lane == 0 && r0 + i < rows) y[b * ldy + r0 + i] = bias ? s + bias[r0 + i] : s;
+    for (int b = 0; b < BATCH; ++b) {
+      const float s = warp_sum(acc[b]);
+      if (lane != 0) continue;
+      float v = a.bias ? s + a.bias[r] : s;
+      float* out = a.y + b * a.ldy + r;
+      if (MODE == MODE_OUT) {
+        *out = *out + v;
+        continue;
       }
+      if (r >= a.conv_lo && r < a.conv_hi) {
+        // The channel's window drops its oldest input and takes v; then SiLU(Σ_k w·window + bias).
+        const int c = r - a.conv_lo;
+        float* win = a.window + (static_cast<long long>(b) * (a.conv_hi - a.conv_lo) + c) * a.k;
+        const float* wc = a.conv_w + static_cast<long long>(c) * a.k;
+        float cv = a.conv_b ? a.conv_b[c] : 0.f;
+        for (int i = 0; i + 1 < a.k; ++i) {
+          const float o = win[i + 1];
+          win[i] = o;
+          cv += wc[i] * o;
+        }
+        win[a.k - 1] = v;
+        cv += wc[a.k - 1] * v;
+        v = silu(cv);
+      } else if (r >= a.dt_lo) {
+        float t = v + (a.dt_bias ? a.dt_bias[r - a.dt_lo] : 0.f);
+        t = t > 20.f ? t : log1pf(__expf(t));
+        v = fminf(fmaxf(t, a.dt_min), a.dt_max);
+      }
+      *out = v;
+    }
   }
 }
 
-#define COIL_GEMV(NAME, WT, B)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(256) gemv_##NAME##_b##B(const WT* w, long long ldw,               \
-                                                                         const float* bias, const float* x,      \
-                                                                         long long ldx, float* y, long long ldy, \
-                                                                         int rows, int cols) {                   \
-    gemv_body<WT, B>(w, ldw, bias, x, ldx, y, ldy, rows, cols);                                                   \
+#define COIL_GEMV(NAME, WT, B)                                                                                      \
+  extern "C" __global__ void __launch_bounds__(256) gemv_in_##NAME##_b##B(const GemvArgs a) {                     \
+    gemv_fused<WT, B, MODE_IN>(a);                                                                                  \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256) gemv_out_##NAME##_b##B(const GemvArgs a) {                    \
+    gemv_fused<WT, B, MODE_OUT>(a);                                                                                 \
   }
 COIL_GEMV(bf16, __nv_bfloat16, 1)
 COIL_GEMV(bf16, __nv_bfloat16, 2)
@@ -134,84 +253,51 @@ COIL_GEMV(f32, float, 2)
 COIL_GEMV(f32, float, 4)
 COIL_GEMV(f32, float, 8)
 
-// residual[b] += x[b] (x may be null: the first layer's residual is the embedding); h[b] = RMSNorm(residual[b])·w.
-// One CTA per sequence.
-extern "C" __global__ void __launch_bounds__(256) add_rmsnorm(float* residual, const float* x, const float* w,
-                                                              float* h, int width, long long ld, float eps) {
-  __shared__ float red[32];
-  float* r = residual + blockIdx.x * ld;
-  const float* xi = x ? x + blockIdx.x * ld : nullptr;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < width; i += blockDim.x) {
-    const float v = xi ? r[i] + xi[i] : r[i];
-    r[i] = v;
-    ss += v * v;
-  }
-  const float inv = rsqrtf(block_sum(ss, red) / width + eps);
-  for (int i = threadIdx.x; i < width; i += blockDim.x) h[blockIdx.x * ld + i] = r[i] * inv * w[i];
-}
+// Arguments of the SSM update (mirrored by `SsmArgs` in src/decode.rs).
+struct SsmArgs {
+  const float* proj;  // [batch, ld_proj]: z at column 0, x|B|C at xbc_off, dt (softplus'd, clamped) at dt_off
+  const float* a;     // [heads]: A = -exp(A_log)
+  const float* d;     // [heads] or null
+  float* state;       // [batch, heads, head_dim, N]
+  float* yg;          // [batch, ld_yg]: y·SiLU(z)
+  float* part;        // [batch, heads]: Σ_p yg²
+  long long ld_proj, ld_yg;
+  int xbc_off, dt_off, heads, groups, head_dim;
+};
+static_assert(sizeof(SsmArgs) == 88, "SsmArgs: the layout src/decode.rs mirrors");
 
-// Causal conv1d step over `channels` channels of one token per sequence. The window holds the last K raw inputs
-// of each channel, oldest first ([batch, channels, K], the model's conv state): it drops its oldest input and
-// takes `in`, then out = SiLU(Σ_k w[c, k]·window[k] + bias[c]). grid (ceil(channels / 256), batch).
-extern "C" __global__ void __launch_bounds__(256) conv_step(const float* in, long long ld_in, float* window,
-                                                            const float* w, const float* bias, float* out,
-                                                            long long ld_out, int channels, int k) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
-  if (c >= channels) return;
-  float* win = window + (static_cast<long long>(b) * channels + c) * k;
-  const float* wc = w + static_cast<long long>(c) * k;
-  float acc = bias ? bias[c] : 0.f;
-  for (int i = 0; i + 1 < k; ++i) {
-    const float v = win[i + 1];
-    win[i] = v;
-    acc += wc[i] * v;
-  }
-  const float v = in[b * ld_in + c];
-  win[k - 1] = v;
-  acc += wc[k - 1] * v;
-  out[b * ld_out + c] = silu(acc);
-}
-
-// The SSM update of one token for head h of sequence b (grid (heads, batch), P·4 threads: four per state row,
-// each owning N/4 columns as float4s; N a multiple of 16, P at most 256). dt = clamp(softplus(dt_raw + dt_bias), lo, hi);
-// s[p, n] ← exp(dt·A)·s[p, n] + dt·x[p]·B[n]; y[p] = Σ_n s[p, n]·C[n] + D·x[p].
-// x, B and C are columns of the conv output `xbc` ([batch, ...]: x of head h at h·P, B of group g at x_width +
-// g·N, C at x_width + G·N + g·N); dt_raw is column h of `dt` ([batch, ...]); state [batch, heads, P, N].
+// The SSM update of one token for head h of sequence b (grid (heads, batch), head_dim·4 threads: four per state
+// row, each owning N/4 columns as float4s). s[p, n] ← exp(dt·A)·s[p, n] + dt·x[p]·B[n]; y[p] = Σ_n s[p, n]·C[n] +
+// D·x[p]; yg[p] = y[p]·SiLU(z[p]). x of head h is at h·P in x|B|C, B of group g at x_width + g·N, C at x_width +
+// G·N + g·N.
 template <int N>
-__device__ __forceinline__ void ssm_step_body(const float* __restrict__ xbc, long long ld_xbc,
-                                              const float* __restrict__ dt_raw, long long ld_dt,
-                                              const float* __restrict__ a, const float* __restrict__ dt_bias,
-                                              const float* __restrict__ d, float* __restrict__ state,
-                                              float* __restrict__ y, long long ld_y, int heads, int groups,
-                                              int head_dim, float dt_lo, float dt_hi) {
+__device__ __forceinline__ void ssm_gate_body(const SsmArgs& a) {
+  __shared__ float red[32];
   const int h = blockIdx.x, b = blockIdx.y;
   const int p = threadIdx.x >> 2, q = threadIdx.x & 3;
-  const int g = h / (heads / groups);
-  const int x_width = heads * head_dim;
-  const float* row = xbc + b * ld_xbc;
-  float v = dt_raw[b * ld_dt + h] + (dt_bias ? dt_bias[h] : 0.f);
-  v = v > 20.f ? v : log1pf(__expf(v));
-  const float dt = fminf(fmaxf(v, dt_lo), dt_hi);
-  const float da = __expf(dt * a[h]);
-  const float xp = row[h * head_dim + p];
-  const float dx = dt * xp;
-  const float* bm = row + x_width + g * N;
-  const float* cm = row + x_width + groups * N + g * N;
-  float4* s = reinterpret_cast<float4*>(state + ((static_cast<long long>(b) * heads + h) * head_dim + p) * N);
-  // ptxas schedules each state load after the previous float4's store, one DRAM round trip at a time (ncu: DRAM
-  // 13% busy at batch 64), so all of this thread's state lines are requested into L2 first.
-#pragma unroll
-  for (int j = 0; j < N / 16; ++j) asm volatile("prefetch.global.L2 [%0];" ::"l"(s + q + 4 * j));
+  const int P = a.head_dim;
+  float4* s = reinterpret_cast<float4*>(a.state + ((static_cast<long long>(b) * a.heads + h) * P + p) * N);
+  allow_next_kernel();
+  // The state was last written by the previous step: it loads while the in_proj GEMV finishes.
   float4 sv[N / 16];
 #pragma unroll
   for (int j = 0; j < N / 16; ++j) sv[j] = s[q + 4 * j];  // the four threads of a row interleave: loads coalesce
+  wait_prev_kernels();
+  const int g = h / (a.heads / a.groups);
+  const int x_width = a.heads * P;
+  const float* row = a.proj + b * a.ld_proj;
+  const float dt = row[a.dt_off + h];
+  const float da = __expf(dt * a.a[h]);
+  const float xp = row[a.xbc_off + h * P + p];
+  const float dx = dt * xp;
+  const float* bm = row + a.xbc_off + x_width + g * N;
+  const float* cm = row + a.xbc_off + x_width + a.groups * N + g * N;
   float acc = 0.f;
 #pragma unroll
   for (int j = 0; j < N / 16; ++j) {
     const int n4 = q + 4 * j;
-    const float4 bv = __ldg(reinterpret_cast<const float4*>(bm) + n4);
-    const float4 cv = __ldg(reinterpret_cast<const float4*>(cm) + n4);
+    const float4 bv = reinterpret_cast<const float4*>(bm)[n4];
+    const float4 cv = reinterpret_cast<const float4*>(cm)[n4];
     float4 v4 = sv[j];
     v4.x = v4.x * da + dx * bv.x, v4.y = v4.y * da + dx * bv.y;
     v4.z = v4.z * da + dx * bv.z, v4.w = v4.w * da + dx * bv.w;
@@ -220,37 +306,89 @@ __device__ __forceinline__ void ssm_step_body(const float* __restrict__ xbc, lon
   }
   acc += __shfl_xor_sync(FULL, acc, 1);
   acc += __shfl_xor_sync(FULL, acc, 2);
-  if (q == 0) y[b * ld_y + h * head_dim + p] = acc + (d ? d[h] : 0.f) * xp;
+  float sq = 0.f;
+  if (q == 0) {
+    const float y = acc + (a.d ? a.d[h] : 0.f) * xp;
+    const float v = y * silu(row[h * P + p]);
+    a.yg[b * a.ld_yg + h * P + p] = v;
+    sq = v * v;
+  }
+  const float total = block_sum(sq, red);
+  if (threadIdx.x == 0) a.part[b * a.heads + h] = total;
 }
 
-#define COIL_SSM_STEP(N)                                                                                          \
-  extern "C" __global__ void __launch_bounds__(512) ssm_step_n##N(                                                \
-      const float* xbc, long long ld_xbc, const float* dt_raw, long long ld_dt, const float* a,                   \
-      const float* dt_bias, const float* d, float* state, float* y, long long ld_y, int heads, int groups,        \
-      int head_dim, float dt_lo, float dt_hi) {                                                                   \
-    ssm_step_body<N>(xbc, ld_xbc, dt_raw, ld_dt, a, dt_bias, d, state, y, ld_y, heads, groups, head_dim, dt_lo,  \
-                     dt_hi);                                                                                      \
-  }
-COIL_SSM_STEP(16)
-COIL_SSM_STEP(32)
-COIL_SSM_STEP(64)
-COIL_SSM_STEP(128)
+#define COIL_SSM(N)                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(512) ssm_gate_n##N(const SsmArgs a) { ssm_gate_body<N>(a); }
+COIL_SSM(16)
+COIL_SSM(32)
+COIL_SSM(64)
+COIL_SSM(128)
 
-// Mamba2's gated RMSNorm (norm after the gate): out = RMSNorm(y · SiLU(z)) · w over groups of `group` channels.
-// grid (width / group, batch); z is a column range of the in_proj output.
-extern "C" __global__ void __launch_bounds__(256) gated_rmsnorm(const float* y, long long ld_y, const float* z,
-                                                                long long ld_z, const float* w, float* out,
-                                                                long long ld_out, int group, float eps) {
-  __shared__ float red[32];
-  const int b = blockIdx.y, c0 = blockIdx.x * group;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < group; i += blockDim.x) {
-    const float v = y[b * ld_y + c0 + i] * silu(z[b * ld_z + c0 + i]);
-    ss += v * v;
+// residual[b, :] = table[ids[b], :] as f32 (grid batch). The ids come from the host or the previous step's argmax.
+template <typename T>
+__device__ __forceinline__ void embed_body(const T* table, long long ld_table, const unsigned* ids, float* resid,
+                                           long long ld_resid, int cols) {
+  allow_next_kernel();
+  wait_prev_kernels();
+  const T* src = table + static_cast<long long>(ids[blockIdx.x]) * ld_table;
+  float* dst = resid + blockIdx.x * ld_resid;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = static_cast<float>(src[i]);
+}
+extern "C" __global__ void __launch_bounds__(256) embed_bf16(const __nv_bfloat16* table, long long ld_table,
+                                                             const unsigned* ids, float* resid, long long ld_resid,
+                                                             int cols) {
+  embed_body(table, ld_table, ids, resid, ld_resid, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) embed_f32(const float* table, long long ld_table,
+                                                            const unsigned* ids, float* resid, long long ld_resid,
+                                                            int cols) {
+  embed_body(table, ld_table, ids, resid, ld_resid, cols);
+}
+
+// Greedy choice per sequence (grid batch, 1024 threads): out[2b] = the first index of the largest logit (NaN never
+// wins; 0 when none is above -inf, as the CPU's argmax), out[2b + 1] = 1 when a logit is NaN or infinite.
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, long long ld, int n,
+                                                               unsigned* out) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  __shared__ int sbad[32];
+  allow_next_kernel();
+  wait_prev_kernels();
+  const float* row = logits + blockIdx.x * ld;
+  float bv = -INFINITY;
+  int bi = n;
+  int bad = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = row[i];
+    bad |= !isfinite(v);
+    if (v > bv) bv = v, bi = i;  // i grows: a later equal value never replaces
   }
-  const float inv = rsqrtf(block_sum(ss, red) / group + eps);
-  for (int i = threadIdx.x; i < group; i += blockDim.x) {
-    const float v = y[b * ld_y + c0 + i] * silu(z[b * ld_z + c0 + i]);
-    out[b * ld_out + c0 + i] = v * inv * w[c0 + i];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  auto better = [](float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); };
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v = __shfl_xor_sync(FULL, bv, o);
+    const int i = __shfl_xor_sync(FULL, bi, o);
+    if (better(v, i, bv, bi)) bv = v, bi = i;
+  }
+  bad = __any_sync(FULL, bad);
+  if (lane == 0) sv[warp] = bv, si[warp] = bi, sbad[warp] = bad;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = blockDim.x >> 5;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : n;
+    bad = lane < nw ? sbad[lane] : 0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float v = __shfl_xor_sync(FULL, bv, o);
+      const int i = __shfl_xor_sync(FULL, bi, o);
+      if (better(v, i, bv, bi)) bv = v, bi = i;
+    }
+    bad = __any_sync(FULL, bad);
+    if (lane == 0) {
+      out[2 * blockIdx.x] = bi < n ? static_cast<unsigned>(bi) : 0u;
+      out[2 * blockIdx.x + 1] = bad ? 1u : 0u;
+    }
   }
 }

@@ -1,16 +1,31 @@
-//! Launchers of the single-token decode kernels of a Mamba2 layer (`cuda/decode.cu`; measurements and next
-//! steps in `notes/decode.md`): the weight-streaming matrix-vector product, residual add + RMSNorm, the conv
-//! window step, the SSM state update and the gated RMSNorm. Activations and states are f32 `[batch, ld]` row
-//! blocks; every launcher checks extents, alignment and sizes before it launches.
+//! Launchers of the single-token decode kernels of a Mamba2 model (`cuda/decode.cu`; measurements and next steps
+//! in `notes/decode.md`): the embedding gather, the in_proj GEMV with the RMSNorm, conv window and dt fused in,
+//! the SSM update with the gate, the out_proj GEMV with the gated norm and the residual add, and the greedy argmax.
+//! Activations and states are f32 `[batch, ld]` row blocks; every launcher checks extents, alignment and sizes
+//! before it launches.
+//!
+//! Every launch goes through `cuLaunchKernelEx`, with programmatic dependent launch when [`Sched::pdl`] is set
+//! (compute capability 9.0): the kernel may start while the one before it finishes, fetches what does not depend
+//! on it (weights into L2, the SSM state), then waits. The launches are meant to be captured into a CUDA graph
+//! once per batch and replayed for every token (`coil_infer::cuda_step`).
 
 use crate::module::{function, KernelError, Result, DECODE};
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    self, CUdevice_attribute, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
+};
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
 };
 use half::bf16;
+use std::ffi::c_void;
 use std::sync::Arc;
 
 const KERNEL: &str = "decode";
+
+/// Sequences per GEMV launch: larger batches take several launches, each streaming the weights once.
+pub const MAX_GEMV_BATCH: usize = 8;
+/// Norm groups the gated RMSNorm of the out_proj GEMV takes.
+pub const MAX_GROUPS: usize = 16;
 
 fn invalid(what: String) -> KernelError {
     KernelError::Invalid {
@@ -51,7 +66,90 @@ fn to_i32(what: &str, v: usize) -> Result<i32> {
         .map_err(|_| invalid(format!("{what} {v} does not fit the kernel's 32-bit sizes")))
 }
 
-/// The weights of a matrix-vector product: bf16 or f32, `[rows, ld]` row-major.
+/// How the decode kernels are launched.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sched {
+    /// Programmatic dependent launch: each kernel starts while the one before it finishes (sm_90).
+    pub pdl: bool,
+    /// GEMV grids: CTAs of 256 threads per SM (the grid is at most one such wave; each warp loops over rows).
+    pub ctas_per_sm: u32,
+    /// GEMVs: how many of each CTA's row iterations it requests into L2 before waiting on earlier kernels.
+    pub prefetch_iters: u32,
+    /// Streaming multiprocessors of the device.
+    pub sms: u32,
+}
+
+impl Sched {
+    /// The measured defaults for the device of `stream` (`notes/decode.md`): PDL and L2 prefetch on compute
+    /// capability 9.0. `COIL_DECODE_PDL=0|1`, `COIL_DECODE_CTAS=N` and `COIL_DECODE_PREFETCH=N` override them, for
+    /// measuring the alternatives.
+    pub fn for_stream(stream: &Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context();
+        let (major, _) = ctx.compute_capability()?;
+        let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        Ok(Sched {
+            pdl: major >= 9 && env("COIL_DECODE_PDL").is_none_or(|v| v != 0),
+            ctas_per_sm: env("COIL_DECODE_CTAS").unwrap_or(4).clamp(1, 8),
+            prefetch_iters: if major >= 9 {
+                env("COIL_DECODE_PREFETCH").unwrap_or(1)
+            } else {
+                0
+            },
+            sms: sms.max(1) as u32,
+        })
+    }
+
+    fn gemv_grid(&self, rows: usize) -> u32 {
+        let waves = (self.sms * self.ctas_per_sm) as usize;
+        rows.div_ceil(8).clamp(1, waves) as u32
+    }
+}
+
+/// Launches `f` with `params` (pointers to each kernel argument) through `cuLaunchKernelEx`.
+///
+/// # Safety
+/// `params` must match the kernel's parameters, and every pointer inside them must be valid for what the kernel
+/// touches at these grid sizes.
+unsafe fn launch(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32),
+    block: u32,
+    params: &mut [*mut c_void],
+    pdl: bool,
+) -> Result<()> {
+    stream.context().bind_to_thread()?;
+    // SAFETY: a zeroed launch attribute is a valid value (id 0, value all zero) before it is filled in.
+    let mut attr: CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: 1,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(pdl),
+    };
+    // SAFETY: the configuration and function are valid; the caller vouches for the parameters.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()?;
+    }
+    Ok(())
+}
+
+/// The weights of a matrix-vector product or an embedding table: bf16 or f32, `[rows, ld]` row-major.
 pub enum Weights<'a> {
     Bf16(CudaView<'a, bf16>),
     F32(CudaView<'a, f32>),
@@ -64,9 +162,30 @@ impl Weights<'_> {
             Weights::F32(v) => v.len(),
         }
     }
+
+    fn elem_bytes(&self) -> usize {
+        match self {
+            Weights::Bf16(_) => 2,
+            Weights::F32(_) => 4,
+        }
+    }
+
+    fn suffix(&self) -> &'static str {
+        match self {
+            Weights::Bf16(_) => "bf16",
+            Weights::F32(_) => "f32",
+        }
+    }
+
+    fn ptr(&self, s: &CudaStream) -> u64 {
+        match self {
+            Weights::Bf16(v) => v.device_ptr(s).0,
+            Weights::F32(v) => v.device_ptr(s).0,
+        }
+    }
 }
 
-/// Sizes of one matrix-vector product: `y[b, r] = Σ_c W[r, c]·x[b, c] (+ bias[r])` for `batch` rows.
+/// Sizes of one matrix-vector product: `y[b, r] = Σ_c W[r, c]·x̂[b, c] (+ bias[r])` for `batch` sequences.
 #[derive(Clone, Copy, Debug)]
 pub struct GemvDims {
     pub rows: usize,
@@ -78,28 +197,87 @@ pub struct GemvDims {
     pub ldy: usize,
 }
 
-/// `y = W·x (+ bias)` for up to any batch (launched in groups of at most 8 sequences, each group streaming W once).
-pub fn gemv<B, X, Y>(
-    stream: &Arc<CudaStream>,
+/// The conv rows of the in_proj output: rows `first .. first + channels` are the conv's input channels, whose
+/// windows (`[batch, channels, k]`, oldest first) take the new value; the row becomes
+/// `SiLU(Σ_k w[c, k]·window[k] + bias[c])`.
+pub struct ConvRows<'a> {
+    pub first: usize,
+    pub channels: usize,
+    pub k: usize,
+    pub window: &'a mut CudaSlice<f32>,
+    pub w: &'a CudaView<'a, f32>,
+    pub bias: Option<&'a CudaView<'a, f32>>,
+}
+
+/// The dt rows of the in_proj output: rows `first ..` become `clamp(softplus(dt + bias), lo, hi)`.
+pub struct DtRows<'a> {
+    pub first: usize,
+    pub bias: Option<&'a CudaView<'a, f32>>,
+    pub limit: (f32, f32),
+}
+
+/// The argument block of the fused GEMVs; the same fields in the same order as `GemvArgs` in `cuda/decode.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GemvArgs {
+    w: u64,
+    bias: u64,
+    x: u64,
+    xw: u64,
+    part: u64,
+    y: u64,
+    window: u64,
+    conv_w: u64,
+    conv_b: u64,
+    dt_bias: u64,
+    ldw: i64,
+    ldx: i64,
+    ldy: i64,
+    rows: i32,
+    cols: i32,
+    conv_lo: i32,
+    conv_hi: i32,
+    k: i32,
+    dt_lo: i32,
+    heads: i32,
+    groups: i32,
+    prefetch_iters: i32,
+    eps: f32,
+    dt_min: f32,
+    dt_max: f32,
+}
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 152);
+
+/// The argument block of the SSM update; mirrors `SsmArgs` in `cuda/decode.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SsmArgs {
+    proj: u64,
+    a: u64,
+    d: u64,
+    state: u64,
+    yg: u64,
+    part: u64,
+    ld_proj: i64,
+    ld_yg: i64,
+    xbc_off: i32,
+    dt_off: i32,
+    heads: i32,
+    groups: i32,
+    head_dim: i32,
+}
+const _: () = assert!(std::mem::size_of::<SsmArgs>() == 88);
+
+/// Checks what both GEMVs need of W, x, y and the norm weight and returns the 16-byte chunk width.
+fn check_gemv(
+    name: &str,
     w: &Weights<'_>,
-    bias: Option<&B>,
-    x: &X,
-    y: &mut Y,
-    d: GemvDims,
-) -> Result<()>
-where
-    B: DevicePtr<f32> + DeviceSlice<f32>,
-    X: DevicePtr<f32> + DeviceSlice<f32>,
-    Y: DevicePtrMut<f32> + DeviceSlice<f32>,
-{
-    if d.rows == 0 || d.batch == 0 {
-        return Ok(());
-    }
-    let (elem, name) = match w {
-        Weights::Bf16(_) => (2usize, "gemv_bf16"),
-        Weights::F32(_) => (4usize, "gemv_f32"),
-    };
-    let per_chunk = 16 / elem;
+    x_len: usize,
+    xw_len: usize,
+    y_len: usize,
+    d: &GemvDims,
+) -> Result<()> {
+    let per_chunk = 16 / w.elem_bytes();
     if !d.cols.is_multiple_of(per_chunk)
         || !d.ldw.is_multiple_of(per_chunk)
         || !d.ldx.is_multiple_of(4)
@@ -109,25 +287,54 @@ where
             d.cols, d.ldw, d.ldx
         )));
     }
-    check_rows("gemv W", w.len(), d.rows, d.ldw, d.cols)?;
-    check_rows("gemv x", x.len(), d.batch, d.ldx, d.cols)?;
-    check_rows("gemv y", y.len(), d.batch, d.ldy, d.rows)?;
-    if let Some(b) = bias {
-        check_rows("gemv bias", b.len(), 1, d.rows, d.rows)?;
-    }
-    let s: &CudaStream = stream;
-    let (w_ptr, _gw) = match w {
-        Weights::Bf16(v) => v.device_ptr(s),
-        Weights::F32(v) => v.device_ptr(s),
+    check_rows(&format!("{name} W"), w.len(), d.rows, d.ldw, d.cols)?;
+    check_rows(&format!("{name} x"), x_len, d.batch, d.ldx, d.cols)?;
+    check_rows(&format!("{name} norm weight"), xw_len, 1, d.cols, d.cols)?;
+    check_rows(&format!("{name} y"), y_len, d.batch, d.ldy, d.rows)?;
+    to_i32("rows", d.rows)?;
+    to_i32("cols", d.cols)?;
+    Ok(())
+}
+
+fn gemv_function(
+    stream: &Arc<CudaStream>,
+    mode: &str,
+    w: &Weights<'_>,
+    n: usize,
+) -> Result<CudaFunction> {
+    let name: &'static str = match (mode, w.suffix(), n) {
+        ("in", "bf16", 1) => "gemv_in_bf16_b1",
+        ("in", "bf16", 2) => "gemv_in_bf16_b2",
+        ("in", "bf16", 4) => "gemv_in_bf16_b4",
+        ("in", "bf16", _) => "gemv_in_bf16_b8",
+        ("in", _, 1) => "gemv_in_f32_b1",
+        ("in", _, 2) => "gemv_in_f32_b2",
+        ("in", _, 4) => "gemv_in_f32_b4",
+        ("in", _, _) => "gemv_in_f32_b8",
+        (_, "bf16", 1) => "gemv_out_bf16_b1",
+        (_, "bf16", 2) => "gemv_out_bf16_b2",
+        (_, "bf16", 4) => "gemv_out_bf16_b4",
+        (_, "bf16", _) => "gemv_out_bf16_b8",
+        (_, _, 1) => "gemv_out_f32_b1",
+        (_, _, 2) => "gemv_out_f32_b2",
+        (_, _, 4) => "gemv_out_f32_b4",
+        _ => "gemv_out_f32_b8",
     };
-    let (x_ptr, _gx) = x.device_ptr(s);
-    let bias_g = bias.map(|b| b.device_ptr(s));
-    let bias_ptr = bias_g.as_ref().map_or(0, |(p, _)| *p);
-    let (y_ptr, _gy) = y.device_ptr_mut(s);
-    check_align("gemv W", w_ptr, 16)?;
-    check_align("gemv x", x_ptr, 16)?;
-    let (rows, cols) = (to_i32("rows", d.rows)?, to_i32("cols", d.cols)?);
-    let (ldw, ldx, ldy) = (d.ldw as i64, d.ldx as i64, d.ldy as i64);
+    function(stream.context(), &DECODE, name, 0)
+}
+
+/// Launches a GEMV over the batch in groups of at most [`MAX_GEMV_BATCH`] sequences; `shift` moves the per-
+/// sequence pointers of `args` to the group starting at sequence `b0`.
+fn launch_gemv_groups(
+    stream: &Arc<CudaStream>,
+    sched: &Sched,
+    mode: &str,
+    w: &Weights<'_>,
+    d: &GemvDims,
+    args: GemvArgs,
+    shift: impl Fn(&mut GemvArgs, usize),
+) -> Result<()> {
+    let grid = sched.gemv_grid(d.rows);
     let mut b0 = 0;
     while b0 < d.batch {
         let n = match d.batch - b0 {
@@ -136,171 +343,197 @@ where
             4..=7 => 4,
             _ => 8,
         };
-        let func = function(stream.context(), &DECODE, kernel_name(name, n), 0)?;
-        let xs = x_ptr + (b0 * d.ldx * 4) as u64;
-        let ys = y_ptr + (b0 * d.ldy * 4) as u64;
-        let cfg = LaunchConfig {
-            grid_dim: (d.rows.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut l = stream.launch_builder(&func);
-        l.arg(&w_ptr)
-            .arg(&ldw)
-            .arg(&bias_ptr)
-            .arg(&xs)
-            .arg(&ldx)
-            .arg(&ys)
-            .arg(&ldy)
-            .arg(&rows)
-            .arg(&cols);
-        // SAFETY: W, x, y and the bias were checked above to hold every element the kernel touches (rows of
-        // `cols` at their strides, for sequences b0 .. b0 + n), with 16-byte aligned rows where it loads 16 bytes.
-        unsafe { l.launch(cfg) }?;
+        let f = gemv_function(stream, mode, w, n)?;
+        let mut a = args;
+        shift(&mut a, b0);
+        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+        // SAFETY: the caller checked that W, x, y, the norm weight and the epilogue's buffers hold every element
+        // the kernel touches for sequences b0 .. b0 + n (rows of `cols` at their strides, 16-byte aligned where
+        // it loads 16 bytes); `a` is the kernel's one argument, laid out as its C struct.
+        unsafe { launch(stream, &f, (grid, 1), 256, &mut params, sched.pdl)? };
         b0 += n;
     }
     Ok(())
 }
 
-fn kernel_name(name: &str, batch: usize) -> &'static str {
-    match (name, batch) {
-        ("gemv_bf16", 1) => "gemv_bf16_b1",
-        ("gemv_bf16", 2) => "gemv_bf16_b2",
-        ("gemv_bf16", 4) => "gemv_bf16_b4",
-        ("gemv_bf16", _) => "gemv_bf16_b8",
-        (_, 1) => "gemv_f32_b1",
-        (_, 2) => "gemv_f32_b2",
-        (_, 4) => "gemv_f32_b4",
-        _ => "gemv_f32_b8",
-    }
-}
-
-/// `residual[b] += x[b]` (no addend when `x` is None), then `h[b] = RMSNorm(residual[b])·w`; `[batch, width]`
-/// contiguous.
+/// The fused in_proj GEMV: `y = W·(RMSNorm(x)·norm_w) (+ bias)` for every sequence, then the conv rows and dt rows
+/// transformed as [`ConvRows`] and [`DtRows`] say. With neither it is the final norm + LM head.
 #[allow(clippy::too_many_arguments)]
-pub fn add_rmsnorm<R, X, W, H>(
+pub fn gemv_in(
     stream: &Arc<CudaStream>,
-    residual: &mut R,
-    x: Option<&X>,
-    w: &W,
-    h: &mut H,
-    batch: usize,
-    width: usize,
+    sched: &Sched,
+    w: &Weights<'_>,
+    bias: Option<&CudaView<'_, f32>>,
+    x: &CudaSlice<f32>,
+    norm_w: &CudaView<'_, f32>,
     eps: f32,
-) -> Result<()>
-where
-    R: DevicePtrMut<f32> + DeviceSlice<f32>,
-    X: DevicePtr<f32> + DeviceSlice<f32>,
-    W: DevicePtr<f32> + DeviceSlice<f32>,
-    H: DevicePtrMut<f32> + DeviceSlice<f32>,
-{
-    if batch == 0 {
+    y: &mut CudaSlice<f32>,
+    d: GemvDims,
+    conv: Option<ConvRows<'_>>,
+    dt: Option<DtRows<'_>>,
+) -> Result<()> {
+    if d.rows == 0 || d.batch == 0 {
         return Ok(());
     }
-    check_rows("norm residual", residual.len(), batch, width, width)?;
-    check_rows("norm output", h.len(), batch, width, width)?;
-    check_rows("norm weight", w.len(), 1, width, width)?;
-    if let Some(x) = x {
-        check_rows("norm addend", x.len(), batch, width, width)?;
-    }
-    let s: &CudaStream = stream;
-    let (r_ptr, _gr) = residual.device_ptr_mut(s);
-    let x_g = x.map(|v| v.device_ptr(s));
-    let x_ptr = x_g.as_ref().map_or(0, |(p, _)| *p);
-    let (w_ptr, _gw) = w.device_ptr(s);
-    let (h_ptr, _gh) = h.device_ptr_mut(s);
-    let (width_i, ld) = (to_i32("width", width)?, width as i64);
-    let func = function(stream.context(), &DECODE, "add_rmsnorm", 0)?;
-    let cfg = LaunchConfig {
-        grid_dim: (batch as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut l = stream.launch_builder(&func);
-    l.arg(&r_ptr)
-        .arg(&x_ptr)
-        .arg(&w_ptr)
-        .arg(&h_ptr)
-        .arg(&width_i)
-        .arg(&ld)
-        .arg(&eps);
-    // SAFETY: every buffer holds `batch` rows of `width` (checked above); the kernel touches nothing else.
-    unsafe { l.launch(cfg) }?;
-    Ok(())
-}
-
-/// Sizes of a conv step: `channels` channels of window `k` for `batch` sequences.
-#[derive(Clone, Copy, Debug)]
-pub struct ConvDims {
-    pub batch: usize,
-    pub channels: usize,
-    pub k: usize,
-    /// Row strides of the input and output (elements).
-    pub ld_in: usize,
-    pub ld_out: usize,
-}
-
-/// The conv window (`[batch, channels, k]`, oldest first) takes the new input column and
-/// `out = SiLU(Σ_k w[c, k]·window[k] + bias[c])`; `w` is `[channels, k]`.
-pub fn conv_step<I, Wd, Wt, Bi, O>(
-    stream: &Arc<CudaStream>,
-    input: &I,
-    window: &mut Wd,
-    w: &Wt,
-    bias: Option<&Bi>,
-    out: &mut O,
-    d: ConvDims,
-) -> Result<()>
-where
-    I: DevicePtr<f32> + DeviceSlice<f32>,
-    Wd: DevicePtrMut<f32> + DeviceSlice<f32>,
-    Wt: DevicePtr<f32> + DeviceSlice<f32>,
-    Bi: DevicePtr<f32> + DeviceSlice<f32>,
-    O: DevicePtrMut<f32> + DeviceSlice<f32>,
-{
-    if d.batch == 0 || d.channels == 0 {
-        return Ok(());
-    }
-    if d.k == 0 {
-        return Err(invalid("conv window of width 0".into()));
-    }
-    let wc = d.channels * d.k;
-    check_rows("conv input", input.len(), d.batch, d.ld_in, d.channels)?;
-    check_rows("conv window", window.len(), d.batch, wc, wc)?;
-    check_rows("conv weight", w.len(), 1, wc, wc)?;
-    check_rows("conv output", out.len(), d.batch, d.ld_out, d.channels)?;
+    check_gemv("gemv_in", w, x.len(), norm_w.len(), y.len(), &d)?;
     if let Some(b) = bias {
-        check_rows("conv bias", b.len(), 1, d.channels, d.channels)?;
+        check_rows("gemv_in bias", b.len(), 1, d.rows, d.rows)?;
     }
     let s: &CudaStream = stream;
-    let (i_ptr, _gi) = input.device_ptr(s);
-    let (win_ptr, _gwin) = window.device_ptr_mut(s);
-    let (w_ptr, _gw) = w.device_ptr(s);
-    let b_g = bias.map(|v| v.device_ptr(s));
-    let b_ptr = b_g.as_ref().map_or(0, |(p, _)| *p);
-    let (o_ptr, _go) = out.device_ptr_mut(s);
-    let (ld_in, ld_out) = (d.ld_in as i64, d.ld_out as i64);
-    let (channels, k) = (to_i32("channels", d.channels)?, to_i32("conv width", d.k)?);
-    let func = function(stream.context(), &DECODE, "conv_step", 0)?;
-    let cfg = LaunchConfig {
-        grid_dim: (d.channels.div_ceil(256) as u32, d.batch as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+    let mut a = GemvArgs {
+        w: w.ptr(s),
+        bias: bias.map_or(0, |b| b.device_ptr(s).0),
+        x: x.device_ptr(s).0,
+        xw: norm_w.device_ptr(s).0,
+        y: y.device_ptr_mut(s).0,
+        ldw: d.ldw as i64,
+        ldx: d.ldx as i64,
+        ldy: d.ldy as i64,
+        rows: d.rows as i32,
+        cols: d.cols as i32,
+        conv_lo: d.rows as i32,
+        conv_hi: d.rows as i32,
+        dt_lo: d.rows as i32,
+        k: 1,
+        heads: 1,
+        groups: 1,
+        prefetch_iters: sched.prefetch_iters as i32,
+        eps,
+        ..Default::default()
     };
-    let mut l = stream.launch_builder(&func);
-    l.arg(&i_ptr)
-        .arg(&ld_in)
-        .arg(&win_ptr)
-        .arg(&w_ptr)
-        .arg(&b_ptr)
-        .arg(&o_ptr)
-        .arg(&ld_out)
-        .arg(&channels)
-        .arg(&k);
-    // SAFETY: input, window, weights, bias and output were checked above to hold every element of
-    // `batch` x `channels` (x `k` for the window and weights) that the kernel reads or writes.
-    unsafe { l.launch(cfg) }?;
-    Ok(())
+    let mut window_stride = 0;
+    if let Some(c) = conv {
+        if c.k == 0 || c.first + c.channels > d.rows {
+            return Err(invalid(format!(
+                "gemv_in: conv rows {}..{} (window {}) outside the {} rows",
+                c.first,
+                c.first + c.channels,
+                c.k,
+                d.rows
+            )));
+        }
+        let wc = c.channels * c.k;
+        check_rows("conv window", c.window.len(), d.batch, wc, wc)?;
+        check_rows("conv weight", c.w.len(), 1, wc, wc)?;
+        if let Some(b) = c.bias {
+            check_rows("conv bias", b.len(), 1, c.channels, c.channels)?;
+            a.conv_b = b.device_ptr(s).0;
+        }
+        a.window = c.window.device_ptr_mut(s).0;
+        a.conv_w = c.w.device_ptr(s).0;
+        a.conv_lo = c.first as i32;
+        a.conv_hi = (c.first + c.channels) as i32;
+        a.k = to_i32("conv width", c.k)?;
+        window_stride = wc;
+    }
+    if let Some(t) = dt {
+        if t.first > d.rows {
+            return Err(invalid(format!(
+                "gemv_in: dt rows from {} outside the {} rows",
+                t.first, d.rows
+            )));
+        }
+        if let Some(b) = t.bias {
+            check_rows("dt bias", b.len(), 1, d.rows - t.first, d.rows - t.first)?;
+            a.dt_bias = b.device_ptr(s).0;
+        }
+        a.dt_lo = t.first as i32;
+        (a.dt_min, a.dt_max) = t.limit;
+    }
+    check_align("gemv_in W", a.w, 16)?;
+    check_align("gemv_in x", a.x, 16)?;
+    check_align("gemv_in norm weight", a.xw, 16)?;
+    let (ldx, ldy) = (d.ldx as u64 * 4, d.ldy as u64 * 4);
+    let (x0, y0, win0) = (a.x, a.y, a.window);
+    launch_gemv_groups(stream, sched, "in", w, &d, a, |a, b0| {
+        let b0 = b0 as u64;
+        a.x = x0 + b0 * ldx;
+        a.y = y0 + b0 * ldy;
+        if win0 != 0 {
+            a.window = win0 + b0 * window_stride as u64 * 4;
+        }
+    })
+}
+
+/// Sizes of the gated RMSNorm in the out_proj GEMV's prologue: `groups` groups of `cols / groups` columns, each the
+/// output of `heads / groups` heads whose sums of squares the SSM update left in `part` (`[batch, heads]`).
+#[derive(Clone, Copy, Debug)]
+pub struct GatedNorm {
+    pub heads: usize,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+/// The fused out_proj GEMV: `y += W·(RMSNorm_group(x)·norm_w) (+ bias)` (y is the residual stream).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_out(
+    stream: &Arc<CudaStream>,
+    sched: &Sched,
+    w: &Weights<'_>,
+    bias: Option<&CudaView<'_, f32>>,
+    x: &CudaSlice<f32>,
+    part: &CudaSlice<f32>,
+    norm_w: &CudaView<'_, f32>,
+    norm: GatedNorm,
+    y: &mut CudaSlice<f32>,
+    d: GemvDims,
+) -> Result<()> {
+    if d.rows == 0 || d.batch == 0 {
+        return Ok(());
+    }
+    check_gemv("gemv_out", w, x.len(), norm_w.len(), y.len(), &d)?;
+    let per_chunk = 16 / w.elem_bytes();
+    let GatedNorm { heads, groups, eps } = norm;
+    if groups == 0
+        || groups > MAX_GROUPS
+        || !heads.is_multiple_of(groups)
+        || !d.cols.is_multiple_of(groups)
+        || !(d.cols / groups).is_multiple_of(per_chunk)
+    {
+        return Err(KernelError::Unsupported(format!(
+            "gemv_out: {groups} norm groups of {heads} heads over {} columns (at most {MAX_GROUPS} groups of whole \
+             16-byte chunks)",
+            d.cols
+        )));
+    }
+    check_rows("gemv_out head sums", part.len(), d.batch, heads, heads)?;
+    if let Some(b) = bias {
+        check_rows("gemv_out bias", b.len(), 1, d.rows, d.rows)?;
+    }
+    let s: &CudaStream = stream;
+    let a = GemvArgs {
+        w: w.ptr(s),
+        bias: bias.map_or(0, |b| b.device_ptr(s).0),
+        x: x.device_ptr(s).0,
+        xw: norm_w.device_ptr(s).0,
+        part: part.device_ptr(s).0,
+        y: y.device_ptr_mut(s).0,
+        ldw: d.ldw as i64,
+        ldx: d.ldx as i64,
+        ldy: d.ldy as i64,
+        rows: d.rows as i32,
+        cols: d.cols as i32,
+        conv_lo: d.rows as i32,
+        conv_hi: d.rows as i32,
+        dt_lo: d.rows as i32,
+        k: 1,
+        heads: to_i32("heads", heads)?,
+        groups: groups as i32,
+        prefetch_iters: sched.prefetch_iters as i32,
+        eps,
+        ..Default::default()
+    };
+    check_align("gemv_out W", a.w, 16)?;
+    check_align("gemv_out x", a.x, 16)?;
+    check_align("gemv_out norm weight", a.xw, 16)?;
+    let (ldx, ldy) = (d.ldx as u64 * 4, d.ldy as u64 * 4);
+    let (x0, y0, p0) = (a.x, a.y, a.part);
+    launch_gemv_groups(stream, sched, "out", w, &d, a, |a, b0| {
+        let b0 = b0 as u64;
+        a.x = x0 + b0 * ldx;
+        a.y = y0 + b0 * ldy;
+        a.part = p0 + b0 * heads as u64 * 4;
+    })
 }
 
 /// Sizes of an SSM step.
@@ -311,185 +544,183 @@ pub struct SsmDims {
     pub groups: usize,
     pub head_dim: usize,
     pub state: usize,
-    /// Row strides of the conv output (x | B | C), of the raw dt columns and of y.
-    pub ld_xbc: usize,
-    pub ld_dt: usize,
+    /// Row stride of the in_proj output (z | x B C | dt) and where x|B|C and dt start in a row.
+    pub ld_proj: usize,
+    pub xbc_off: usize,
+    pub dt_off: usize,
+    /// Row stride of the gated output.
     pub ld_y: usize,
 }
 
-/// Whether [`ssm_step`] has a kernel for these sizes.
+/// Whether [`ssm_gate`] has a kernel for these sizes.
 pub fn ssm_supported(d: &SsmDims) -> bool {
     matches!(d.state, 16 | 32 | 64 | 128)
-        && (1..=256).contains(&d.head_dim)
+        && (1..=128).contains(&d.head_dim)
         && d.groups > 0
+        && d.groups <= MAX_GROUPS
         && d.heads.is_multiple_of(d.groups)
         && (d.heads * d.head_dim).is_multiple_of(4)
-        && d.ld_xbc.is_multiple_of(4)
+        && d.ld_proj.is_multiple_of(4)
+        && d.xbc_off.is_multiple_of(4)
         && d.batch <= 65_535
 }
 
-/// One token's SSM update for every (sequence, head): `dt = clamp(softplus(dt_raw + dt_bias))`,
-/// `s ← exp(dt·A)·s + dt·x⊗B`, `y = s·C + D·x`. `xbc` rows hold x (`H·P`), B (`G·N`) and C (`G·N`); `dt`'s rows
-/// the raw dt of each head; `state` is `[batch, H, P, N]`.
+/// One token's SSM update for every (sequence, head), dt already softplus'd and clamped by [`gemv_in`]:
+/// `s ← exp(dt·A)·s + dt·x⊗B`, `y = s·C + D·x`, `yg = y·SiLU(z)`, and each head's `Σ yg²` into `part`
+/// (`[batch, heads]`). `state` is `[batch, H, P, N]`.
 #[allow(clippy::too_many_arguments)]
-pub fn ssm_step<X, T, A, S, Y>(
+pub fn ssm_gate(
     stream: &Arc<CudaStream>,
-    xbc: &X,
-    dt: &T,
-    a: &A,
-    dt_bias: Option<&A>,
-    d_skip: Option<&A>,
-    state: &mut S,
-    y: &mut Y,
+    sched: &Sched,
+    proj: &CudaSlice<f32>,
+    a: &CudaView<'_, f32>,
+    d_skip: Option<&CudaView<'_, f32>>,
+    state: &mut CudaSlice<f32>,
+    yg: &mut CudaSlice<f32>,
+    part: &mut CudaSlice<f32>,
     d: SsmDims,
-    dt_limit: (f32, f32),
-) -> Result<()>
-where
-    X: DevicePtr<f32> + DeviceSlice<f32>,
-    T: DevicePtr<f32> + DeviceSlice<f32>,
-    A: DevicePtr<f32> + DeviceSlice<f32>,
-    S: DevicePtrMut<f32> + DeviceSlice<f32>,
-    Y: DevicePtrMut<f32> + DeviceSlice<f32>,
-{
+) -> Result<()> {
     if d.batch == 0 || d.heads == 0 {
         return Ok(());
     }
     if !ssm_supported(&d) {
         return Err(KernelError::Unsupported(format!(
-            "ssm_step: no kernel for head dim {}, state {}, {} heads in {} groups, conv row stride {}",
-            d.head_dim, d.state, d.heads, d.groups, d.ld_xbc
+            "ssm_gate: no kernel for head dim {}, state {}, {} heads in {} groups, row stride {}",
+            d.head_dim, d.state, d.heads, d.groups, d.ld_proj
         )));
     }
     let inner = d.heads * d.head_dim;
-    let st = d.heads * d.head_dim * d.state;
+    let row_need = (d.xbc_off + inner + 2 * d.groups * d.state)
+        .max(d.dt_off + d.heads)
+        .max(inner);
     check_rows(
-        "ssm x|B|C",
-        xbc.len(),
+        "ssm in_proj output",
+        proj.len(),
         d.batch,
-        d.ld_xbc,
-        inner + 2 * d.groups * d.state,
+        d.ld_proj,
+        row_need,
     )?;
-    check_rows("ssm dt", dt.len(), d.batch, d.ld_dt, d.heads)?;
     check_rows("ssm A", a.len(), 1, d.heads, d.heads)?;
-    for (what, v) in [("ssm dt_bias", dt_bias), ("ssm D", d_skip)] {
-        if let Some(v) = v {
-            check_rows(what, v.len(), 1, d.heads, d.heads)?;
-        }
+    if let Some(v) = d_skip {
+        check_rows("ssm D", v.len(), 1, d.heads, d.heads)?;
     }
+    let st = inner * d.state;
     check_rows("ssm state", state.len(), d.batch, st, st)?;
-    check_rows("ssm y", y.len(), d.batch, d.ld_y, inner)?;
+    check_rows("ssm y", yg.len(), d.batch, d.ld_y, inner)?;
+    check_rows("ssm head sums", part.len(), d.batch, d.heads, d.heads)?;
     let s: &CudaStream = stream;
-    let (x_ptr, _gx) = xbc.device_ptr(s);
-    let (t_ptr, _gt) = dt.device_ptr(s);
-    let (a_ptr, _ga) = a.device_ptr(s);
-    let bias_g = dt_bias.map(|v| v.device_ptr(s));
-    let d_g = d_skip.map(|v| v.device_ptr(s));
-    let (bias_ptr, d_ptr) = (
-        bias_g.as_ref().map_or(0, |(p, _)| *p),
-        d_g.as_ref().map_or(0, |(p, _)| *p),
-    );
-    let (s_ptr, _gs) = state.device_ptr_mut(s);
-    let (y_ptr, _gy) = y.device_ptr_mut(s);
-    check_align("ssm x|B|C", x_ptr, 16)?;
-    check_align("ssm state", s_ptr, 16)?;
+    let mut args = SsmArgs {
+        proj: proj.device_ptr(s).0,
+        a: a.device_ptr(s).0,
+        d: d_skip.map_or(0, |v| v.device_ptr(s).0),
+        state: state.device_ptr_mut(s).0,
+        yg: yg.device_ptr_mut(s).0,
+        part: part.device_ptr_mut(s).0,
+        ld_proj: d.ld_proj as i64,
+        ld_yg: d.ld_y as i64,
+        xbc_off: to_i32("x|B|C offset", d.xbc_off)?,
+        dt_off: to_i32("dt offset", d.dt_off)?,
+        heads: to_i32("heads", d.heads)?,
+        groups: d.groups as i32,
+        head_dim: d.head_dim as i32,
+    };
+    check_align("ssm in_proj output", args.proj, 16)?;
+    check_align("ssm state", args.state, 16)?;
     let name = match d.state {
-        16 => "ssm_step_n16",
-        32 => "ssm_step_n32",
-        64 => "ssm_step_n64",
-        _ => "ssm_step_n128",
+        16 => "ssm_gate_n16",
+        32 => "ssm_gate_n32",
+        64 => "ssm_gate_n64",
+        _ => "ssm_gate_n128",
     };
-    let func = function(stream.context(), &DECODE, name, 0)?;
-    let (ld_xbc, ld_dt, ld_y) = (d.ld_xbc as i64, d.ld_dt as i64, d.ld_y as i64);
-    let (heads, groups, head_dim) = (d.heads as i32, d.groups as i32, d.head_dim as i32);
-    let (lo, hi) = dt_limit;
-    let cfg = LaunchConfig {
-        grid_dim: (d.heads as u32, d.batch as u32, 1),
-        block_dim: (4 * d.head_dim as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut l = stream.launch_builder(&func);
-    l.arg(&x_ptr)
-        .arg(&ld_xbc)
-        .arg(&t_ptr)
-        .arg(&ld_dt)
-        .arg(&a_ptr)
-        .arg(&bias_ptr)
-        .arg(&d_ptr)
-        .arg(&s_ptr)
-        .arg(&y_ptr)
-        .arg(&ld_y)
-        .arg(&heads)
-        .arg(&groups)
-        .arg(&head_dim)
-        .arg(&lo)
-        .arg(&hi);
+    let f = function(stream.context(), &DECODE, name, 0)?;
+    let mut params = [(&mut args as *mut SsmArgs).cast::<c_void>()];
     // SAFETY: every buffer was checked above to hold what the kernel reads or writes for `batch` sequences and
-    // `heads` heads (x, B, C within the conv rows, 16-byte aligned for its float4 loads; the state contiguous).
-    unsafe { l.launch(cfg) }?;
-    Ok(())
+    // `heads` heads (x, B, C, z and dt within the in_proj rows, 16-byte aligned for its float4 loads; the state
+    // contiguous); `args` is laid out as the kernel's C struct.
+    unsafe {
+        launch(
+            stream,
+            &f,
+            (d.heads as u32, d.batch as u32),
+            4 * d.head_dim as u32,
+            &mut params,
+            sched.pdl,
+        )
+    }
 }
 
-/// Mamba2's gated RMSNorm of one token per sequence: `out = RMSNorm(y·SiLU(z))·w` over groups of `group`
-/// channels of a `width`-wide row.
+/// `resid[b, :cols] = table[ids[b], :cols]` as f32. The ids must be below the table's `rows` (the caller checks
+/// host ids; [`argmax`]'s are below the logits' width, which is the table's rows).
 #[allow(clippy::too_many_arguments)]
-pub fn gated_rmsnorm<Yv, Z, W, O>(
+pub fn embed(
     stream: &Arc<CudaStream>,
-    y: &Yv,
-    ld_y: usize,
-    z: &Z,
-    ld_z: usize,
-    w: &W,
-    out: &mut O,
-    ld_out: usize,
+    sched: &Sched,
+    table: &Weights<'_>,
+    rows: usize,
+    ld_table: usize,
+    ids: &CudaSlice<u32>,
+    resid: &mut CudaSlice<f32>,
     batch: usize,
-    width: usize,
-    group: usize,
-    eps: f32,
-) -> Result<()>
-where
-    Yv: DevicePtr<f32> + DeviceSlice<f32>,
-    Z: DevicePtr<f32> + DeviceSlice<f32>,
-    W: DevicePtr<f32> + DeviceSlice<f32>,
-    O: DevicePtrMut<f32> + DeviceSlice<f32>,
-{
-    if batch == 0 || width == 0 {
+    cols: usize,
+) -> Result<()> {
+    if batch == 0 || cols == 0 {
         return Ok(());
     }
-    if group == 0 || !width.is_multiple_of(group) {
-        return Err(invalid(format!(
-            "gated norm: width {width} is not a multiple of the group {group}"
-        )));
-    }
-    check_rows("gated norm y", y.len(), batch, ld_y, width)?;
-    check_rows("gated norm z", z.len(), batch, ld_z, width)?;
-    check_rows("gated norm weight", w.len(), 1, width, width)?;
-    check_rows("gated norm output", out.len(), batch, ld_out, width)?;
+    check_rows("embedding table", table.len(), rows, ld_table, cols)?;
+    check_rows("embedding ids", ids.len(), 1, batch, batch)?;
+    check_rows("embedding output", resid.len(), batch, cols, cols)?;
     let s: &CudaStream = stream;
-    let (y_ptr, _gy) = y.device_ptr(s);
-    let (z_ptr, _gz) = z.device_ptr(s);
-    let (w_ptr, _gw) = w.device_ptr(s);
-    let (o_ptr, _go) = out.device_ptr_mut(s);
-    let (ld_y, ld_z, ld_out) = (ld_y as i64, ld_z as i64, ld_out as i64);
-    let group_i = to_i32("group", group)?;
-    let func = function(stream.context(), &DECODE, "gated_rmsnorm", 0)?;
-    let cfg = LaunchConfig {
-        grid_dim: ((width / group) as u32, batch as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+    let mut t_ptr = table.ptr(s);
+    let mut i_ptr = ids.device_ptr(s).0;
+    let mut r_ptr = resid.device_ptr_mut(s).0;
+    let (mut ld_t, mut ld_r, mut n) = (ld_table as i64, cols as i64, to_i32("cols", cols)?);
+    let name = match table {
+        Weights::Bf16(_) => "embed_bf16",
+        Weights::F32(_) => "embed_f32",
     };
-    let mut l = stream.launch_builder(&func);
-    l.arg(&y_ptr)
-        .arg(&ld_y)
-        .arg(&z_ptr)
-        .arg(&ld_z)
-        .arg(&w_ptr)
-        .arg(&o_ptr)
-        .arg(&ld_out)
-        .arg(&group_i)
-        .arg(&eps);
-    // SAFETY: y, z, the weight and the output hold `batch` rows of `width` at their strides (checked above).
-    unsafe { l.launch(cfg) }?;
-    Ok(())
+    let f = function(stream.context(), &DECODE, name, 0)?;
+    let mut params = [
+        (&mut t_ptr as *mut u64).cast::<c_void>(),
+        (&mut ld_t as *mut i64).cast(),
+        (&mut i_ptr as *mut u64).cast(),
+        (&mut r_ptr as *mut u64).cast(),
+        (&mut ld_r as *mut i64).cast(),
+        (&mut n as *mut i32).cast(),
+    ];
+    // SAFETY: the table holds `rows` rows of `cols` at stride `ld_table`, ids `batch` entries (each below `rows`,
+    // the caller's contract) and the output `batch` rows of `cols`; the parameters match the kernel's.
+    unsafe { launch(stream, &f, (batch as u32, 1), 256, &mut params, sched.pdl) }
+}
+
+/// Greedy choice per sequence: `out[2b]` = the first index of the largest of `logits[b, :n]` (0 when none is above
+/// -inf, as the CPU's argmax), `out[2b + 1]` = 1 when a logit of the row is NaN or infinite.
+pub fn argmax(
+    stream: &Arc<CudaStream>,
+    sched: &Sched,
+    logits: &CudaSlice<f32>,
+    ld: usize,
+    n: usize,
+    batch: usize,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    if batch == 0 {
+        return Ok(());
+    }
+    check_rows("argmax logits", logits.len(), batch, ld, n)?;
+    check_rows("argmax output", out.len(), 1, 2 * batch, 2 * batch)?;
+    let s: &CudaStream = stream;
+    let mut l_ptr = logits.device_ptr(s).0;
+    let mut o_ptr = out.device_ptr_mut(s).0;
+    let (mut ld, mut n) = (ld as i64, to_i32("logits", n)?);
+    let f = function(stream.context(), &DECODE, "argmax_rows", 0)?;
+    let mut params = [
+        (&mut l_ptr as *mut u64).cast::<c_void>(),
+        (&mut ld as *mut i64).cast(),
+        (&mut n as *mut i32).cast(),
+        (&mut o_ptr as *mut u64).cast(),
+    ];
+    // SAFETY: the logits hold `batch` rows of `n` at stride `ld` and the output 2·batch entries (checked above).
+    unsafe { launch(stream, &f, (batch as u32, 1), 1024, &mut params, sched.pdl) }
 }
 
 #[cfg(test)]
@@ -513,13 +744,28 @@ mod tests {
             groups: 2,
             head_dim: 16,
             state: 16,
-            ld_xbc: 192,
-            ld_dt: 8,
+            ld_proj: 420,
+            xbc_off: 128,
+            dt_off: 412,
             ld_y: 128,
         };
         assert!(ssm_supported(&d));
         assert!(!ssm_supported(&SsmDims { state: 24, ..d }));
         assert!(!ssm_supported(&SsmDims { groups: 3, ..d }));
-        assert!(!ssm_supported(&SsmDims { head_dim: 512, ..d }));
+        assert!(!ssm_supported(&SsmDims { head_dim: 256, ..d }));
+        assert!(!ssm_supported(&SsmDims { ld_proj: 418, ..d }));
+    }
+
+    #[test]
+    fn gemv_grid_is_one_wave_at_most() {
+        let s = Sched {
+            pdl: true,
+            ctas_per_sm: 4,
+            prefetch_iters: 1,
+            sms: 132,
+        };
+        assert_eq!(s.gemv_grid(10576), 528);
+        assert_eq!(s.gemv_grid(100), 13);
+        assert_eq!(s.gemv_grid(0), 1);
     }
 }

@@ -201,9 +201,17 @@ fn device_bandwidth(dev: &Device) -> Result<f64> {
     Ok(best)
 }
 
+/// The fused decode step of the CUDA build.
+#[cfg(feature = "cuda")]
+type Fused = coil_infer::cuda_step::CudaStep;
+/// Stand-in without CUDA: there is never a fused step.
+#[cfg(not(feature = "cuda"))]
+enum Fused {}
+
 /// Greedy generation of the whole batch on `lm`'s device, argmax on the device; prefill and decode timed apart.
 fn run_once_on_device(
     lm: &HybridLm,
+    fused: Option<&mut Fused>,
     ids: &candle_core::Tensor,
     new: usize,
 ) -> Result<(Timing, usize)> {
@@ -229,15 +237,15 @@ fn run_once_on_device(
         })
         .sum();
     // The decode steps as generation runs them: the fused CUDA step where it applies (models of Mamba2 layers),
-    // greedy tokens picked on the host from each step's logits; else the forward with T = 1.
+    // greedy tokens picked on the GPU, its captured graph kept from one run to the next as a server keeps it;
+    // else the forward with T = 1.
     #[cfg(feature = "cuda")]
-    if let Some(mut fused) = coil_infer::cuda_step::CudaStep::new(lm)? {
+    if let Some(fused) = fused {
         let batch = ids.dim(0)?;
         fused.start(&state, batch)?;
         let mut toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         for _ in 1..new {
-            let rows = fused.step(&toks)?;
-            toks = rows.iter().map(|r| argmax(r) as u32).collect();
+            toks = fused.step_greedy(&toks)?.ids;
         }
         dev.synchronize()?;
         return Ok((
@@ -248,6 +256,8 @@ fn run_once_on_device(
             state_bytes,
         ));
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = fused;
     for _ in 1..new {
         let (logits, st) = lm.forward_with_state(&next, Some(&state), None, true)?;
         state = st;
@@ -282,14 +292,18 @@ fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Dev
             WeightsArg::Bf16 => DType::BF16,
         };
         let lm = HybridLm::init(cfg, 0, dev, dtype).context("initialising random weights")?;
+        #[cfg(feature = "cuda")]
+        let mut fused = coil_infer::cuda_step::CudaStep::new(&lm)?;
+        #[cfg(not(feature = "cuda"))]
+        let mut fused: Option<Fused> = None;
         for &batch in &a.batch {
             let ids: Vec<u32> = bench_prompts(batch, a.prompt, cfg.vocab_size).concat();
             let ids = candle_core::Tensor::from_vec(ids, (batch, a.prompt), dev)?;
-            run_once_on_device(&lm, &ids, a.new_tokens)?;
+            run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
             let mut runs = Vec::with_capacity(a.iters);
             let mut state_bytes = 0;
             for _ in 0..a.iters {
-                let (t, sb) = run_once_on_device(&lm, &ids, a.new_tokens)?;
+                let (t, sb) = run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
                 state_bytes = sb;
                 runs.push(t);
             }
