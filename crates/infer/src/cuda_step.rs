@@ -22,7 +22,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::{DType, Device, Layout, Storage, Tensor};
 use coil_kernels::decode::{
-    self as k, ConvRows, DtRows, GatedNorm, GemvDims, Sched, SsmDims, Weights,
+    self as k, Blas, ConvRows, DtRows, GatedNorm, GemvDims, Sched, SsmDims, Weights, Wide,
 };
 use coil_model::config::MixerDims;
 use coil_model::lm::{LayerState, Mixer};
@@ -111,6 +111,10 @@ struct Batch {
     /// This step's token ids [B], and the argmax's ids and non-finite flags [B, 2].
     ids: CudaSlice<u32>,
     picked: CudaSlice<u32>,
+    /// The batched path's scratch (batches above 8 sequences with bf16 weights): x̂ as two bf16 rows per sequence
+    /// and the GEMM's f32 products.
+    x2: Option<CudaSlice<half::bf16>>,
+    p2: Option<CudaSlice<f32>>,
 }
 
 /// One step's greedy choice per sequence.
@@ -134,6 +138,8 @@ pub struct CudaStep {
     norm_f: Tensor,
     head: Tensor,
     batch: Option<Batch>,
+    /// cuBLAS for the batched path, made when a batch first needs it.
+    blas: Option<Blas>,
 }
 
 impl CudaStep {
@@ -207,6 +213,7 @@ impl CudaStep {
             norm_f: f32_param(&lm.norm_f)?,
             head,
             batch: None,
+            blas: None,
         }))
     }
 
@@ -247,6 +254,9 @@ impl CudaStep {
                 "CUDA decode step: a batch of 0 sequences".into(),
             ));
         }
+        if self.wide(batch) && self.blas.is_none() {
+            self.blas = Some(Blas::new(&self.stream).map_err(kernel_err)?);
+        }
         let mut b = match self.batch.take() {
             Some(b) if b.size == batch => b,
             _ => self.alloc(batch)?,
@@ -285,6 +295,17 @@ impl CudaStep {
         Ok(())
     }
 
+    /// Whether a batch of `batch` sequences takes the batched path (one GEMM per matrix) rather than the GEMV
+    /// kernels (`COIL_DECODE_WIDE=0` keeps the GEMVs, for measuring).
+    fn wide(&self, batch: usize) -> bool {
+        batch > k::MAX_GEMV_BATCH
+            && self
+                .layers
+                .first()
+                .is_some_and(|l| l.in_proj.dtype() == DType::BF16)
+            && std::env::var("COIL_DECODE_WIDE").map_or(true, |v| v != "0")
+    }
+
     fn alloc(&self, batch: usize) -> Result<Batch> {
         let (inner, conv) = (self.dims.d_inner(), self.dims.conv_dim());
         let st_len = self.dims.heads * self.dims.head_dim * self.dims.state;
@@ -292,6 +313,7 @@ impl CudaStep {
         let zeros = |n: usize| s.alloc_zeros::<f32>(n.max(1)).map_err(driver_err);
         let n_layers = self.layers.len();
         Ok(Batch {
+            graph: None,
             size: batch,
             conv: (0..n_layers)
                 .map(|_| zeros(batch * conv * self.dims.conv_kernel))
@@ -306,7 +328,21 @@ impl CudaStep {
             logits: zeros(batch * self.vocab)?,
             ids: s.alloc_zeros::<u32>(batch).map_err(driver_err)?,
             picked: s.alloc_zeros::<u32>(2 * batch).map_err(driver_err)?,
-            graph: None,
+            x2: if self.wide(batch) {
+                let cols = self.hidden.max(inner);
+                Some(
+                    s.alloc_zeros::<half::bf16>(2 * batch * cols)
+                        .map_err(driver_err)?,
+                )
+            } else {
+                None
+            },
+            p2: if self.wide(batch) {
+                let rows = self.dims.in_proj_dim().max(self.hidden).max(self.vocab);
+                Some(zeros(2 * batch * rows)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -397,6 +433,10 @@ impl CudaStep {
         let (s, sched, n) = (&self.stream, &self.sched, b.size);
         let (d, inner, conv) = (self.hidden, self.dims.d_inner(), self.dims.conv_dim());
         let (rows, ldp) = (self.dims.in_proj_dim(), ld_proj(&self.dims));
+        let mut wide = match (&self.blas, &mut b.x2, &mut b.p2) {
+            (Some(blas), Some(x2), Some(p2)) => Some(Wide { blas, x2, p2 }),
+            _ => None,
+        };
         {
             let (g, l) = self.embeddings.storage_and_layout();
             let table = weights(&g, l)?;
@@ -461,6 +501,7 @@ impl CudaStep {
                 gd,
                 Some(conv_rows),
                 Some(dt_rows),
+                wide.as_mut(),
             )
             .map_err(kernel_err)?;
             let sd = SsmDims {
@@ -510,6 +551,7 @@ impl CudaStep {
                 norm,
                 &mut b.resid,
                 gd,
+                wide.as_mut(),
             )
             .map_err(kernel_err)?;
         }
@@ -536,6 +578,7 @@ impl CudaStep {
             gd,
             None,
             None,
+            wide.as_mut(),
         )
         .map_err(kernel_err)?;
         k::argmax(

@@ -112,23 +112,111 @@ struct GemvArgs {
   const float* conv_w;   // [conv channels, k]
   const float* conv_b;   // [conv channels] or null
   const float* dt_bias;  // [rows - dt_lo] or null
+  void* wide;            // the batched path: bf16 [2·wide_batch, cols] (split) or f32 [2·wide_batch, rows] (finish)
   long long ldw, ldx, ldy;
   int rows, cols;
   int conv_lo, conv_hi, k;  // rows [conv_lo, conv_hi) are conv channels
   int dt_lo;                // rows [dt_lo, rows) are dt
   int heads, groups;        // out: the gated norm's groups of cols / groups columns, heads / groups heads each
   int prefetch_iters;       // L2 prefetch of each CTA's rows of its first iterations, before the wait
+  int wide_batch;           // the batched path: sequences (the low halves start at row wide_batch)
   float eps, dt_min, dt_max;
 };
-static_assert(sizeof(GemvArgs) == 152, "GemvArgs: the layout src/decode.rs mirrors");
+static_assert(sizeof(GemvArgs) == 168, "GemvArgs: the layout src/decode.rs mirrors");
 
 enum { MODE_IN = 0, MODE_OUT = 1 };
 
-// y[b, r] = Σ_c W[r, c]·x̂[b, c] (+ bias[r]) for BATCH sequences, where x̂ is x normalised in the prologue:
-// MODE_IN: x̂ = x·inv_b·w with inv_b = 1/sqrt(mean(x[b]²) + eps) (each CTA reduces the row itself);
-// MODE_OUT: x̂ = x·inv_bg·w with inv_bg from the heads' sums of squares of group g.
-// Each warp owns rows r = warp, warp + warps in grid, ...; each lane streams 16-byte chunks of its row, UNROLL of
-// them in flight before any is used. Epilogue: MODE_IN as the file header says; MODE_OUT adds into y.
+// The normalisation factors of x̂ (after the earlier kernels finished): MODE_IN: inv[b][0] = 1/sqrt(mean(x[b]²) +
+// eps), each CTA reducing the row itself; MODE_OUT: inv[b][g] from the heads' sums of squares of group g.
+template <int BATCH, int MODE>
+__device__ __forceinline__ void gemv_norms(const GemvArgs& a, float (&inv)[BATCH][MAX_GROUPS], float* red) {
+  if (MODE == MODE_IN) {
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) {
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < a.cols; i += blockDim.x) {
+        const float v = a.x[b * a.ldx + i];
+        ss += v * v;
+      }
+      const float s = block_sum(ss, red);
+      if (threadIdx.x == 0) inv[b][0] = rsqrtf(s / a.cols + a.eps);
+    }
+  } else {
+    const int hpg = a.heads / a.groups, group = a.cols / a.groups;
+    for (int i = threadIdx.x; i < BATCH * a.groups; i += blockDim.x) {
+      const int b = i / a.groups, g = i % a.groups;
+      float s = 0.f;
+      for (int h = 0; h < hpg; ++h) s += a.part[b * a.heads + g * hpg + h];
+      inv[b][g] = rsqrtf(s / group + a.eps);
+    }
+  }
+  __syncthreads();
+}
+
+// acc[b] += Σ_e w[e]·x̂[b, c·E + e] for the 16-byte chunk c of a row.
+template <typename WT, int BATCH, int MODE>
+__device__ __forceinline__ void gemv_chunk(const GemvArgs& a, const uint4& u, int c, int group_chunks,
+                                           const float (&inv)[BATCH][MAX_GROUPS], float (&acc)[BATCH]) {
+  constexpr int E = 16 / sizeof(WT);
+  float wf[E], nv[E];
+  chunk_to_f32(u, wf);
+  load_f32<E>(a.xw + E * c, nv);
+  const int g = MODE == MODE_OUT ? c / group_chunks : 0;
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    float xv[E];
+    load_f32<E>(a.x + b * a.ldx + E * c, xv);
+    const float iv = inv[b][g];
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[b] += wf[e] * (xv[e] * iv * nv[e]);
+  }
+}
+
+// Row r of sequence b once its dot product s is known: MODE_OUT adds s (+ bias) into y; MODE_IN stores it, a conv
+// row through its window (the window drops its oldest input and takes the value; then SiLU(Σ_k w·window + bias)),
+// a dt row through clamp(softplus(v + dt_bias)).
+template <int MODE>
+__device__ __forceinline__ void finish_row(const GemvArgs& a, int b, int r, float s) {
+  float v = a.bias ? s + a.bias[r] : s;
+  float* out = a.y + b * a.ldy + r;
+  if (MODE == MODE_OUT) {
+    *out = *out + v;
+    return;
+  }
+  if (r >= a.conv_lo && r < a.conv_hi) {
+    const int c = r - a.conv_lo;
+    float* win = a.window + (static_cast<long long>(b) * (a.conv_hi - a.conv_lo) + c) * a.k;
+    const float* wc = a.conv_w + static_cast<long long>(c) * a.k;
+    float cv = a.conv_b ? a.conv_b[c] : 0.f;
+    for (int i = 0; i + 1 < a.k; ++i) {
+      const float o = win[i + 1];
+      win[i] = o;
+      cv += wc[i] * o;
+    }
+    win[a.k - 1] = v;
+    cv += wc[a.k - 1] * v;
+    v = silu(cv);
+  } else if (r >= a.dt_lo) {
+    float t = v + (a.dt_bias ? a.dt_bias[r - a.dt_lo] : 0.f);
+    t = t > 20.f ? t : log1pf(__expf(t));
+    v = fminf(fmaxf(t, a.dt_min), a.dt_max);
+  }
+  *out = v;
+}
+
+// Row r's results, reduced over the warp (lane 0 finishes them).
+template <int BATCH, int MODE>
+__device__ __forceinline__ void gemv_epilogue(const GemvArgs& a, int r, const float (&acc)[BATCH]) {
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    const float s = warp_sum(acc[b]);
+    if ((threadIdx.x & 31) == 0) finish_row<MODE>(a, b, r, s);
+  }
+}
+
+// y[b, r] = Σ_c W[r, c]·x̂[b, c] (+ bias[r]) for BATCH sequences, x̂ normalised as `gemv_norms` says, weights
+// streamed with loads from every lane: each warp owns rows r = warp, warp + warps in grid, ...; each lane streams
+// 16-byte chunks of its row, UNROLL of them in flight before any is used.
 template <typename WT, int BATCH, int MODE>
 __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
   constexpr int E = 16 / sizeof(WT);  // weights per 16-byte chunk
@@ -151,27 +239,7 @@ __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
     }
   }
   wait_prev_kernels();
-  if (MODE == MODE_IN) {
-#pragma unroll
-    for (int b = 0; b < BATCH; ++b) {
-      float ss = 0.f;
-      for (int i = threadIdx.x; i < a.cols; i += blockDim.x) {
-        const float v = a.x[b * a.ldx + i];
-        ss += v * v;
-      }
-      const float s = block_sum(ss, red);
-      if (threadIdx.x == 0) inv[b][0] = rsqrtf(s / a.cols + a.eps);
-    }
-  } else {
-    const int hpg = a.heads / a.groups, group = a.cols / a.groups;
-    for (int i = threadIdx.x; i < BATCH * a.groups; i += blockDim.x) {
-      const int b = i / a.groups, g = i % a.groups;
-      float s = 0.f;
-      for (int h = 0; h < hpg; ++h) s += a.part[b * a.heads + g * hpg + h];
-      inv[b][g] = rsqrtf(s / group + a.eps);
-    }
-  }
-  __syncthreads();
+  gemv_norms<BATCH, MODE>(a, inv, red);
   const int group_chunks = MODE == MODE_OUT ? chunks / a.groups : chunks;
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.rows; r += nw) {
     float acc[BATCH];
@@ -189,51 +257,132 @@ __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
       for (int k = 0; k < UNROLL; ++k) {
         const int c = c0 + 32 * k;
         if (c >= chunks) break;
-        float wf[E], nv[E];
-        chunk_to_f32(u[k], wf);
-        load_f32<E>(a.xw + E * c, nv);
-        const int g = MODE == MODE_OUT ? c / group_chunks : 0;
-#pragma unroll
-        for (int b = 0; b < BATCH; ++b) {
-          float xv[E];
-          load_f32<E>(a.x + b * a.ldx + E * c, xv);
-          const float iv = inv[b][g];
-#pragma unroll
-          for (int e = 0; e < E; ++e) acc[b] += wf[e] * (xv[e] * iv * nv[e]);
-        }
+        gemv_chunk<WT, BATCH, MODE>(a, u[k], c, group_chunks, inv, acc);
       }
     }
+    gemv_epilogue<BATCH, MODE>(a, r, acc);
+  }
+}
+
+// The same product with the weights moved by the copy engine (sm_90 bulk copies): the CTA's work is a sequence of
+// tiles of 8 rows (one per warp) x up to TILE_BYTES of each row; one thread keeps STAGES tiles in flight into
+// shared memory (the first ones requested before waiting on earlier kernels), the warps consume them in order.
+// Dynamic shared memory: STAGES x 8 x TILE_BYTES.
+constexpr int TILE_BYTES = 4096;
+constexpr int STAGES = 3;
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar))),
+               "r"(count)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_expect(uint64_t* bar, unsigned bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(bar))),
+               "r"(bytes)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#if __CUDA_ARCH__ >= 900
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(bar));
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(addr),
+      "r"(parity)
+      : "memory");
+#endif
+}
+
+// Makes barrier initialisation (init) or this thread's shared-memory accesses visible to the copy engine.
+__device__ __forceinline__ void fence_async(bool init) {
+#if __CUDA_ARCH__ >= 900
+  if (init)
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  else
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// Copies `bytes` (a multiple of 16, both ends 16-byte aligned) from global to shared memory, completing on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          static_cast<unsigned>(__cvta_generic_to_shared(dst))),
+      "l"(src), "r"(bytes), "r"(static_cast<unsigned>(__cvta_generic_to_shared(bar)))
+      : "memory");
+#endif
+}
+
+template <typename WT, int BATCH, int MODE>
+__device__ __forceinline__ void gemv_tma(const GemvArgs& a) {
+#if __CUDA_ARCH__ < 900
+  __trap();  // no bulk copies before sm_90: the launcher never picks this kernel there
+#endif
+  constexpr int E = 16 / sizeof(WT);
+  constexpr int TILE_CHUNKS = TILE_BYTES / 16;
+  extern __shared__ __align__(128) unsigned char tiles[];
+  __shared__ __align__(8) uint64_t full[STAGES];
+  __shared__ float inv[BATCH][MAX_GROUPS];
+  __shared__ float red[32];
+  const WT* w = static_cast<const WT*>(a.w);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int chunks = a.cols / E;  // 16-byte chunks per row
+  const int kt = (chunks + TILE_CHUNKS - 1) / TILE_CHUNKS;  // tiles per row block
+  const int blocks = (a.rows + 7) / 8;
+  const int my_blocks = blockIdx.x < blocks ? (blocks - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+  const int items = my_blocks * kt;
+  // Item i: row block blockIdx.x + (i / kt)·gridDim.x, columns chunks [(i % kt)·TILE_CHUNKS, ...).
+  auto issue = [&](int i) {
+    const int r0 = (blockIdx.x + (i / kt) * gridDim.x) * 8, c0 = (i % kt) * TILE_CHUNKS;
+    const int nr = min(8, a.rows - r0);
+    const unsigned bytes = 16u * min(TILE_CHUNKS, chunks - c0);
+    uint64_t* bar = &full[i % STAGES];
+    mbar_expect(bar, bytes * nr);
+    unsigned char* dst = tiles + (i % STAGES) * 8 * TILE_BYTES;
+    for (int j = 0; j < nr; ++j) bulk_copy(dst + j * TILE_BYTES, w + (r0 + j) * a.ldw + E * c0, bytes, bar);
+  };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) mbar_init(&full[s], 1);
+    fence_async(true);
+    // The weights depend on nothing earlier: the first tiles are requested before the wait.
+    for (int i = 0; i < min(STAGES, items); ++i) issue(i);
+  }
+  __syncthreads();
+  allow_next_kernel();
+  wait_prev_kernels();
+  gemv_norms<BATCH, MODE>(a, inv, red);
+  const int group_chunks = MODE == MODE_OUT ? chunks / a.groups : chunks;
+  float acc[BATCH];
+  for (int i = 0; i < items; ++i) {
+    const int r = (blockIdx.x + (i / kt) * gridDim.x) * 8 + warp, c0 = (i % kt) * TILE_CHUNKS;
+    if (i % kt == 0) {
 #pragma unroll
-    for (int b = 0; b < BATCH; ++b) {
-      const float s = warp_sum(acc[b]);
-      if (lane != 0) continue;
-      float v = a.bias ? s + a.bias[r] : s;
-      float* out = a.y + b * a.ldy + r;
-      if (MODE == MODE_OUT) {
-        *out = *out + v;
-        continue;
-      }
-      if (r >= a.conv_lo && r < a.conv_hi) {
-        // The channel's window drops its oldest input and takes v; then SiLU(Σ_k w·window + bias).
-        const int c = r - a.conv_lo;
-        float* win = a.window + (static_cast<long long>(b) * (a.conv_hi - a.conv_lo) + c) * a.k;
-        const float* wc = a.conv_w + static_cast<long long>(c) * a.k;
-        float cv = a.conv_b ? a.conv_b[c] : 0.f;
-        for (int i = 0; i + 1 < a.k; ++i) {
-          const float o = win[i + 1];
-          win[i] = o;
-          cv += wc[i] * o;
-        }
-        win[a.k - 1] = v;
-        cv += wc[a.k - 1] * v;
-        v = silu(cv);
-      } else if (r >= a.dt_lo) {
-        float t = v + (a.dt_bias ? a.dt_bias[r - a.dt_lo] : 0.f);
-        t = t > 20.f ? t : log1pf(__expf(t));
-        v = fminf(fmaxf(t, a.dt_min), a.dt_max);
-      }
-      *out = v;
+      for (int b = 0; b < BATCH; ++b) acc[b] = 0.f;
     }
+    mbar_wait(&full[i % STAGES], (i / STAGES) & 1);
+    if (r < a.rows) {
+      const uint4* tile = reinterpret_cast<const uint4*>(tiles + ((i % STAGES) * 8 + warp) * TILE_BYTES);
+      const int n = min(TILE_CHUNKS, chunks - c0);
+#pragma unroll 4
+      for (int c = lane; c < n; c += 32) gemv_chunk<WT, BATCH, MODE>(a, tile[c], c0 + c, group_chunks, inv, acc);
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+    if (threadIdx.x == 0 && i + STAGES < items) {
+      fence_async(false);
+      issue(i + STAGES);
+    }
+    if (i % kt == kt - 1 && r < a.rows) gemv_epilogue<BATCH, MODE>(a, r, acc);
   }
 }
 
@@ -243,6 +392,12 @@ __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
   }                                                                                                                 \
   extern "C" __global__ void __launch_bounds__(256) gemv_out_##NAME##_b##B(const GemvArgs a) {                    \
     gemv_fused<WT, B, MODE_OUT>(a);                                                                                 \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256) gemv_in_tma_##NAME##_b##B(const GemvArgs a) {                 \
+    gemv_tma<WT, B, MODE_IN>(a);                                                                                    \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256) gemv_out_tma_##NAME##_b##B(const GemvArgs a) {                \
+    gemv_tma<WT, B, MODE_OUT>(a);                                                                                   \
   }
 COIL_GEMV(bf16, __nv_bfloat16, 1)
 COIL_GEMV(bf16, __nv_bfloat16, 2)
@@ -252,6 +407,63 @@ COIL_GEMV(f32, float, 1)
 COIL_GEMV(f32, float, 2)
 COIL_GEMV(f32, float, 4)
 COIL_GEMV(f32, float, 8)
+
+// The batched path (many sequences): the products run as one tensor-core GEMM (cuBLAS) per matrix over bf16
+// activations. To keep f32 accuracy, x̂ is split into two bf16 rows, hi = bf16(x̂) and lo = bf16(x̂ - hi) (x̂ - hi -
+// lo is below 2^-16·|x̂|), stacked as rows b and wide_batch + b of the GEMM's input; the GEMM's f32 outputs of the
+// two rows are added back in `wide_finish`.
+// wide_split: x̂ of sequence blockIdx.x normalised as `gemv_norms` says (MODE_IN: RMSNorm; MODE_OUT: the gated
+// norm), split into `wide` (bf16 [2·wide_batch, cols]).
+template <int MODE>
+__device__ __forceinline__ void wide_split_body(const GemvArgs& a) {
+  __shared__ float inv[MAX_GROUPS];
+  __shared__ float red[32];
+  const int b = blockIdx.x;
+  allow_next_kernel();
+  wait_prev_kernels();
+  const float* x = a.x + b * a.ldx;
+  if (MODE == MODE_IN) {
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < a.cols; i += blockDim.x) ss += x[i] * x[i];
+    const float s = block_sum(ss, red);
+    if (threadIdx.x == 0) inv[0] = rsqrtf(s / a.cols + a.eps);
+  } else if (threadIdx.x < a.groups) {
+    const int g = threadIdx.x, hpg = a.heads / a.groups;
+    float s = 0.f;
+    for (int h = 0; h < hpg; ++h) s += a.part[b * a.heads + g * hpg + h];
+    inv[g] = rsqrtf(s / (a.cols / a.groups) + a.eps);
+  }
+  __syncthreads();
+  const int group = MODE == MODE_OUT ? a.cols / a.groups : a.cols;
+  __nv_bfloat16* hi = static_cast<__nv_bfloat16*>(a.wide) + static_cast<long long>(b) * a.cols;
+  __nv_bfloat16* lo = hi + static_cast<long long>(a.wide_batch) * a.cols;
+  for (int i = threadIdx.x; i < a.cols; i += blockDim.x) {
+    const float v = x[i] * inv[i / group] * a.xw[i];
+    const __nv_bfloat16 h = __float2bfloat16(v);
+    hi[i] = h;
+    lo[i] = __float2bfloat16(v - __bfloat162float(h));
+  }
+}
+
+// wide_finish: row r of sequence b from the GEMM's two halves (f32 [2·wide_batch, rows] in `wide`), then as
+// `finish_row`. grid (ceil(rows / 256), batch).
+template <int MODE>
+__device__ __forceinline__ void wide_finish_body(const GemvArgs& a) {
+  allow_next_kernel();
+  wait_prev_kernels();
+  const int r = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
+  if (r >= a.rows) return;
+  const float* p = static_cast<const float*>(a.wide);
+  finish_row<MODE>(a, b, r, p[static_cast<long long>(b) * a.rows + r] +
+                                p[static_cast<long long>(a.wide_batch + b) * a.rows + r]);
+}
+
+extern "C" __global__ void __launch_bounds__(256) wide_split_in(const GemvArgs a) { wide_split_body<MODE_IN>(a); }
+extern "C" __global__ void __launch_bounds__(256) wide_split_out(const GemvArgs a) { wide_split_body<MODE_OUT>(a); }
+extern "C" __global__ void __launch_bounds__(256) wide_finish_in(const GemvArgs a) { wide_finish_body<MODE_IN>(a); }
+extern "C" __global__ void __launch_bounds__(256) wide_finish_out(const GemvArgs a) {
+  wide_finish_body<MODE_OUT>(a);
+}
 
 // Arguments of the SSM update (mirrored by `SsmArgs` in src/decode.rs).
 struct SsmArgs {

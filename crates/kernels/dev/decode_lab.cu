@@ -1,12 +1,14 @@
 // Lab harness for the fused decode kernels (`cuda/decode.cu`).
 //   check: each kernel against a plain float64 CPU version on random inputs, outputs NaN-poisoned beforehand
 //          (gemv_in with conv/dt epilogue and as LM head, ssm_gate, gemv_out with the gated norm and residual add,
-//          embed, argmax), launched plainly; then two steps of a small whole model launched plainly, with PDL
-//          (cudaLaunchKernelEx + programmatic stream serialization) and with PDL from a CUDA graph, compared bitwise.
+//          embed, argmax), launched plainly, each GEMV case also with the `_tma` kernels (bulk copies into shared
+//          memory); then two steps of a small whole model launched plainly, with PDL (cudaLaunchKernelEx +
+//          programmatic stream serialization) and with PDL from a CUDA graph, compared bitwise, and with the tma
+//          GEMVs plainly and with PDL from a graph (bitwise against each other, within 1e-5 of the plain step).
 //   time:  gemv_in (in_proj) and gemv_out (out_proj) alone on Mamba2-2.7B's matrices with the weights rotated
 //          through 4 copies (so L2 never holds them), ssm_gate alone at batch 1 and 64, and whole decode steps
-//          (Mamba2-2.7B at batch 1 and 8, Mamba2-130M at batch 1, pseudo-random weights) replayed from CUDA graphs,
-//          PDL off/on x prefetch_iters 0/1/2 x ctas_per_sm 2/4.
+//          (Mamba2-2.7B at batch 1 and 8, Mamba2-130M at batch 1, pseudo-random weights) replayed from CUDA graphs:
+//          PDL off/on x (plain GEMVs, prefetch_iters 0 (steps) or 0/1 (alone), ctas_per_sm 2/4 | tma, ctas 1/2).
 // Not part of the build:
 //   source /work/shared/gpu/cuda-env.sh
 //   nvcc -std=c++17 -O3 -lineinfo -gencode=arch=compute_90,code=sm_90 -o /tmp/decode_lab crates/kernels/dev/decode_lab.cu
@@ -103,34 +105,51 @@ static void fill(T* p, size_t n, unsigned seed, float lo, float hi) {
 static int g_sms = 132;
 static cudaStream_t g_st;  // non-blocking: the model steps and timings (set up on stream 0, then synchronised)
 struct Launch {
-  bool pdl = false;
-  int ctas = 4, prefetch = 1;  // GEMV CTAs per SM, GemvArgs::prefetch_iters
+  bool pdl = false, tma = false;  // tma: the GEMVs are the `_tma` kernels (at most 2 CTAs per SM)
+  int ctas = 4, prefetch = 1;     // GEMV CTAs per SM, GemvArgs::prefetch_iters (ignored by the tma kernels)
   cudaStream_t st = 0;
+  size_t smem = 0;  // dynamic shared memory of the launch (run_gemv sets it for the tma kernels)
 };
+constexpr size_t TMA_SMEM = size_t(STAGES) * 8 * TILE_BYTES;
+static_assert(TMA_SMEM == 98304, "the tma GEMVs' dynamic shared memory, as src/decode.rs launches them");
 template <typename... P, typename... A>
 static void launch(const Launch& L, void (*k)(P...), dim3 grid, dim3 block, A... args) {
   if (!L.pdl) {
-    k<<<grid, block, 0, L.st>>>(args...);
+    k<<<grid, block, L.smem, L.st>>>(args...);
   } else {
     cudaLaunchAttribute attr = {};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid, cfg.blockDim = block, cfg.stream = L.st, cfg.attrs = &attr, cfg.numAttrs = 1;
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = L.smem, cfg.stream = L.st;
+    cfg.attrs = &attr, cfg.numAttrs = 1;
     CK(cudaLaunchKernelEx(&cfg, k, args...));
   }
   CK(cudaGetLastError());
 }
 
 typedef void (*GemvK)(const GemvArgs);
-static GemvK gemv_kernel(bool out, bool f32, int n) {
-  static const GemvK t[2][2][4] = {
-      {{gemv_in_bf16_b1, gemv_in_bf16_b2, gemv_in_bf16_b4, gemv_in_bf16_b8},
-       {gemv_in_f32_b1, gemv_in_f32_b2, gemv_in_f32_b4, gemv_in_f32_b8}},
-      {{gemv_out_bf16_b1, gemv_out_bf16_b2, gemv_out_bf16_b4, gemv_out_bf16_b8},
-       {gemv_out_f32_b1, gemv_out_f32_b2, gemv_out_f32_b4, gemv_out_f32_b8}}};
-  return t[out][f32][n == 1 ? 0 : n == 2 ? 1 : n == 4 ? 2 : 3];
+static GemvK gemv_kernel(bool out, bool f32, int n, bool tma = false) {
+  static const GemvK t[2][2][2][4] = {
+      {{{gemv_in_bf16_b1, gemv_in_bf16_b2, gemv_in_bf16_b4, gemv_in_bf16_b8},
+        {gemv_in_f32_b1, gemv_in_f32_b2, gemv_in_f32_b4, gemv_in_f32_b8}},
+       {{gemv_out_bf16_b1, gemv_out_bf16_b2, gemv_out_bf16_b4, gemv_out_bf16_b8},
+        {gemv_out_f32_b1, gemv_out_f32_b2, gemv_out_f32_b4, gemv_out_f32_b8}}},
+      {{{gemv_in_tma_bf16_b1, gemv_in_tma_bf16_b2, gemv_in_tma_bf16_b4, gemv_in_tma_bf16_b8},
+        {gemv_in_tma_f32_b1, gemv_in_tma_f32_b2, gemv_in_tma_f32_b4, gemv_in_tma_f32_b8}},
+       {{gemv_out_tma_bf16_b1, gemv_out_tma_bf16_b2, gemv_out_tma_bf16_b4, gemv_out_tma_bf16_b8},
+        {gemv_out_tma_f32_b1, gemv_out_tma_f32_b2, gemv_out_tma_f32_b4, gemv_out_tma_f32_b8}}}};
+  return t[tma][out][f32][n == 1 ? 0 : n == 2 ? 1 : n == 4 ? 2 : 3];
 }
+// The tma kernels' dynamic shared memory limit, once before any launch (as src/decode.rs does at load).
+static void init_tma_kernels() {
+  for (int out : {0, 1})
+    for (int f32 : {0, 1})
+      for (int n : {1, 2, 4, 8})
+        CK(cudaFuncSetAttribute(gemv_kernel(out, f32, n, true), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                int(TMA_SMEM)));
+}
+static int gemv_ctas(const Launch& L) { return L.tma ? std::min(L.ctas, 2) : L.ctas; }
 typedef void (*SsmK)(const SsmArgs);
 static SsmK ssm_kernel(int n) {
   return n == 16 ? ssm_gate_n16 : n == 32 ? ssm_gate_n32 : n == 64 ? ssm_gate_n64 : ssm_gate_n128;
@@ -138,8 +157,11 @@ static SsmK ssm_kernel(int n) {
 
 // A GEMV over `batch` sequences as src/decode.rs launches it: grid min(ceil(rows/8), SMs x ctas), groups of at
 // most 8 sequences, each group's x, y, conv windows (win_stride floats per sequence) and head sums shifted to it.
-static void run_gemv(const Launch& L, bool out, bool f32, GemvArgs a, int batch, long long win_stride) {
-  const int grid = std::max(1, std::min((a.rows + 7) / 8, g_sms * L.ctas));
+// The tma kernels: at most 2 CTAs per SM, TMA_SMEM bytes of dynamic shared memory.
+static void run_gemv(const Launch& L0, bool out, bool f32, GemvArgs a, int batch, long long win_stride) {
+  Launch L = L0;
+  L.smem = L.tma ? TMA_SMEM : 0;
+  const int grid = std::max(1, std::min((a.rows + 7) / 8, g_sms * gemv_ctas(L)));
   a.prefetch_iters = L.prefetch;
   for (int b0 = 0; b0 < batch;) {
     const int r = batch - b0, n = r == 1 ? 1 : r < 4 ? 2 : r < 8 ? 4 : 8;
@@ -148,7 +170,7 @@ static void run_gemv(const Launch& L, bool out, bool f32, GemvArgs a, int batch,
     g.y = a.y + b0 * a.ldy;
     if (a.window) g.window = a.window + b0 * win_stride;
     if (a.part) g.part = a.part + b0 * a.heads;
-    launch(L, gemv_kernel(out, f32, n), dim3(grid), dim3(256), g);
+    launch(L, gemv_kernel(out, f32, n, L.tma), dim3(grid), dim3(256), g);
     b0 += n;
   }
 }
@@ -171,7 +193,7 @@ struct InCase {
 };
 static int check_gemv_in(const InCase& k) {
   const int E = k.f32 ? 4 : 8, I = 512, G = 2, N = 64, H = 10, K = 4, C = I + 2 * G * N;
-  const int rows = k.head ? 1500 : I + C + H, cols = k.cols, batch = k.batch;
+  const int rows = k.head ? 4100 : I + C + H, cols = k.cols, batch = k.batch;  // neither a multiple of 8
   const int conv_lo = k.head ? rows : I, conv_hi = k.head ? rows : I + C, dt_lo = k.head ? rows : I + C;
   const long long ldw = cols + E, ldx = cols + 8, ldy = rows + 2;
   const float eps = 1e-5f, lo = k.narrow_dt ? 0.01f : 0.f, hi = k.narrow_dt ? 0.5f : INFINITY;
@@ -215,28 +237,37 @@ static int check_gemv_in(const InCase& k) {
   a.ldw = ldw, a.ldx = ldx, a.ldy = ldy, a.rows = rows, a.cols = cols;
   a.conv_lo = conv_lo, a.conv_hi = conv_hi, a.k = K, a.dt_lo = dt_lo, a.heads = 1, a.groups = 1;
   a.eps = eps, a.dt_min = lo, a.dt_max = hi;
-  Launch L;
-  L.ctas = k.ctas, L.prefetch = 2;  // prefetch without PDL: a no-op for the result, but its bounds are exercised
-  run_gemv(L, false, k.f32, a, batch, (long long)C * K);
-  CK(cudaDeviceSynchronize());
-  const std::vector<float> got = down(dy, batch * ldy);
-  // Each part of the rows on its own, so the large z rows do not hide an error in the small dt rows.
-  auto part = [&](int r0, int r1) {
-    std::vector<float> g;
-    std::vector<double> wv;
-    for (int b = 0; b < batch; ++b)
-      for (int r = r0; r < r1; ++r) g.push_back(got[b * ldy + r]), wv.push_back(want[size_t(b) * rows + r]);
-    return rel_err(g, wv);
-  };
-  double err = part(0, conv_lo);
-  if (!k.head) err = std::max({err, part(conv_lo, conv_hi), part(dt_lo, rows), rel_err(down(dwin, win.size()), wwin)});
-  char name[128], dt[32];
-  std::snprintf(dt, sizeof dt, k.head ? " LM head" : " dt(%g,%g)", lo, hi);
-  std::snprintf(name, sizeof name, "gemv_in %s b%d %dx%d%s%s ctas %d", k.f32 ? "f32" : "bf16", batch, rows, cols,
-                k.biases ? " +biases" : "", dt, k.ctas);
+  int fails = 0;
+  for (bool tma : {false, true}) {  // the same inputs and reference; the windows restored, the output re-poisoned
+    if (tma) {
+      CK(cudaMemcpy(dwin, win.data(), win.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemset(dy, 0xff, size_t(batch) * ldy * 4));
+    }
+    Launch L;
+    L.tma = tma, L.ctas = k.ctas, L.prefetch = 2;  // prefetch without PDL: a no-op for the result, bounds exercised
+    run_gemv(L, false, k.f32, a, batch, (long long)C * K);
+    CK(cudaDeviceSynchronize());
+    const std::vector<float> got = down(dy, batch * ldy);
+    // Each part of the rows on its own, so the large z rows do not hide an error in the small dt rows.
+    auto part = [&](int r0, int r1) {
+      std::vector<float> g;
+      std::vector<double> wv;
+      for (int b = 0; b < batch; ++b)
+        for (int r = r0; r < r1; ++r) g.push_back(got[b * ldy + r]), wv.push_back(want[size_t(b) * rows + r]);
+      return rel_err(g, wv);
+    };
+    double err = part(0, conv_lo);
+    if (!k.head)
+      err = std::max({err, part(conv_lo, conv_hi), part(dt_lo, rows), rel_err(down(dwin, win.size()), wwin)});
+    char name[128], dt[32];
+    std::snprintf(dt, sizeof dt, k.head ? " LM head" : " dt(%g,%g)", lo, hi);
+    std::snprintf(name, sizeof name, "gemv_in%s %s b%d %dx%d%s%s ctas %d", tma ? "_tma" : "", k.f32 ? "f32" : "bf16",
+                  batch, rows, cols, k.biases ? " +biases" : "", dt, gemv_ctas(L));
+    fails += report(name, err, 1e-5);
+  }
   cudaFree(dw), cudaFree(dbias), cudaFree(dx), cudaFree(dxw), cudaFree(dwin), cudaFree(dcw), cudaFree(dcb);
   cudaFree(ddtb), cudaFree(dy);
-  return report(name, err, 1e-5);
+  return fails;
 }
 
 // ssm_gate on an in_proj output row layout z | x B C | dt with a padded row stride; state, yg and the head sums.
@@ -289,8 +320,8 @@ static int check_ssm(int N, int P, int G, int batch) {
 }
 
 // gemv_out: residual += W·(RMSNorm_group(yg)·w) (+ bias), the group norms from the heads' sums of squares.
-static int check_gemv_out(bool f32, int G, int batch, int ctas) {
-  const int E = f32 ? 4 : 8, H = 24, P = 64, cols = H * P, rows = 1100, hpg = H / G, group = cols / G;
+static int check_gemv_out(bool f32, int G, int batch, int ctas, int P = 64) {
+  const int E = f32 ? 4 : 8, H = 24, cols = H * P, rows = 1100, hpg = H / G, group = cols / G;
   const long long ldw = cols + E, ldx = cols + 8, ldy = rows + 3;
   const float eps = 1e-5f;
   const bool with_bias = G != 2;
@@ -327,18 +358,23 @@ static int check_gemv_out(bool f32, int G, int batch, int ctas) {
   a.w = dw, a.bias = with_bias ? dbias : nullptr, a.x = dx, a.xw = dxw, a.part = dp, a.y = dy;
   a.ldw = ldw, a.ldx = ldx, a.ldy = ldy, a.rows = rows, a.cols = cols;
   a.conv_lo = rows, a.conv_hi = rows, a.k = 1, a.dt_lo = rows, a.heads = H, a.groups = G, a.eps = eps;
-  Launch L;
-  L.ctas = ctas, L.prefetch = 2;
-  run_gemv(L, true, f32, a, batch, 0);
-  CK(cudaDeviceSynchronize());
-  const std::vector<float> gy = down(dy, batch * ldy);
-  std::vector<float> got;
-  for (int b = 0; b < batch; ++b) got.insert(got.end(), gy.begin() + b * ldy, gy.begin() + b * ldy + rows);
-  char name[128];
-  std::snprintf(name, sizeof name, "gemv_out %s b%d %dx%d groups %d (%d heads)%s ctas %d", f32 ? "f32" : "bf16",
-                batch, rows, cols, G, H, with_bias ? " +bias" : "", ctas);
+  int fails = 0;
+  for (bool tma : {false, true}) {  // the same inputs and reference; the residual restored in between
+    if (tma) CK(cudaMemcpy(dy, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
+    Launch L;
+    L.tma = tma, L.ctas = ctas, L.prefetch = 2;
+    run_gemv(L, true, f32, a, batch, 0);
+    CK(cudaDeviceSynchronize());
+    const std::vector<float> gy = down(dy, batch * ldy);
+    std::vector<float> got;
+    for (int b = 0; b < batch; ++b) got.insert(got.end(), gy.begin() + b * ldy, gy.begin() + b * ldy + rows);
+    char name[128];
+    std::snprintf(name, sizeof name, "gemv_out%s %s b%d %dx%d groups %d (%d heads)%s ctas %d", tma ? "_tma" : "",
+                  f32 ? "f32" : "bf16", batch, rows, cols, G, H, with_bias ? " +bias" : "", gemv_ctas(L));
+    fails += report(name, rel_err(got, want), 1e-5);
+  }
   cudaFree(dw), cudaFree(dbias), cudaFree(dx), cudaFree(dxw), cudaFree(dy), cudaFree(dp);
-  return report(name, rel_err(got, want), 1e-5);
+  return fails;
 }
 
 static int check_embed(bool f32) {
@@ -529,17 +565,18 @@ static cudaGraphExec_t capture(const std::function<void()>& record) {
 
 // Two steps of a small model (2 layers, hidden 64, 8 heads of 16, state 16, 2 groups, vocab 256, batch 3: GEMV
 // groups 2 + 1), each after an ids copy as the engine does: plainly, with PDL, and with PDL from a CUDA graph;
-// logits, picks, residual, states and windows must agree bit for bit.
+// logits, picks, residual, states and windows must agree bit for bit. Then with the tma GEMVs (another summation
+// order) plainly and with PDL from a graph: bitwise against each other, within 1e-5 (relative) of the plain step.
 static int check_step_pdl() {
   const Dims d{"small", 64, 128, 8, 16, 16, 2, 4, 2, 256};
   const int batch = 3;
   Model m = make_model(d, batch);
   const std::vector<unsigned> ids[2] = {{5, 255, 0}, {17, 3, 200}};
-  auto run = [&](int variant) {
+  auto run = [&](int variant) {  // 0 plain, 1 PDL, 2 PDL graph, 3 tma plain, 4 tma PDL graph
     init_state(m);
     Launch L;
-    L.pdl = variant > 0, L.st = g_st;
-    cudaGraphExec_t ex = variant == 2 ? capture([&] { step(m, L, batch); }) : nullptr;
+    L.pdl = variant != 0 && variant != 3, L.tma = variant >= 3, L.st = g_st;
+    cudaGraphExec_t ex = variant == 2 || variant == 4 ? capture([&] { step(m, L, batch); }) : nullptr;
     for (int t = 0; t < 2; ++t) {
       CK(cudaMemcpyAsync(m.ids, ids[t].data(), batch * 4, cudaMemcpyHostToDevice, g_st));
       if (ex) CK(cudaGraphLaunch(ex, g_st));
@@ -558,17 +595,23 @@ static int check_step_pdl() {
     for (unsigned v : down(m.picked, 2 * batch)) o.push_back(float(v));
     return o;
   };
-  const std::vector<float> plain = run(0), pdl = run(1), graph = run(2);
+  const std::vector<float> plain = run(0), pdl = run(1), graph = run(2), tma = run(3), tma_graph = run(4);
   size_t bad = 0;
   for (int i = 0; i < batch * d.V; ++i) bad += !std::isfinite(plain[i]);
   int fails = report("small model step x2, plain: logits finite", bad ? 1.0 : 0.0, 0);
-  auto diff = [&](const std::vector<float>& v) {
+  auto diff = [&](const std::vector<float>& v, const std::vector<float>& ref) {
     size_t n = 0;
-    for (size_t i = 0; i < v.size(); ++i) n += std::memcmp(&v[i], &plain[i], 4) != 0;
+    for (size_t i = 0; i < v.size(); ++i) n += std::memcmp(&v[i], &ref[i], 4) != 0;
     return double(n) / v.size();
   };
-  fails += report("small model step x2, PDL vs plain: bitwise (share differing)", diff(pdl), 0);
-  fails += report("small model step x2, PDL graph vs plain: bitwise (share differing)", diff(graph), 0);
+  fails += report("small model step x2, PDL vs plain: bitwise (share differing)", diff(pdl, plain), 0);
+  fails += report("small model step x2, PDL graph vs plain: bitwise (share differing)", diff(graph, plain), 0);
+  fails += report("small model step x2, tma PDL graph vs tma plain: bitwise", diff(tma_graph, tma), 0);
+  // Everything but the picks (an index moves by a whole step on a near tie), against the plain step.
+  const size_t n = plain.size() - 2 * batch;
+  fails += report("small model step x2, tma plain vs plain: relative",
+                  rel_err(std::vector<float>(tma.begin(), tma.begin() + n),
+                          std::vector<double>(plain.begin(), plain.begin() + n)), 1e-5);
   free_model(m);
   return fails;
 }
@@ -581,7 +624,10 @@ static int check_all() {
       const int b = batches[i], cols = b == 4 ? (f32 ? 1036 : 2568) : (f32 ? 200 : 264);
       fails += check_gemv_in(InCase{f32, b, cols, i % 2 == 0, (i / 2) % 2 == 1, false, i % 2 ? 1 : 4});
     }
+    // Rows of 5200 / 4400 bytes: a full tile and a partial one per row for the tma kernels.
+    fails += check_gemv_in(InCase{f32, 3, f32 ? 1100 : 2600, true, true, false, 1});
     fails += check_gemv_in(InCase{f32, 3, f32 ? 200 : 264, f32, false, true, 1});
+    fails += check_gemv_in(InCase{f32, 2, f32 ? 1100 : 2600, false, false, true, 4});
   }
   for (int N : {16, 64, 128})
     for (int P : {16, 64})
@@ -591,6 +637,8 @@ static int check_all() {
     for (int G : {1, 2, 8})
       for (int b : {1, 4}) fails += check_gemv_out(f32, G, b, b == 1 ? 1 : 4);
   fails += check_gemv_out(false, 2, 11, 1);
+  fails += check_gemv_out(false, 8, 2, 1, 112);  // bf16 rows of 5376 bytes: a partial second tile
+  fails += check_gemv_out(true, 1, 3, 4, 48);     // f32 rows of 4608 bytes
   fails += check_embed(false) + check_embed(true);
   fails += check_argmax();
   fails += check_step_pdl();
@@ -643,28 +691,37 @@ static void time_kernels() {
   CK(cudaDeviceSynchronize());
   const double in_bytes = 2.0 * m.rows * d.D, out_bytes = 2.0 * d.D * d.I;
   std::printf("occupancy, CTAs of 256 per SM, bf16 b1/b2/b4/b8:");
-  for (int out : {0, 1})
-    for (int n : {1, 2, 4, 8}) {
-      int occ = 0;
-      CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, gemv_kernel(out, false, n), 256, 0));
-      std::printf("%s%d", n == 1 ? (out ? "  gemv_out " : " gemv_in ") : "/", occ);
-    }
-  std::printf("\n");
-  for (int pdl : {0, 1})
-    for (int ctas : {2, 4})
-      for (int pf : {0, 1, 2}) {
-        Launch L;
-        L.pdl = pdl, L.ctas = ctas, L.prefetch = pf, L.st = g_st;
-        const float t_in = graph_ms([&] {
-          for (int j = 0; j < 8; ++j) run_gemv(L, false, false, in_proj_args(m, j % 4), 1, (long long)m.C * d.K);
-        }) / 8;
-        const float t_out = graph_ms([&] {
-          for (int j = 0; j < 8; ++j) run_gemv(L, true, false, out_proj_args(m, j % 4), 1, 0);
-        }) / 8;
-        std::printf("time 2.7B pdl %d ctas %d prefetch %d: gemv_in %dx%d b1 %.2f us %.2f TB/s | gemv_out %dx%d b1 "
-                    "%.2f us %.2f TB/s\n", pdl, ctas, pf, m.rows, d.D, t_in * 1e3, in_bytes / (t_in * 1e-3) / 1e12, d.D,
-                    d.I, t_out * 1e3, out_bytes / (t_out * 1e-3) / 1e12);
+  for (int tma : {0, 1})
+    for (int out : {0, 1})
+      for (int n : {1, 2, 4, 8}) {
+        int occ = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, gemv_kernel(out, false, n, tma), 256,
+                                                         tma ? TMA_SMEM : 0));
+        std::printf("%s%s%d", n == 1 ? (out ? "  gemv_out" : " gemv_in") : "/", n == 1 ? (tma ? "_tma " : " ") : "",
+                    occ);
       }
+  std::printf("\n");
+  std::vector<Launch> cfgs;  // plain GEMVs: ctas 2/4 x prefetch 0/1; tma: ctas 1/2
+  for (int pdl : {0, 1}) {
+    Launch L;
+    L.pdl = pdl, L.st = g_st;
+    for (int ctas : {2, 4})
+      for (int pf : {0, 1}) L.ctas = ctas, L.prefetch = pf, cfgs.push_back(L);
+    L.tma = true, L.prefetch = 0;
+    for (int ctas : {1, 2}) L.ctas = ctas, cfgs.push_back(L);
+  }
+  for (const Launch& L : cfgs) {
+    const float t_in = graph_ms([&] {
+      for (int j = 0; j < 8; ++j) run_gemv(L, false, false, in_proj_args(m, j % 4), 1, (long long)m.C * d.K);
+    }) / 8;
+    const float t_out = graph_ms([&] {
+      for (int j = 0; j < 8; ++j) run_gemv(L, true, false, out_proj_args(m, j % 4), 1, 0);
+    }) / 8;
+    std::printf("time 2.7B pdl %d %-5s ctas %d prefetch %s: gemv_in %dx%d b1 %.2f us %.2f TB/s | gemv_out %dx%d "
+                "b1 %.2f us %.2f TB/s\n", int(L.pdl), L.tma ? "tma" : "plain", L.ctas,
+                L.tma ? "-" : std::to_string(L.prefetch).c_str(), m.rows, d.D, t_in * 1e3,
+                in_bytes / (t_in * 1e-3) / 1e12, d.D, d.I, t_out * 1e3, out_bytes / (t_out * 1e-3) / 1e12);
+  }
   free_model(m);
   for (int batch : {1, 64}) {
     // 2.7B's SSM sizes, 4 layers of state; only proj, the states, yg and part are used.
@@ -685,20 +742,22 @@ static void time_kernels() {
   }
 }
 
-// Whole decode steps replayed from CUDA graphs: PDL off/on x prefetch_iters 0/1/2 x ctas_per_sm 2/4.
+// Whole decode steps replayed from CUDA graphs: PDL off/on x (plain GEMVs, prefetch_iters 0, ctas_per_sm 2/4 |
+// tma GEMVs, ctas_per_sm 1/2).
 static void time_steps(const Dims& d, std::vector<int> batches) {
   Model m = make_model(d, *std::max_element(batches.begin(), batches.end()));
   init_state(m);
   for (int batch : batches)
     for (int pdl : {0, 1})
-      for (int pf : {0, 1, 2})
-        for (int ctas : {2, 4}) {
+      for (int tma : {0, 1})
+        for (int ctas : {tma ? 1 : 2, tma ? 2 : 4}) {
           Launch L;
-          L.pdl = pdl, L.ctas = ctas, L.prefetch = pf, L.st = g_st;
+          L.pdl = pdl, L.tma = tma, L.ctas = ctas, L.prefetch = 0, L.st = g_st;
           const float ms = graph_ms([&] { step(m, L, batch); });
           const double bytes = m.weight_bytes() + 2 * m.state_bytes(batch);
-          std::printf("time %s step b%d pdl %d prefetch %d ctas %d: %.3f ms, %.0f tok/s, %.2f GB -> %.2f TB/s\n",
-                      d.name, batch, pdl, pf, ctas, ms, batch * 1e3 / ms, bytes / 1e9, bytes / (ms * 1e-3) / 1e12);
+          std::printf("time %s step b%d pdl %d %-5s ctas %d: %.3f ms, %.0f tok/s, %.2f GB -> %.2f TB/s\n", d.name,
+                      batch, pdl, tma ? "tma" : "plain", ctas, ms, batch * 1e3 / ms, bytes / 1e9,
+                      bytes / (ms * 1e-3) / 1e12);
         }
   free_model(m);
 }
@@ -715,6 +774,11 @@ int main(int argc, char** argv) {
   std::printf("device %s sm_%d%d, %d SMs, L2 %d MB\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
               prop.l2CacheSize >> 20);
   CK(cudaStreamCreateWithFlags(&g_st, cudaStreamNonBlocking));
+  if (prop.major < 9) {
+    std::fprintf(stderr, "the tma GEMVs need sm_90\n");
+    return 2;
+  }
+  init_tma_kernels();
   int fails = 0;
   if (mode == "check" || mode == "all") fails = check_all();
   if (mode == "time" || mode == "all") {

@@ -10,6 +10,7 @@
 //! once per batch and replayed for every token (`coil_infer::cuda_step`).
 
 use crate::module::{function, KernelError, Result, DECODE};
+use candle_core::cuda_backend::cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use candle_core::cuda_backend::cudarc::driver::sys::{
     self, CUdevice_attribute, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
 };
@@ -75,9 +76,19 @@ pub struct Sched {
     pub ctas_per_sm: u32,
     /// GEMVs: how many of each CTA's row iterations it requests into L2 before waiting on earlier kernels.
     pub prefetch_iters: u32,
+    /// GEMVs: weights moved into shared memory by bulk copies (the `_tma` kernels, sm_90) instead of loads from
+    /// every lane.
+    pub tma: bool,
     /// Streaming multiprocessors of the device.
     pub sms: u32,
 }
+
+/// Bytes of one row's slice in a bulk-copied tile, and tiles in flight per CTA (`TILE_BYTES`, `STAGES` in
+/// `cuda/decode.cu`).
+const TMA_TILE_BYTES: u32 = 4096;
+const TMA_STAGES: u32 = 3;
+/// Dynamic shared memory of a `_tma` GEMV CTA: STAGES tiles of 8 rows.
+const TMA_SMEM: u32 = TMA_STAGES * 8 * TMA_TILE_BYTES;
 
 impl Sched {
     /// The measured defaults for the device of `stream` (`notes/decode.md`): PDL and L2 prefetch on compute
@@ -92,17 +103,23 @@ impl Sched {
             pdl: major >= 9 && env("COIL_DECODE_PDL").is_none_or(|v| v != 0),
             ctas_per_sm: env("COIL_DECODE_CTAS").unwrap_or(4).clamp(1, 8),
             prefetch_iters: if major >= 9 {
-                env("COIL_DECODE_PREFETCH").unwrap_or(1)
+                env("COIL_DECODE_PREFETCH").unwrap_or(0)
             } else {
                 0
             },
+            tma: major >= 9 && env("COIL_DECODE_TMA").is_none_or(|v| v != 0),
             sms: sms.max(1) as u32,
         })
     }
 
     fn gemv_grid(&self, rows: usize) -> u32 {
-        let waves = (self.sms * self.ctas_per_sm) as usize;
-        rows.div_ceil(8).clamp(1, waves) as u32
+        // The bulk-copy kernel keeps 96 KB of tiles per CTA: at most two CTAs fit an SM.
+        let per_sm = if self.tma {
+            self.ctas_per_sm.min(2)
+        } else {
+            self.ctas_per_sm
+        };
+        rows.div_ceil(8).clamp(1, (self.sms * per_sm) as usize) as u32
     }
 }
 
@@ -114,8 +131,7 @@ impl Sched {
 unsafe fn launch(
     stream: &CudaStream,
     f: &CudaFunction,
-    grid: (u32, u32),
-    block: u32,
+    (grid, block, smem): ((u32, u32), u32, u32),
     params: &mut [*mut c_void],
     pdl: bool,
 ) -> Result<()> {
@@ -131,7 +147,7 @@ unsafe fn launch(
         blockDimX: block,
         blockDimY: 1,
         blockDimZ: 1,
-        sharedMemBytes: 0,
+        sharedMemBytes: smem,
         hStream: stream.cu_stream(),
         attrs: &mut attr,
         numAttrs: u32::from(pdl),
@@ -230,6 +246,7 @@ struct GemvArgs {
     conv_w: u64,
     conv_b: u64,
     dt_bias: u64,
+    wide: u64,
     ldw: i64,
     ldx: i64,
     ldy: i64,
@@ -242,11 +259,12 @@ struct GemvArgs {
     heads: i32,
     groups: i32,
     prefetch_iters: i32,
+    wide_batch: i32,
     eps: f32,
     dt_min: f32,
     dt_max: f32,
 }
-const _: () = assert!(std::mem::size_of::<GemvArgs>() == 152);
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 168);
 
 /// The argument block of the SSM update; mirrors `SsmArgs` in `cuda/decode.cu`.
 #[repr(C)]
@@ -301,7 +319,29 @@ fn gemv_function(
     mode: &str,
     w: &Weights<'_>,
     n: usize,
+    tma: bool,
 ) -> Result<CudaFunction> {
+    if tma {
+        let name: &'static str = match (mode, w.suffix(), n) {
+            ("in", "bf16", 1) => "gemv_in_tma_bf16_b1",
+            ("in", "bf16", 2) => "gemv_in_tma_bf16_b2",
+            ("in", "bf16", 4) => "gemv_in_tma_bf16_b4",
+            ("in", "bf16", _) => "gemv_in_tma_bf16_b8",
+            ("in", _, 1) => "gemv_in_tma_f32_b1",
+            ("in", _, 2) => "gemv_in_tma_f32_b2",
+            ("in", _, 4) => "gemv_in_tma_f32_b4",
+            ("in", _, _) => "gemv_in_tma_f32_b8",
+            (_, "bf16", 1) => "gemv_out_tma_bf16_b1",
+            (_, "bf16", 2) => "gemv_out_tma_bf16_b2",
+            (_, "bf16", 4) => "gemv_out_tma_bf16_b4",
+            (_, "bf16", _) => "gemv_out_tma_bf16_b8",
+            (_, _, 1) => "gemv_out_tma_f32_b1",
+            (_, _, 2) => "gemv_out_tma_f32_b2",
+            (_, _, 4) => "gemv_out_tma_f32_b4",
+            _ => "gemv_out_tma_f32_b8",
+        };
+        return function(stream.context(), &DECODE, name, TMA_SMEM);
+    }
     let name: &'static str = match (mode, w.suffix(), n) {
         ("in", "bf16", 1) => "gemv_in_bf16_b1",
         ("in", "bf16", 2) => "gemv_in_bf16_b2",
@@ -343,17 +383,140 @@ fn launch_gemv_groups(
             4..=7 => 4,
             _ => 8,
         };
-        let f = gemv_function(stream, mode, w, n)?;
+        let f = gemv_function(stream, mode, w, n, sched.tma)?;
         let mut a = args;
         shift(&mut a, b0);
         let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+        let smem = if sched.tma { TMA_SMEM } else { 0 };
         // SAFETY: the caller checked that W, x, y, the norm weight and the epilogue's buffers hold every element
         // the kernel touches for sequences b0 .. b0 + n (rows of `cols` at their strides, 16-byte aligned where
-        // it loads 16 bytes); `a` is the kernel's one argument, laid out as its C struct.
-        unsafe { launch(stream, &f, (grid, 1), 256, &mut params, sched.pdl)? };
+        // it loads 16 bytes); `a` is the kernel's one argument, laid out as its C struct. The bulk-copy kernels
+        // (only with `tma`, which needs sm_90) get their tiles' shared memory.
+        unsafe { launch(stream, &f, ((grid, 1), 256, smem), &mut params, sched.pdl)? };
         b0 += n;
     }
     Ok(())
+}
+
+/// A cuBLAS handle on the decode stream with its own workspace, so its GEMMs can be captured into a CUDA graph.
+pub struct Blas {
+    handle: CudaBlas,
+    _workspace: CudaSlice<u8>,
+}
+
+impl Blas {
+    const WORKSPACE: usize = 32 << 20;
+
+    pub fn new(stream: &Arc<CudaStream>) -> Result<Self> {
+        let handle = CudaBlas::new(stream.clone()).map_err(blas_err)?;
+        let workspace = stream.alloc_zeros::<u8>(Self::WORKSPACE)?;
+        let ptr = workspace.device_ptr(stream).0;
+        // SAFETY: the workspace lives as long as the handle (both are fields of `Blas`; the handle is dropped
+        // first) and is not used by anything else.
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(*handle.handle(), ptr as *mut c_void, Self::WORKSPACE)
+                .result()
+                .map_err(blas_err)?;
+        }
+        Ok(Blas {
+            handle,
+            _workspace: workspace,
+        })
+    }
+}
+
+fn blas_err(e: blas_result::CublasError) -> KernelError {
+    KernelError::Blas(format!("{e:?}"))
+}
+
+/// The batched path of [`gemv_in`] and [`gemv_out`] for many sequences (bf16 weights): x̂ split into two bf16 rows
+/// per sequence (`x2`: `[2·batch, cols]`), one cuBLAS GEMM into `p2` (`[2·batch, rows]` f32), then the halves
+/// added and finished as the fused kernels finish a row.
+pub struct Wide<'a> {
+    pub blas: &'a Blas,
+    pub x2: &'a mut CudaSlice<bf16>,
+    pub p2: &'a mut CudaSlice<f32>,
+}
+
+/// Runs `a` (arguments checked by the caller) on the batched path.
+fn launch_wide(
+    stream: &Arc<CudaStream>,
+    sched: &Sched,
+    mode: &str,
+    w: &Weights<'_>,
+    d: &GemvDims,
+    mut a: GemvArgs,
+    wide: &mut Wide<'_>,
+) -> Result<()> {
+    let Weights::Bf16(_) = w else {
+        return Err(KernelError::Unsupported(
+            "the batched decode path takes bf16 weights".into(),
+        ));
+    };
+    let m2 = 2 * d.batch;
+    check_rows("batched x̂", wide.x2.len(), m2, d.cols, d.cols)?;
+    check_rows("batched products", wide.p2.len(), m2, d.rows, d.rows)?;
+    let (m2_i, rows, cols, ldw) = (
+        to_i32("batch", m2)?,
+        to_i32("rows", d.rows)?,
+        to_i32("cols", d.cols)?,
+        to_i32("W row stride", d.ldw)?,
+    );
+    let s: &CudaStream = stream;
+    let x2 = wide.x2.device_ptr_mut(s).0;
+    let p2 = wide.p2.device_ptr_mut(s).0;
+    a.wide_batch = d.batch as i32;
+    let (split, finish) = if mode == "in" {
+        ("wide_split_in", "wide_finish_in")
+    } else {
+        ("wide_split_out", "wide_finish_out")
+    };
+    a.wide = x2;
+    let f = function(stream.context(), &DECODE, split, 0)?;
+    let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+    // SAFETY: x holds `batch` rows of `cols` (checked by the caller), x2 2·batch rows of `cols` (checked above).
+    unsafe {
+        launch(
+            stream,
+            &f,
+            ((d.batch as u32, 1), 256, 0),
+            &mut params,
+            sched.pdl,
+        )?
+    };
+    let (one, zero) = (1f32, 0f32);
+    // SAFETY: W holds `rows` rows of `cols` at stride ldw, x2 2·batch rows of `cols`, p2 2·batch rows of `rows`
+    // (checked above and by the caller); the handle runs on `stream` with its own workspace.
+    unsafe {
+        blas_result::gemm_ex(
+            *wide.blas.handle.handle(),
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            rows,
+            m2_i,
+            cols,
+            (&one as *const f32).cast(),
+            a.w as *const c_void,
+            blas_sys::cudaDataType_t::CUDA_R_16BF,
+            ldw,
+            x2 as *const c_void,
+            blas_sys::cudaDataType_t::CUDA_R_16BF,
+            cols,
+            (&zero as *const f32).cast(),
+            p2 as *mut c_void,
+            blas_sys::cudaDataType_t::CUDA_R_32F,
+            rows,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(blas_err)?;
+    }
+    a.wide = p2;
+    let f = function(stream.context(), &DECODE, finish, 0)?;
+    let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+    let grid = (d.rows.div_ceil(256) as u32, d.batch as u32);
+    // SAFETY: p2 holds 2·batch rows of `rows`, y and the epilogue's buffers `batch` rows (checked by the caller).
+    unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) }
 }
 
 /// The fused in_proj GEMV: `y = W·(RMSNorm(x)·norm_w) (+ bias)` for every sequence, then the conv rows and dt rows
@@ -371,6 +534,7 @@ pub fn gemv_in(
     d: GemvDims,
     conv: Option<ConvRows<'_>>,
     dt: Option<DtRows<'_>>,
+    wide: Option<&mut Wide<'_>>,
 ) -> Result<()> {
     if d.rows == 0 || d.batch == 0 {
         return Ok(());
@@ -443,6 +607,9 @@ pub fn gemv_in(
     check_align("gemv_in W", a.w, 16)?;
     check_align("gemv_in x", a.x, 16)?;
     check_align("gemv_in norm weight", a.xw, 16)?;
+    if let Some(wide) = wide {
+        return launch_wide(stream, sched, "in", w, &d, a, wide);
+    }
     let (ldx, ldy) = (d.ldx as u64 * 4, d.ldy as u64 * 4);
     let (x0, y0, win0) = (a.x, a.y, a.window);
     launch_gemv_groups(stream, sched, "in", w, &d, a, |a, b0| {
@@ -477,6 +644,7 @@ pub fn gemv_out(
     norm: GatedNorm,
     y: &mut CudaSlice<f32>,
     d: GemvDims,
+    wide: Option<&mut Wide<'_>>,
 ) -> Result<()> {
     if d.rows == 0 || d.batch == 0 {
         return Ok(());
@@ -526,6 +694,9 @@ pub fn gemv_out(
     check_align("gemv_out W", a.w, 16)?;
     check_align("gemv_out x", a.x, 16)?;
     check_align("gemv_out norm weight", a.xw, 16)?;
+    if let Some(wide) = wide {
+        return launch_wide(stream, sched, "out", w, &d, a, wide);
+    }
     let (ldx, ldy) = (d.ldx as u64 * 4, d.ldy as u64 * 4);
     let (x0, y0, p0) = (a.x, a.y, a.part);
     launch_gemv_groups(stream, sched, "out", w, &d, a, |a, b0| {
@@ -641,8 +812,7 @@ pub fn ssm_gate(
         launch(
             stream,
             &f,
-            (d.heads as u32, d.batch as u32),
-            4 * d.head_dim as u32,
+            ((d.heads as u32, d.batch as u32), 4 * d.head_dim as u32, 0),
             &mut params,
             sched.pdl,
         )
@@ -689,7 +859,15 @@ pub fn embed(
     ];
     // SAFETY: the table holds `rows` rows of `cols` at stride `ld_table`, ids `batch` entries (each below `rows`,
     // the caller's contract) and the output `batch` rows of `cols`; the parameters match the kernel's.
-    unsafe { launch(stream, &f, (batch as u32, 1), 256, &mut params, sched.pdl) }
+    unsafe {
+        launch(
+            stream,
+            &f,
+            ((batch as u32, 1), 256, 0),
+            &mut params,
+            sched.pdl,
+        )
+    }
 }
 
 /// Greedy choice per sequence: `out[2b]` = the first index of the largest of `logits[b, :n]` (0 when none is above
@@ -720,7 +898,15 @@ pub fn argmax(
         (&mut o_ptr as *mut u64).cast(),
     ];
     // SAFETY: the logits hold `batch` rows of `n` at stride `ld` and the output 2·batch entries (checked above).
-    unsafe { launch(stream, &f, (batch as u32, 1), 1024, &mut params, sched.pdl) }
+    unsafe {
+        launch(
+            stream,
+            &f,
+            ((batch as u32, 1), 1024, 0),
+            &mut params,
+            sched.pdl,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -762,10 +948,13 @@ mod tests {
             pdl: true,
             ctas_per_sm: 4,
             prefetch_iters: 1,
+            tma: false,
             sms: 132,
         };
         assert_eq!(s.gemv_grid(10576), 528);
         assert_eq!(s.gemv_grid(100), 13);
         assert_eq!(s.gemv_grid(0), 1);
+        let t = Sched { tma: true, ..s };
+        assert_eq!(t.gemv_grid(10576), 264);
     }
 }

@@ -22,6 +22,8 @@ pub enum KernelError {
     Invalid { kernel: &'static str, what: String },
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),
+    #[error("cuBLAS: {0}")]
+    Blas(String),
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;
