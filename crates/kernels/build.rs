@@ -14,6 +14,8 @@ const KERNELS: &[(&str, &[&str])] = &[
     ("ssd_fwd", &["80", "90"]),
     ("ssd_fwd_sm90", &["90a"]),
     ("decode", &["80", "90"]),
+    ("conv1d", &["80", "90"]),
+    ("gated_norm", &["80", "90"]),
 ];
 
 fn nvcc() -> PathBuf {

@@ -290,6 +290,8 @@ fn batched_path_matches_the_cpu_step() {
         .map(|b| (0..24).map(|i| (b * 37 + i * 11) % 1024).collect())
         .collect();
     let gap = step_gap(&gpu_lm, &cpu, &prompts, 4);
-    println!("batch 12 (batched path), bf16: fused step vs CPU step, worst relative logit gap {gap:.2e}");
+    println!(
+        "batch 12 (batched path), bf16: fused step vs CPU step, worst relative logit gap {gap:.2e}"
+    );
     assert!(gap <= 1e-4, "{gap}");
 }

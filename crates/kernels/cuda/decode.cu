@@ -120,6 +120,7 @@ struct GemvArgs {
   int heads, groups;        // out: the gated norm's groups of cols / groups columns, heads / groups heads each
   int prefetch_iters;       // L2 prefetch of each CTA's rows of its first iterations, before the wait
   int wide_batch;           // the batched path: sequences (the low halves start at row wide_batch)
+  int split;                // warps per row (1, 2, 4 or 8) of the lane-streaming GEMV
   float eps, dt_min, dt_max;
 };
 static_assert(sizeof(GemvArgs) == 168, "GemvArgs: the layout src/decode.rs mirrors");
@@ -215,52 +216,81 @@ __device__ __forceinline__ void gemv_epilogue(const GemvArgs& a, int r, const fl
 }
 
 // y[b, r] = Σ_c W[r, c]·x̂[b, c] (+ bias[r]) for BATCH sequences, x̂ normalised as `gemv_norms` says, weights
-// streamed with loads from every lane: each warp owns rows r = warp, warp + warps in grid, ...; each lane streams
-// 16-byte chunks of its row, UNROLL of them in flight before any is used.
+// streamed with loads from every lane. A CTA's 8 warps take 8 / split rows at a time, `split` warps per row, each
+// warp a contiguous share of the row's 16-byte chunks, its lanes UNROLL chunks in flight before any is used; the
+// shares are added in warp order through shared memory (deterministic). The split evens out the work of the grid's
+// warps (the launcher picks it from the sizes). A warp's first loads go out before the wait and the norm prologue.
 template <typename WT, int BATCH, int MODE>
 __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
   constexpr int E = 16 / sizeof(WT);  // weights per 16-byte chunk
   constexpr int UNROLL = 4;
   __shared__ float inv[BATCH][MAX_GROUPS];
   __shared__ float red[32];
+  __shared__ float partial[8][BATCH];
   const WT* w = static_cast<const WT*>(a.w);
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  const int nw = gridDim.x * warps;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int split = a.split, per_step = warps / split;  // rows per CTA step
+  const int wr = warp / split, ws = warp % split;
   const int chunks = a.cols / E;
+  const int share = (chunks + split - 1) / split;
+  const int cb = ws * share, ce = min(chunks, cb + share);
+  const int steps = (a.rows + per_step - 1) / per_step;
   allow_next_kernel();
   if (threadIdx.x == 0) {
     // The weights depend on nothing earlier: this CTA's first rows go to L2 while earlier kernels finish.
     const long long row_bytes = a.ldw * static_cast<long long>(sizeof(WT));
     for (int it = 0; it < a.prefetch_iters; ++it) {
-      const int r0 = blockIdx.x * warps + it * nw;
+      const int r0 = (blockIdx.x + it * gridDim.x) * per_step;
       if (r0 >= a.rows) break;
-      const int n = min(warps, a.rows - r0);
+      const int n = min(per_step, a.rows - r0);
       prefetch_l2(w + r0 * a.ldw, static_cast<unsigned>((n - 1) * row_bytes + a.cols * sizeof(WT)));
     }
   }
+  uint4 u[UNROLL];
+  auto load = [&](int r, int c0) {
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      const int c = c0 + 32 * k;
+      u[k] = c < ce && r < a.rows ? ld_stream(w + r * a.ldw + E * c) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(blockIdx.x * per_step + wr, cb + lane);
   wait_prev_kernels();
   gemv_norms<BATCH, MODE>(a, inv, red);
   const int group_chunks = MODE == MODE_OUT ? chunks / a.groups : chunks;
-  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.rows; r += nw) {
+  bool loaded = true;
+  for (int g = blockIdx.x; g < steps; g += gridDim.x) {
+    const int r = g * per_step + wr;
     float acc[BATCH];
 #pragma unroll
     for (int b = 0; b < BATCH; ++b) acc[b] = 0.f;
-    const WT* wr = w + r * a.ldw;
-    for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-      uint4 u[UNROLL];
+    for (int c0 = cb + lane; c0 < ce; c0 += 32 * UNROLL) {
+      if (!loaded) load(r, c0);
+      loaded = false;
 #pragma unroll
       for (int k = 0; k < UNROLL; ++k) {
         const int c = c0 + 32 * k;
-        u[k] = c < chunks ? ld_stream(wr + E * c) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int k = 0; k < UNROLL; ++k) {
-        const int c = c0 + 32 * k;
-        if (c >= chunks) break;
+        if (c >= ce || r >= a.rows) break;
         gemv_chunk<WT, BATCH, MODE>(a, u[k], c, group_chunks, inv, acc);
       }
     }
-    gemv_epilogue<BATCH, MODE>(a, r, acc);
+    loaded = false;
+    if (split == 1) {
+      if (r < a.rows) gemv_epilogue<BATCH, MODE>(a, r, acc);
+      continue;
+    }
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) {
+      const float s = warp_sum(acc[b]);
+      if (lane == 0) partial[warp][b] = s;
+    }
+    __syncthreads();
+    if (ws == 0 && lane < BATCH && r < a.rows) {
+      float s = 0.f;
+      for (int j = 0; j < split; ++j) s += partial[warp + j][lane];
+      finish_row<MODE>(a, lane, r, s);
+    }
+    __syncthreads();  // `partial` is free for the next step
   }
 }
 

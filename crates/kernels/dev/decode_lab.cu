@@ -107,6 +107,7 @@ static cudaStream_t g_st;  // non-blocking: the model steps and timings (set up 
 struct Launch {
   bool pdl = false, tma = false;  // tma: the GEMVs are the `_tma` kernels (at most 2 CTAs per SM)
   int ctas = 4, prefetch = 1;     // GEMV CTAs per SM, GemvArgs::prefetch_iters (ignored by the tma kernels)
+  int split = 0;                  // warps per row of the plain GEMVs; 0: src/decode.rs's choice (gemv_split)
   cudaStream_t st = 0;
   size_t smem = 0;  // dynamic shared memory of the launch (run_gemv sets it for the tma kernels)
 };
@@ -161,10 +162,25 @@ static SsmK ssm_kernel(int n) {
 static void run_gemv(const Launch& L0, bool out, bool f32, GemvArgs a, int batch, long long win_stride) {
   Launch L = L0;
   L.smem = L.tma ? TMA_SMEM : 0;
-  const int grid = std::max(1, std::min((a.rows + 7) / 8, g_sms * gemv_ctas(L)));
   a.prefetch_iters = L.prefetch;
   for (int b0 = 0; b0 < batch;) {
     const int r = batch - b0, n = r == 1 ? 1 : r < 4 ? 2 : r < 8 ? 4 : 8;
+    int grid = std::max(1, std::min((a.rows + 7) / 8, g_sms * gemv_ctas(L)));
+    a.split = 1;
+    if (!L.tma) {
+      // As Sched::gemv_split: the split whose busiest warp streams the fewest chunks, one wave of resident CTAs.
+      int fit = 0;
+      CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, gemv_kernel(out, f32, n, false), 256, 0));
+      const long long max_grid = (long long)g_sms * std::max(1, std::min(L.ctas, fit));
+      const long long chunks = (long long)a.cols * (f32 ? 4 : 2) / 16;
+      long long best = -1;
+      for (int sp : {1, 2, 4, 8}) {
+        const long long steps = (a.rows + 8 / sp - 1) / (8 / sp);
+        const long long gr = std::max(1LL, std::min(steps, max_grid));
+        const long long cost = (steps + gr - 1) / gr * ((chunks + sp - 1) / sp);
+        if ((L.split == 0 && (best < 0 || cost < best)) || L.split == sp) best = cost, a.split = sp, grid = int(gr);
+      }
+    }
     GemvArgs g = a;
     g.x = a.x + b0 * a.ldx;
     g.y = a.y + b0 * a.ldy;
@@ -238,13 +254,15 @@ static int check_gemv_in(const InCase& k) {
   a.conv_lo = conv_lo, a.conv_hi = conv_hi, a.k = K, a.dt_lo = dt_lo, a.heads = 1, a.groups = 1;
   a.eps = eps, a.dt_min = lo, a.dt_max = hi;
   int fails = 0;
-  for (bool tma : {false, true}) {  // the same inputs and reference; the windows restored, the output re-poisoned
-    if (tma) {
+  for (int v = 0; v < 4; ++v) {  // plain (split auto, 2, 8), tma: the same inputs; windows restored, output poisoned
+    const bool tma = v == 3;
+    if (v > 0) {
       CK(cudaMemcpy(dwin, win.data(), win.size() * 4, cudaMemcpyHostToDevice));
       CK(cudaMemset(dy, 0xff, size_t(batch) * ldy * 4));
     }
     Launch L;
     L.tma = tma, L.ctas = k.ctas, L.prefetch = 2;  // prefetch without PDL: a no-op for the result, bounds exercised
+    L.split = v == 1 ? 2 : v == 2 ? 8 : 0;
     run_gemv(L, false, k.f32, a, batch, (long long)C * K);
     CK(cudaDeviceSynchronize());
     const std::vector<float> got = down(dy, batch * ldy);
@@ -261,8 +279,8 @@ static int check_gemv_in(const InCase& k) {
       err = std::max({err, part(conv_lo, conv_hi), part(dt_lo, rows), rel_err(down(dwin, win.size()), wwin)});
     char name[128], dt[32];
     std::snprintf(dt, sizeof dt, k.head ? " LM head" : " dt(%g,%g)", lo, hi);
-    std::snprintf(name, sizeof name, "gemv_in%s %s b%d %dx%d%s%s ctas %d", tma ? "_tma" : "", k.f32 ? "f32" : "bf16",
-                  batch, rows, cols, k.biases ? " +biases" : "", dt, gemv_ctas(L));
+    std::snprintf(name, sizeof name, "gemv_in%s %s b%d %dx%d%s%s ctas %d split %d", tma ? "_tma" : "",
+                  k.f32 ? "f32" : "bf16", batch, rows, cols, k.biases ? " +biases" : "", dt, gemv_ctas(L), L.split);
     fails += report(name, err, 1e-5);
   }
   cudaFree(dw), cudaFree(dbias), cudaFree(dx), cudaFree(dxw), cudaFree(dwin), cudaFree(dcw), cudaFree(dcb);
@@ -359,18 +377,20 @@ static int check_gemv_out(bool f32, int G, int batch, int ctas, int P = 64) {
   a.ldw = ldw, a.ldx = ldx, a.ldy = ldy, a.rows = rows, a.cols = cols;
   a.conv_lo = rows, a.conv_hi = rows, a.k = 1, a.dt_lo = rows, a.heads = H, a.groups = G, a.eps = eps;
   int fails = 0;
-  for (bool tma : {false, true}) {  // the same inputs and reference; the residual restored in between
-    if (tma) CK(cudaMemcpy(dy, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
+  for (int v = 0; v < 4; ++v) {  // plain (split auto, 2, 8), tma; the residual restored in between
+    const bool tma = v == 3;
+    if (v > 0) CK(cudaMemcpy(dy, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
     Launch L;
     L.tma = tma, L.ctas = ctas, L.prefetch = 2;
+    L.split = v == 1 ? 2 : v == 2 ? 8 : 0;
     run_gemv(L, true, f32, a, batch, 0);
     CK(cudaDeviceSynchronize());
     const std::vector<float> gy = down(dy, batch * ldy);
     std::vector<float> got;
     for (int b = 0; b < batch; ++b) got.insert(got.end(), gy.begin() + b * ldy, gy.begin() + b * ldy + rows);
     char name[128];
-    std::snprintf(name, sizeof name, "gemv_out%s %s b%d %dx%d groups %d (%d heads)%s ctas %d", tma ? "_tma" : "",
-                  f32 ? "f32" : "bf16", batch, rows, cols, G, H, with_bias ? " +bias" : "", gemv_ctas(L));
+    std::snprintf(name, sizeof name, "gemv_out%s %s b%d %dx%d groups %d (%d heads)%s ctas %d split %d", tma ? "_tma" : "",
+                  f32 ? "f32" : "bf16", batch, rows, cols, G, H, with_bias ? " +bias" : "", gemv_ctas(L), L.split);
     fails += report(name, rel_err(got, want), 1e-5);
   }
   cudaFree(dw), cudaFree(dbias), cudaFree(dx), cudaFree(dxw), cudaFree(dy), cudaFree(dp);
@@ -701,14 +721,13 @@ static void time_kernels() {
                     occ);
       }
   std::printf("\n");
-  std::vector<Launch> cfgs;  // plain GEMVs: ctas 2/4 x prefetch 0/1; tma: ctas 1/2
+  std::vector<Launch> cfgs;  // plain GEMVs: ctas 4, prefetch 0, split auto/1/2/4/8; tma: ctas 2
   for (int pdl : {0, 1}) {
     Launch L;
-    L.pdl = pdl, L.st = g_st;
-    for (int ctas : {2, 4})
-      for (int pf : {0, 1}) L.ctas = ctas, L.prefetch = pf, cfgs.push_back(L);
-    L.tma = true, L.prefetch = 0;
-    for (int ctas : {1, 2}) L.ctas = ctas, cfgs.push_back(L);
+    L.pdl = pdl, L.st = g_st, L.ctas = 4, L.prefetch = 0;
+    for (int sp : {0, 1, 2, 4, 8}) L.split = sp, cfgs.push_back(L);
+    L.tma = true, L.split = 0, L.ctas = 2;
+    cfgs.push_back(L);
   }
   for (const Launch& L : cfgs) {
     const float t_in = graph_ms([&] {
@@ -717,9 +736,9 @@ static void time_kernels() {
     const float t_out = graph_ms([&] {
       for (int j = 0; j < 8; ++j) run_gemv(L, true, false, out_proj_args(m, j % 4), 1, 0);
     }) / 8;
-    std::printf("time 2.7B pdl %d %-5s ctas %d prefetch %s: gemv_in %dx%d b1 %.2f us %.2f TB/s | gemv_out %dx%d "
+    std::printf("time 2.7B pdl %d %-5s ctas %d split %s: gemv_in %dx%d b1 %.2f us %.2f TB/s | gemv_out %dx%d "
                 "b1 %.2f us %.2f TB/s\n", int(L.pdl), L.tma ? "tma" : "plain", L.ctas,
-                L.tma ? "-" : std::to_string(L.prefetch).c_str(), m.rows, d.D, t_in * 1e3,
+                L.tma ? "-" : L.split ? std::to_string(L.split).c_str() : "auto", m.rows, d.D, t_in * 1e3,
                 in_bytes / (t_in * 1e-3) / 1e12, d.D, d.I, t_out * 1e3, out_bytes / (t_out * 1e-3) / 1e12);
   }
   free_model(m);
@@ -749,16 +768,16 @@ static void time_steps(const Dims& d, std::vector<int> batches) {
   init_state(m);
   for (int batch : batches)
     for (int pdl : {0, 1})
-      for (int tma : {0, 1})
-        for (int ctas : {tma ? 1 : 2, tma ? 2 : 4}) {
-          Launch L;
-          L.pdl = pdl, L.tma = tma, L.ctas = ctas, L.prefetch = 0, L.st = g_st;
-          const float ms = graph_ms([&] { step(m, L, batch); });
-          const double bytes = m.weight_bytes() + 2 * m.state_bytes(batch);
-          std::printf("time %s step b%d pdl %d %-5s ctas %d: %.3f ms, %.0f tok/s, %.2f GB -> %.2f TB/s\n", d.name,
-                      batch, pdl, tma ? "tma" : "plain", ctas, ms, batch * 1e3 / ms, bytes / 1e9,
-                      bytes / (ms * 1e-3) / 1e12);
-        }
+      for (int v = 0; v < 4; ++v) {  // plain ctas 4 split auto / split 1 / ctas 2 split auto; tma ctas 2
+        Launch L;
+        L.pdl = pdl, L.tma = v == 3, L.ctas = v == 2 || v == 3 ? 2 : 4, L.split = v == 1 ? 1 : 0, L.prefetch = 0;
+        L.st = g_st;
+        const float ms = graph_ms([&] { step(m, L, batch); });
+        const double bytes = m.weight_bytes() + 2 * m.state_bytes(batch);
+        std::printf("time %s step b%d pdl %d %-5s ctas %d split %s: %.3f ms, %.0f tok/s, %.2f GB -> %.2f TB/s\n",
+                    d.name, batch, pdl, L.tma ? "tma" : "plain", L.ctas, v == 1 ? "1" : "auto", ms, batch * 1e3 / ms,
+                    bytes / 1e9, bytes / (ms * 1e-3) / 1e12);
+      }
   free_model(m);
 }
 

@@ -91,23 +91,25 @@ const TMA_STAGES: u32 = 3;
 const TMA_SMEM: u32 = TMA_STAGES * 8 * TMA_TILE_BYTES;
 
 impl Sched {
-    /// The measured defaults for the device of `stream` (`notes/decode.md`): PDL and L2 prefetch on compute
-    /// capability 9.0. `COIL_DECODE_PDL=0|1`, `COIL_DECODE_CTAS=N` and `COIL_DECODE_PREFETCH=N` override them, for
-    /// measuring the alternatives.
+    /// The measured defaults for the device of `stream` (`notes/decode.md`): plain launches of the lane-streaming
+    /// GEMVs, 4 CTAs per SM, no L2 prefetch; on the H100 each alternative measured slower or the same.
+    /// `COIL_DECODE_PDL=1`, `COIL_DECODE_TMA=1`, `COIL_DECODE_CTAS=N` and `COIL_DECODE_PREFETCH=N` select them, for
+    /// measuring (PDL and the bulk-copy GEMVs need compute capability 9.0).
     pub fn for_stream(stream: &Arc<CudaStream>) -> Result<Self> {
         let ctx = stream.context();
         let (major, _) = ctx.compute_capability()?;
         let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        let hopper = major >= 9;
         Ok(Sched {
-            pdl: major >= 9 && env("COIL_DECODE_PDL").is_none_or(|v| v != 0),
+            pdl: hopper && env("COIL_DECODE_PDL") == Some(1),
             ctas_per_sm: env("COIL_DECODE_CTAS").unwrap_or(4).clamp(1, 8),
-            prefetch_iters: if major >= 9 {
+            prefetch_iters: if hopper {
                 env("COIL_DECODE_PREFETCH").unwrap_or(0)
             } else {
                 0
             },
-            tma: major >= 9 && env("COIL_DECODE_TMA").is_none_or(|v| v != 0),
+            tma: hopper && env("COIL_DECODE_TMA") == Some(1),
             sms: sms.max(1) as u32,
         })
     }
@@ -120,6 +122,30 @@ impl Sched {
             self.ctas_per_sm
         };
         rows.div_ceil(8).clamp(1, (self.sms * per_sm) as usize) as u32
+    }
+
+    /// The lane-streaming GEMV's warps per row and grid for `rows` rows of `chunks` 16-byte chunks, with at most
+    /// `per_sm` CTAs of 8 warps per SM: the split whose busiest warp streams the fewest chunks (each CTA step
+    /// covers 8 / split rows; the grid's steps round up), the smaller split on a tie. `COIL_DECODE_SPLIT=S`
+    /// forces one, for measuring.
+    fn gemv_split(&self, rows: usize, chunks: usize, per_sm: u32) -> (i32, u32) {
+        let max_grid = (self.sms * per_sm.max(1)) as usize;
+        let plan = |split: usize| {
+            let steps = rows.div_ceil(8 / split);
+            let grid = steps.clamp(1, max_grid);
+            (steps.div_ceil(grid) * chunks.div_ceil(split), grid)
+        };
+        let forced = std::env::var("COIL_DECODE_SPLIT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|s| [1, 2, 4, 8].contains(s));
+        let split = forced.unwrap_or_else(|| {
+            [1, 2, 4, 8]
+                .into_iter()
+                .min_by_key(|&s| (plan(s).0, s))
+                .unwrap_or(1)
+        });
+        (split as i32, plan(split).1 as u32)
     }
 }
 
@@ -260,6 +286,7 @@ struct GemvArgs {
     groups: i32,
     prefetch_iters: i32,
     wide_batch: i32,
+    split: i32,
     eps: f32,
     dt_min: f32,
     dt_max: f32,
@@ -374,7 +401,6 @@ fn launch_gemv_groups(
     args: GemvArgs,
     shift: impl Fn(&mut GemvArgs, usize),
 ) -> Result<()> {
-    let grid = sched.gemv_grid(d.rows);
     let mut b0 = 0;
     while b0 < d.batch {
         let n = match d.batch - b0 {
@@ -386,6 +412,17 @@ fn launch_gemv_groups(
         let f = gemv_function(stream, mode, w, n, sched.tma)?;
         let mut a = args;
         shift(&mut a, b0);
+        let grid = if sched.tma {
+            a.split = 1;
+            sched.gemv_grid(d.rows)
+        } else {
+            // One wave of the CTAs that fit an SM (fewer at larger batches: more registers per thread).
+            let fit = f.occupancy_max_active_blocks_per_multiprocessor(256, 0, None)?;
+            let chunks = d.cols * w.elem_bytes() / 16;
+            let (split, grid) = sched.gemv_split(d.rows, chunks, sched.ctas_per_sm.min(fit));
+            a.split = split;
+            grid
+        };
         let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
         let smem = if sched.tma { TMA_SMEM } else { 0 };
         // SAFETY: the caller checked that W, x, y, the norm weight and the epilogue's buffers hold every element
@@ -956,5 +993,10 @@ mod tests {
         assert_eq!(s.gemv_grid(0), 1);
         let t = Sched { tma: true, ..s };
         assert_eq!(t.gemv_grid(10576), 264);
+        // Mamba2-2.7B's out_proj (2560 rows of 640 chunks): one row per warp leaves 40% of 4,224 warps idle;
+        // eight warps per row give each warp 80 chunks, five steps of 528 CTAs.
+        assert_eq!(s.gemv_split(2560, 640, 4), (8, 528));
+        // A small matrix keeps whole rows per warp.
+        assert_eq!(s.gemv_split(64, 96, 4).0, 1);
     }
 }

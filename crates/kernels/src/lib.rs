@@ -14,7 +14,11 @@
 //! is empty, so CPU builds need neither nvcc nor the CUDA libraries.
 
 #[cfg(feature = "cuda")]
+pub mod conv1d;
+#[cfg(feature = "cuda")]
 pub mod decode;
+#[cfg(feature = "cuda")]
+pub mod gated_norm;
 #[cfg(feature = "cuda")]
 mod module;
 #[cfg(feature = "cuda")]

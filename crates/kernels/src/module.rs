@@ -53,6 +53,18 @@ pub(crate) static DECODE: Cubins = Cubins {
     sm80: Some(cubin!("decode", "80")),
     sm90: cubin!("decode", "90"),
 };
+/// The prefill's causal conv1d + SiLU.
+pub(crate) static CONV1D: Cubins = Cubins {
+    name: "conv1d",
+    sm80: Some(cubin!("conv1d", "80")),
+    sm90: cubin!("conv1d", "90"),
+};
+/// The prefill's gated RMSNorm.
+pub(crate) static GATED_NORM: Cubins = Cubins {
+    name: "gated_norm",
+    sm80: Some(cubin!("gated_norm", "80")),
+    sm90: cubin!("gated_norm", "90"),
+};
 /// The wgmma SSD forward (sm_90a only).
 pub(crate) static SSD_FWD_SM90: Cubins = Cubins {
     name: "ssd_fwd_sm90",

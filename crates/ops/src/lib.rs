@@ -28,6 +28,8 @@
 
 pub mod conv1d;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda_tensors;
 pub mod dt;
 pub mod gated_rmsnorm;
 mod host;

@@ -169,8 +169,13 @@ impl Mamba2Mixer {
             Some(s) => s.conv.narrow(2, 1, k - 1)?.to_dtype(DType::F32)?,
             None => Tensor::zeros((b, conv, k - 1), DType::F32, x.device())?,
         };
-        let new_conv =
-            Tensor::cat(&[&history, &xbc_raw.transpose(1, 2)?], 2)?.narrow(2, t - 1, k)?;
+        // The window after the last position: its K raw columns, from this call alone when it is long enough
+        // (no copy of the whole sequence).
+        let new_conv = if t >= k {
+            xbc_raw.narrow(1, t - k, k)?.transpose(1, 2)?
+        } else {
+            Tensor::cat(&[&history, &xbc_raw.transpose(1, 2)?], 2)?.narrow(2, t - 1, k)?
+        };
         let hist = if state.is_some() {
             Some(&history)
         } else {

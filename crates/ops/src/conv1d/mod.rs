@@ -90,7 +90,8 @@ fn cpu_fwd(
     Tensor::from_vec(out, (batch, seqlen, ch), x.device())
 }
 
-/// The CUDA path: today the composed twin; a conv kernel of `crates/kernels` replaces this body.
+/// The CUDA path: the kernel of `coil_kernels::conv1d` (x read in place with its row strides), or the composed
+/// twin for packed rows and widths it has no kernel for.
 #[cfg(feature = "cuda")]
 fn cuda_fwd(
     x: &Tensor,
@@ -99,7 +100,56 @@ fn cuda_fwd(
     history: Option<&Tensor>,
     seq_idx: Option<Vec<i32>>,
 ) -> Result<Tensor> {
-    composed_fwd(x, w, bias, history, seq_idx)
+    use crate::cuda_tensors::{f32_contiguous, f32_rows, view, wrap};
+    use coil_kernels::conv1d::{conv1d_silu, Conv1dDims};
+    let (batch, seqlen, ch) = x.dims3()?;
+    let k = *w.dims().last().unwrap_or(&0);
+    let Device::Cuda(dev) = x.device() else {
+        bail!("conv1d: not a CUDA tensor");
+    };
+    if seq_idx.is_some() || !(1..=4).contains(&k) || x.elem_count() == 0 {
+        return composed_fwd(x, w, bias, history, seq_idx);
+    }
+    let x = f32_rows(x)?;
+    let (ld_b, ld_t) = (x.stride()[0], x.stride()[1]);
+    let w = f32_contiguous(w)?;
+    let bias = bias.map(f32_contiguous).transpose()?;
+    let history = history.map(f32_contiguous).transpose()?;
+    let stream = dev.cuda_stream();
+    // SAFETY: the kernel writes every one of the B·T·C elements before anything reads them.
+    let mut out =
+        unsafe { stream.alloc::<f32>(batch * seqlen * ch) }.map_err(candle_core::Error::wrap)?;
+    let dims = Conv1dDims {
+        batch,
+        seqlen,
+        channels: ch,
+        k,
+        ld_b,
+        ld_t,
+    };
+    let (sx, lx) = x.storage_and_layout();
+    let (sw, lw) = w.storage_and_layout();
+    let sh = history.as_ref().map(|h| h.storage_and_layout());
+    let sb = bias.as_ref().map(|b| b.storage_and_layout());
+    let hv = sh
+        .as_ref()
+        .map(|(s, l)| view(s, l, "conv1d history"))
+        .transpose()?;
+    let bv = sb
+        .as_ref()
+        .map(|(s, l)| view(s, l, "conv1d bias"))
+        .transpose()?;
+    conv1d_silu(
+        &stream,
+        &view(&sx, lx, "conv1d x")?,
+        hv.as_ref(),
+        &view(&sw, lw, "conv1d weight")?,
+        bv.as_ref(),
+        &mut out,
+        dims,
+    )
+    .map_err(|e| candle_core::Error::Msg(format!("conv1d: {e}")))?;
+    wrap(out, dev, (batch, seqlen, ch))
 }
 
 /// Any other device: [`composed::causal_conv1d_silu`].

@@ -58,10 +58,56 @@ fn cpu_fwd(y: &Tensor, z: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Resul
     Tensor::from_vec(out, y.shape(), y.device())
 }
 
-/// The CUDA path: today the composed twin.
+/// The CUDA path: the kernel of `coil_kernels::gated_norm`, y and z read in place when their rows are evenly
+/// strided (z is a narrow of the in_proj output).
 #[cfg(feature = "cuda")]
 fn cuda_fwd(y: &Tensor, z: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
-    composed::gated_rmsnorm(y, z, w, groups, eps)
+    use crate::cuda_tensors::{f32_contiguous, f32_rows, view, wrap};
+    let Device::Cuda(dev) = y.device() else {
+        bail!("gated_rmsnorm: not a CUDA tensor");
+    };
+    let width = w.elem_count();
+    let rows = y.elem_count() / width.max(1);
+    if rows == 0 {
+        return composed::gated_rmsnorm(y, z, w, groups, eps);
+    }
+    // Rows of a tensor [.., width] are `ld` apart when every leading dimension's stride follows from the next.
+    let row_stride = |t: &Tensor| -> Result<(Tensor, usize)> {
+        let t = f32_rows(t)?;
+        let (d, s) = (t.dims().to_vec(), t.stride().to_vec());
+        let n = d.len();
+        let even = n < 2 || (0..n - 2).all(|i| d[i] <= 1 || s[i] == s[i + 1] * d[i + 1]);
+        if even {
+            let ld = if n >= 2 { s[n - 2] } else { width };
+            Ok((t, ld))
+        } else {
+            let t = t.contiguous()?;
+            Ok((t, width))
+        }
+    };
+    let (y, ld_y) = row_stride(y)?;
+    let (z, ld_z) = row_stride(z)?;
+    let w = f32_contiguous(w)?;
+    let stream = dev.cuda_stream();
+    // SAFETY: the kernel writes every one of the rows·width elements before anything reads them.
+    let mut out = unsafe { stream.alloc::<f32>(rows * width) }.map_err(candle_core::Error::wrap)?;
+    let ((sy, ly), (sz, lz), (sw, lw)) = (
+        y.storage_and_layout(),
+        z.storage_and_layout(),
+        w.storage_and_layout(),
+    );
+    coil_kernels::gated_norm::gated_rmsnorm(
+        &stream,
+        (&view(&sy, ly, "gated_rmsnorm y")?, ld_y),
+        (&view(&sz, lz, "gated_rmsnorm z")?, ld_z),
+        &view(&sw, lw, "gated_rmsnorm weight")?,
+        &mut out,
+        rows,
+        groups,
+        eps as f32,
+    )
+    .map_err(|e| candle_core::Error::Msg(format!("gated_rmsnorm: {e}")))?;
+    wrap(out, dev, y.shape())
 }
 
 #[cfg(test)]
