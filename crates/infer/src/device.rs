@@ -10,6 +10,8 @@
 
 use crate::error::Result;
 use crate::generate::{GenerateParams, Generation, OnToken, StopReason};
+#[cfg(feature = "cuda")]
+use crate::sampling::non_finite;
 use crate::sampling::{check_finite, Sampler};
 use candle_core::{DType, Device, Tensor};
 use coil_model::HybridLm;
@@ -58,68 +60,80 @@ fn run_batch(
         .collect();
     let ids = Tensor::from_vec(ids, (batch.len(), len), dev)?;
     let (logits, state) = lm.forward_with_state(&ids, None, None, true)?;
-    let mut next_rows = Next::Rows(host_rows(&logits, batch.len())?);
-    let greedy = params.sampling.is_greedy();
+    let mut rows = host_rows(&logits, batch.len())?;
     let mut stepper = Stepper::new(lm, state, batch.len())?;
     let mut samplers: Vec<Sampler> = batch
         .iter()
         .map(|&i| Sampler::new(params.sampling, params.seed, i as u64, params.vocab_limit))
         .collect();
-    let mut done = vec![false; batch.len()];
+    let mut run = Run {
+        batch,
+        params,
+        on_token,
+        results,
+        done: vec![false; batch.len()],
+    };
     loop {
         let mut next = Vec::with_capacity(batch.len());
         for (r, &i) in batch.iter().enumerate() {
-            let generated = results[i].tokens.len();
-            let tok = match &next_rows {
-                Next::Rows(rows) => {
-                    if !done[r] {
-                        check_finite(&rows[r], i, generated)?;
-                    }
-                    samplers[r].sample(&rows[r])
-                }
-                Next::Picked(p) => {
-                    if !done[r] && p.non_finite[r] {
-                        // The same error as the host path, naming the first bad logit.
-                        check_finite(&stepper.logits_row(r)?, i, generated)?;
-                    }
-                    p.ids[r]
-                }
-            };
-            next.push(tok as i64);
-            if done[r] {
-                continue;
+            if !run.done[r] {
+                check_finite(&rows[r], i, run.results[i].tokens.len())?;
             }
-            on_token(i, tok);
-            let g = &mut results[i];
-            g.tokens.push(tok);
-            if params.eos == Some(tok) {
-                g.stop = StopReason::Eos;
-                done[r] = true;
-            } else if g.tokens.len() >= params.max_new_tokens {
-                done[r] = true;
-            }
+            let tok = samplers[r].sample(&rows[r]);
+            next.push(tok);
+            run.accept(r, tok);
         }
-        if done.iter().all(|&d| d) {
+        if run.all_done() {
             return Ok(());
         }
-        next_rows = stepper.step(lm, &next, greedy)?;
+        // Greedy on the fused step: the ids are picked and fed back on the GPU.
+        #[cfg(feature = "cuda")]
+        if let (true, Stepper::Fused(f)) = (params.sampling.is_greedy(), &mut stepper) {
+            return f.decode_greedy(&next, |p| {
+                for (r, &i) in batch.iter().enumerate() {
+                    if !run.done[r] && p.non_finite[r] {
+                        return Err(non_finite(i, run.results[i].tokens.len(), ""));
+                    }
+                    run.accept(r, p.ids[r]);
+                }
+                Ok(!run.all_done())
+            });
+        }
+        rows = stepper.step(lm, &next)?;
     }
 }
 
-/// What a step hands back: every sequence's logits, or (greedy, fused step) the ids chosen on the GPU.
-enum Next {
-    Rows(Vec<Vec<f32>>),
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    Picked(Picked),
+/// The generations of one batch as its tokens arrive.
+struct Run<'a, 'b> {
+    batch: &'a [usize],
+    params: &'a GenerateParams,
+    on_token: &'a mut OnToken<'b>,
+    results: &'a mut [Generation],
+    /// Sequences that stopped; their rows keep decoding until the batch ends, and those tokens are dropped.
+    done: Vec<bool>,
 }
 
-#[cfg(feature = "cuda")]
-use crate::cuda_step::Picked;
-/// Stand-in for the fused step's greedy choices in builds without CUDA.
-#[cfg(not(feature = "cuda"))]
-struct Picked {
-    ids: Vec<u32>,
-    non_finite: Vec<bool>,
+impl Run<'_, '_> {
+    /// Takes sequence `r`'s next token, unless it has stopped.
+    fn accept(&mut self, r: usize, tok: u32) {
+        if self.done[r] {
+            return;
+        }
+        let i = self.batch[r];
+        (self.on_token)(i, tok);
+        let g = &mut self.results[i];
+        g.tokens.push(tok);
+        if self.params.eos == Some(tok) {
+            g.stop = StopReason::Eos;
+            self.done[r] = true;
+        } else if g.tokens.len() >= self.params.max_new_tokens {
+            self.done[r] = true;
+        }
+    }
+
+    fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
 }
 
 /// How the decode steps of a batch run: the fused CUDA step (models of Mamba2 layers in bf16 or f32,
@@ -141,39 +155,17 @@ impl Stepper {
         Ok(Stepper::Forward(state))
     }
 
-    /// Feeds one token per sequence; returns each sequence's logits, or with `greedy` on the fused step, the
-    /// ids the GPU picked.
-    fn step(&mut self, lm: &HybridLm, next: &[i64], greedy: bool) -> Result<Next> {
+    /// Feeds one token per sequence; returns each sequence's logits.
+    fn step(&mut self, lm: &HybridLm, next: &[u32]) -> Result<Vec<Vec<f32>>> {
         match self {
             #[cfg(feature = "cuda")]
-            Stepper::Fused(f) => {
-                let toks: Vec<u32> = next.iter().map(|&t| t as u32).collect();
-                if greedy {
-                    Ok(Next::Picked(f.step_greedy(&toks)?))
-                } else {
-                    Ok(Next::Rows(f.step(&toks)?))
-                }
-            }
+            Stepper::Fused(f) => f.step(next),
             Stepper::Forward(state) => {
-                let _ = greedy; // the forward's logits are sampled on the host either way
-                let ids = Tensor::from_vec(next.to_vec(), (next.len(), 1), lm.device())?;
+                let ids: Vec<i64> = next.iter().map(|&t| t as i64).collect();
+                let ids = Tensor::from_vec(ids, (next.len(), 1), lm.device())?;
                 let (logits, st) = lm.forward_with_state(&ids, Some(state), None, true)?;
                 *state = st;
-                Ok(Next::Rows(host_rows(&logits, next.len())?))
-            }
-        }
-    }
-
-    /// Sequence `r`'s logits of the last step (to report non-finite values the GPU flagged).
-    fn logits_row(&mut self, r: usize) -> Result<Vec<f32>> {
-        match self {
-            #[cfg(feature = "cuda")]
-            Stepper::Fused(f) => Ok(f.logits()?.swap_remove(r)),
-            Stepper::Forward(_) => {
-                let _ = r;
-                Err(crate::error::InferError::Invalid(
-                    "the forward step keeps no logits".into(),
-                ))
+                host_rows(&logits, next.len())
             }
         }
     }

@@ -117,13 +117,22 @@ impl Rng {
 pub fn check_finite(logits: &[f32], prompt: usize, generated: usize) -> Result<()> {
     match logits.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(InferError::NonFinite(format!(
-            "the model's logits for prompt {prompt} hold NaN or infinity ({} at id {i}) before generated token \
-             {generated}; the weights overflow inside the model (a diverged checkpoint?), so there is nothing to \
-             sample from (`coil logits` on the same ids names the first layer whose output is not finite)",
-            logits[i]
-        ))),
+        Some(i) => Err(non_finite(
+            prompt,
+            generated,
+            &format!(" ({} at id {i})", logits[i]),
+        )),
     }
+}
+
+/// The error for logits that hold NaN or infinity; `detail` names the first such value when it is known (a GPU
+/// step that picks its tokens on the device only flags the row).
+pub fn non_finite(prompt: usize, generated: usize, detail: &str) -> InferError {
+    InferError::NonFinite(format!(
+        "the model's logits for prompt {prompt} hold NaN or infinity{detail} before generated token \
+         {generated}; the weights overflow inside the model (a diverged checkpoint?), so there is nothing to \
+         sample from (`coil logits` on the same ids names the first layer whose output is not finite)"
+    ))
 }
 
 /// The first index of the largest value (torch.argmax); NaNs are skipped.

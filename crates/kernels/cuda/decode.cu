@@ -566,25 +566,26 @@ COIL_SSM(32)
 COIL_SSM(64)
 COIL_SSM(128)
 
-// residual[b, :] = table[ids[b], :] as f32 (grid batch). The ids come from the host or the previous step's argmax.
+// residual[b, :] = table[ids[b·ids_stride], :] as f32 (grid batch). The ids come from the host (stride 1) or from
+// the previous step's argmax output (stride 2: id, flag).
 template <typename T>
-__device__ __forceinline__ void embed_body(const T* table, long long ld_table, const unsigned* ids, float* resid,
-                                           long long ld_resid, int cols) {
+__device__ __forceinline__ void embed_body(const T* table, long long ld_table, const unsigned* ids, int ids_stride,
+                                           float* resid, long long ld_resid, int cols) {
   allow_next_kernel();
   wait_prev_kernels();
-  const T* src = table + static_cast<long long>(ids[blockIdx.x]) * ld_table;
+  const T* src = table + static_cast<long long>(ids[blockIdx.x * ids_stride]) * ld_table;
   float* dst = resid + blockIdx.x * ld_resid;
   for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = static_cast<float>(src[i]);
 }
 extern "C" __global__ void __launch_bounds__(256) embed_bf16(const __nv_bfloat16* table, long long ld_table,
-                                                             const unsigned* ids, float* resid, long long ld_resid,
-                                                             int cols) {
-  embed_body(table, ld_table, ids, resid, ld_resid, cols);
+                                                             const unsigned* ids, int ids_stride, float* resid,
+                                                             long long ld_resid, int cols) {
+  embed_body(table, ld_table, ids, ids_stride, resid, ld_resid, cols);
 }
 extern "C" __global__ void __launch_bounds__(256) embed_f32(const float* table, long long ld_table,
-                                                            const unsigned* ids, float* resid, long long ld_resid,
-                                                            int cols) {
-  embed_body(table, ld_table, ids, resid, ld_resid, cols);
+                                                            const unsigned* ids, int ids_stride, float* resid,
+                                                            long long ld_resid, int cols) {
+  embed_body(table, ld_table, ids, ids_stride, resid, ld_resid, cols);
 }
 
 // Greedy choice per sequence (grid batch, 1024 threads): out[2b] = the first index of the largest logit (NaN never

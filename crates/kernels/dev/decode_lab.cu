@@ -107,7 +107,7 @@ static cudaStream_t g_st;  // non-blocking: the model steps and timings (set up 
 struct Launch {
   bool pdl = false, tma = false;  // tma: the GEMVs are the `_tma` kernels (at most 2 CTAs per SM)
   int ctas = 4, prefetch = 1;     // GEMV CTAs per SM, GemvArgs::prefetch_iters (ignored by the tma kernels)
-  int split = 0;                  // warps per row of the plain GEMVs; 0: src/decode.rs's choice (gemv_split)
+  int split = 1;                  // warps per row of the plain GEMVs (src/decode.rs: 1 unless COIL_DECODE_SPLIT)
   cudaStream_t st = 0;
   size_t smem = 0;  // dynamic shared memory of the launch (run_gemv sets it for the tma kernels)
 };
@@ -168,18 +168,12 @@ static void run_gemv(const Launch& L0, bool out, bool f32, GemvArgs a, int batch
     int grid = std::max(1, std::min((a.rows + 7) / 8, g_sms * gemv_ctas(L)));
     a.split = 1;
     if (!L.tma) {
-      // As Sched::gemv_split: the split whose busiest warp streams the fewest chunks, one wave of resident CTAs.
+      // As Sched::split_grid: one wave of the CTAs that fit an SM, 8 / split rows per CTA step.
       int fit = 0;
       CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, gemv_kernel(out, f32, n, false), 256, 0));
       const long long max_grid = (long long)g_sms * std::max(1, std::min(L.ctas, fit));
-      const long long chunks = (long long)a.cols * (f32 ? 4 : 2) / 16;
-      long long best = -1;
-      for (int sp : {1, 2, 4, 8}) {
-        const long long steps = (a.rows + 8 / sp - 1) / (8 / sp);
-        const long long gr = std::max(1LL, std::min(steps, max_grid));
-        const long long cost = (steps + gr - 1) / gr * ((chunks + sp - 1) / sp);
-        if ((L.split == 0 && (best < 0 || cost < best)) || L.split == sp) best = cost, a.split = sp, grid = int(gr);
-      }
+      const long long steps = (a.rows + 8 / L.split - 1) / (8 / L.split);
+      a.split = L.split, grid = int(std::max(1LL, std::min(steps, max_grid)));
     }
     GemvArgs g = a;
     g.x = a.x + b0 * a.ldx;
@@ -262,7 +256,7 @@ static int check_gemv_in(const InCase& k) {
     }
     Launch L;
     L.tma = tma, L.ctas = k.ctas, L.prefetch = 2;  // prefetch without PDL: a no-op for the result, bounds exercised
-    L.split = v == 1 ? 2 : v == 2 ? 8 : 0;
+    L.split = v == 1 ? 2 : v == 2 ? 8 : 1;
     run_gemv(L, false, k.f32, a, batch, (long long)C * K);
     CK(cudaDeviceSynchronize());
     const std::vector<float> got = down(dy, batch * ldy);
@@ -382,7 +376,7 @@ static int check_gemv_out(bool f32, int G, int batch, int ctas, int P = 64) {
     if (v > 0) CK(cudaMemcpy(dy, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
     Launch L;
     L.tma = tma, L.ctas = ctas, L.prefetch = 2;
-    L.split = v == 1 ? 2 : v == 2 ? 8 : 0;
+    L.split = v == 1 ? 2 : v == 2 ? 8 : 1;
     run_gemv(L, true, f32, a, batch, 0);
     CK(cudaDeviceSynchronize());
     const std::vector<float> gy = down(dy, batch * ldy);
@@ -409,8 +403,8 @@ static int check_embed(bool f32) {
   float* dr = poisoned(size_t(batch) * cols);
   const long long ldt = ld, ldr = cols;
   const unsigned* ci = di;
-  if (f32) launch(Launch(), embed_f32, dim3(batch), dim3(256), (const float*)dt, ldt, ci, dr, ldr, cols);
-  else launch(Launch(), embed_bf16, dim3(batch), dim3(256), (const bf16*)dt, ldt, ci, dr, ldr, cols);
+  if (f32) launch(Launch(), embed_f32, dim3(batch), dim3(256), (const float*)dt, ldt, ci, 1, dr, ldr, cols);
+  else launch(Launch(), embed_bf16, dim3(batch), dim3(256), (const bf16*)dt, ldt, ci, 1, dr, ldr, cols);
   CK(cudaDeviceSynchronize());
   const double err = rel_err(down(dr, want.size()), want);
   cudaFree(dt), cudaFree(di), cudaFree(dr);
@@ -557,7 +551,7 @@ static GemvArgs out_proj_args(const Model& m, int l) {
 // One decode step: embed, per layer gemv_in -> ssm_gate -> gemv_out, final norm + LM head, argmax.
 static void step(const Model& m, const Launch& L, int batch) {
   const Dims& d = m.d;
-  launch(L, embed_bf16, dim3(batch), dim3(256), (const bf16*)m.emb, (long long)d.D, (const unsigned*)m.ids, m.resid,
+  launch(L, embed_bf16, dim3(batch), dim3(256), (const bf16*)m.emb, (long long)d.D, (const unsigned*)m.ids, 1, m.resid,
          (long long)d.D, d.D);
   for (int l = 0; l < d.L; ++l) {
     run_gemv(L, false, false, in_proj_args(m, l), batch, (long long)m.C * d.K);
@@ -725,8 +719,8 @@ static void time_kernels() {
   for (int pdl : {0, 1}) {
     Launch L;
     L.pdl = pdl, L.st = g_st, L.ctas = 4, L.prefetch = 0;
-    for (int sp : {0, 1, 2, 4, 8}) L.split = sp, cfgs.push_back(L);
-    L.tma = true, L.split = 0, L.ctas = 2;
+    for (int sp : {1, 2, 4, 8}) L.split = sp, cfgs.push_back(L);
+    L.tma = true, L.split = 1, L.ctas = 2;
     cfgs.push_back(L);
   }
   for (const Launch& L : cfgs) {
@@ -738,7 +732,7 @@ static void time_kernels() {
     }) / 8;
     std::printf("time 2.7B pdl %d %-5s ctas %d split %s: gemv_in %dx%d b1 %.2f us %.2f TB/s | gemv_out %dx%d "
                 "b1 %.2f us %.2f TB/s\n", int(L.pdl), L.tma ? "tma" : "plain", L.ctas,
-                L.tma ? "-" : L.split ? std::to_string(L.split).c_str() : "auto", m.rows, d.D, t_in * 1e3,
+                L.tma ? "-" : std::to_string(L.split).c_str(), m.rows, d.D, t_in * 1e3,
                 in_bytes / (t_in * 1e-3) / 1e12, d.D, d.I, t_out * 1e3, out_bytes / (t_out * 1e-3) / 1e12);
   }
   free_model(m);
@@ -768,14 +762,14 @@ static void time_steps(const Dims& d, std::vector<int> batches) {
   init_state(m);
   for (int batch : batches)
     for (int pdl : {0, 1})
-      for (int v = 0; v < 4; ++v) {  // plain ctas 4 split auto / split 1 / ctas 2 split auto; tma ctas 2
+      for (int v = 0; v < 4; ++v) {  // plain ctas 4 split 1 / split 2 / ctas 2 split 1; tma ctas 2
         Launch L;
-        L.pdl = pdl, L.tma = v == 3, L.ctas = v == 2 || v == 3 ? 2 : 4, L.split = v == 1 ? 1 : 0, L.prefetch = 0;
+        L.pdl = pdl, L.tma = v == 3, L.ctas = v == 2 || v == 3 ? 2 : 4, L.split = v == 1 ? 2 : 1, L.prefetch = 0;
         L.st = g_st;
         const float ms = graph_ms([&] { step(m, L, batch); });
         const double bytes = m.weight_bytes() + 2 * m.state_bytes(batch);
         std::printf("time %s step b%d pdl %d %-5s ctas %d split %s: %.3f ms, %.0f tok/s, %.2f GB -> %.2f TB/s\n",
-                    d.name, batch, pdl, L.tma ? "tma" : "plain", L.ctas, v == 1 ? "1" : "auto", ms, batch * 1e3 / ms,
+                    d.name, batch, pdl, L.tma ? "tma" : "plain", L.ctas, v == 1 ? "2" : "1", ms, batch * 1e3 / ms,
                     bytes / 1e9, bytes / (ms * 1e-3) / 1e12);
       }
   free_model(m);

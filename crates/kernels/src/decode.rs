@@ -124,28 +124,21 @@ impl Sched {
         rows.div_ceil(8).clamp(1, (self.sms * per_sm) as usize) as u32
     }
 
-    /// The lane-streaming GEMV's warps per row and grid for `rows` rows of `chunks` 16-byte chunks, with at most
-    /// `per_sm` CTAs of 8 warps per SM: the split whose busiest warp streams the fewest chunks (each CTA step
-    /// covers 8 / split rows; the grid's steps round up), the smaller split on a tie. `COIL_DECODE_SPLIT=S`
-    /// forces one, for measuring.
-    fn gemv_split(&self, rows: usize, chunks: usize, per_sm: u32) -> (i32, u32) {
-        let max_grid = (self.sms * per_sm.max(1)) as usize;
-        let plan = |split: usize| {
-            let steps = rows.div_ceil(8 / split);
-            let grid = steps.clamp(1, max_grid);
-            (steps.div_ceil(grid) * chunks.div_ceil(split), grid)
-        };
-        let forced = std::env::var("COIL_DECODE_SPLIT")
+    /// The lane-streaming GEMV's warps per row: 1 (each warp streams whole rows). Splitting rows over 2-8 warps
+    /// evens out the grid's work but measured slower on every matrix of Mamba2-2.7B and -130M (H100,
+    /// `notes/decode.md`); `COIL_DECODE_SPLIT=S` (2, 4 or 8) selects it, for measuring.
+    fn gemv_split(&self) -> i32 {
+        std::env::var("COIL_DECODE_SPLIT")
             .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|s| [1, 2, 4, 8].contains(s));
-        let split = forced.unwrap_or_else(|| {
-            [1, 2, 4, 8]
-                .into_iter()
-                .min_by_key(|&s| (plan(s).0, s))
-                .unwrap_or(1)
-        });
-        (split as i32, plan(split).1 as u32)
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|s| [1, 2, 4, 8].contains(s))
+            .unwrap_or(1)
+    }
+
+    /// One wave of `per_sm` CTAs per SM, at most one step of 8 / split rows per CTA.
+    fn split_grid(&self, rows: usize, split: i32, per_sm: u32) -> u32 {
+        let steps = rows.div_ceil(8 / split as usize);
+        steps.clamp(1, (self.sms * per_sm.max(1)) as usize) as u32
     }
 }
 
@@ -418,10 +411,8 @@ fn launch_gemv_groups(
         } else {
             // One wave of the CTAs that fit an SM (fewer at larger batches: more registers per thread).
             let fit = f.occupancy_max_active_blocks_per_multiprocessor(256, 0, None)?;
-            let chunks = d.cols * w.elem_bytes() / 16;
-            let (split, grid) = sched.gemv_split(d.rows, chunks, sched.ctas_per_sm.min(fit));
-            a.split = split;
-            grid
+            a.split = sched.gemv_split();
+            sched.split_grid(d.rows, a.split, sched.ctas_per_sm.min(fit))
         };
         let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
         let smem = if sched.tma { TMA_SMEM } else { 0 };
@@ -856,8 +847,15 @@ pub fn ssm_gate(
     }
 }
 
-/// `resid[b, :cols] = table[ids[b], :cols]` as f32. The ids must be below the table's `rows` (the caller checks
-/// host ids; [`argmax`]'s are below the logits' width, which is the table's rows).
+/// Where the embedding reads its token ids: the host's upload (`[batch]`) or the previous step's [`argmax`]
+/// output (`[batch, 2]`: id, flag), so a greedy step can follow the last without the host.
+pub enum TokenIds<'a> {
+    Host(&'a CudaSlice<u32>),
+    Picked(&'a CudaSlice<u32>),
+}
+
+/// `resid[b, :cols] = table[id_b, :cols]` as f32. The ids must be below the table's `rows` (the caller checks host
+/// ids; [`argmax`]'s are below the logits' width, which is the table's rows).
 #[allow(clippy::too_many_arguments)]
 pub fn embed(
     stream: &Arc<CudaStream>,
@@ -865,7 +863,7 @@ pub fn embed(
     table: &Weights<'_>,
     rows: usize,
     ld_table: usize,
-    ids: &CudaSlice<u32>,
+    ids: TokenIds<'_>,
     resid: &mut CudaSlice<f32>,
     batch: usize,
     cols: usize,
@@ -873,8 +871,12 @@ pub fn embed(
     if batch == 0 || cols == 0 {
         return Ok(());
     }
+    let (ids, mut stride) = match ids {
+        TokenIds::Host(v) => (v, 1i32),
+        TokenIds::Picked(v) => (v, 2),
+    };
     check_rows("embedding table", table.len(), rows, ld_table, cols)?;
-    check_rows("embedding ids", ids.len(), 1, batch, batch)?;
+    check_rows("embedding ids", ids.len(), batch, stride as usize, 1)?;
     check_rows("embedding output", resid.len(), batch, cols, cols)?;
     let s: &CudaStream = stream;
     let mut t_ptr = table.ptr(s);
@@ -890,12 +892,14 @@ pub fn embed(
         (&mut t_ptr as *mut u64).cast::<c_void>(),
         (&mut ld_t as *mut i64).cast(),
         (&mut i_ptr as *mut u64).cast(),
+        (&mut stride as *mut i32).cast(),
         (&mut r_ptr as *mut u64).cast(),
         (&mut ld_r as *mut i64).cast(),
         (&mut n as *mut i32).cast(),
     ];
-    // SAFETY: the table holds `rows` rows of `cols` at stride `ld_table`, ids `batch` entries (each below `rows`,
-    // the caller's contract) and the output `batch` rows of `cols`; the parameters match the kernel's.
+    // SAFETY: the table holds `rows` rows of `cols` at stride `ld_table`, the ids `batch` entries at their stride
+    // (each below `rows`, the caller's contract) and the output `batch` rows of `cols`; the parameters match the
+    // kernel's.
     unsafe {
         launch(
             stream,
@@ -993,10 +997,11 @@ mod tests {
         assert_eq!(s.gemv_grid(0), 1);
         let t = Sched { tma: true, ..s };
         assert_eq!(t.gemv_grid(10576), 264);
-        // Mamba2-2.7B's out_proj (2560 rows of 640 chunks): one row per warp leaves 40% of 4,224 warps idle;
-        // eight warps per row give each warp 80 chunks, five steps of 528 CTAs.
-        assert_eq!(s.gemv_split(2560, 640, 4), (8, 528));
-        // A small matrix keeps whole rows per warp.
-        assert_eq!(s.gemv_split(64, 96, 4).0, 1);
+        // Whole rows per warp: one wave of 4 CTAs per SM, or fewer CTAs for few rows.
+        assert_eq!(s.split_grid(10576, 1, 4), 528);
+        assert_eq!(s.split_grid(100, 1, 4), 13);
+        // Two CTAs fit where the kernel needs more registers; 8 warps per row: one row per CTA step.
+        assert_eq!(s.split_grid(10576, 1, 2), 264);
+        assert_eq!(s.split_grid(200, 8, 4), 200);
     }
 }
