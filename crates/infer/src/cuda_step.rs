@@ -18,7 +18,7 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
     CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaGraph, CudaSlice, CudaStream, CudaView, DriverError,
+    CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, DriverError, PinnedHostSlice,
 };
 use candle_core::{DType, Device, Layout, Storage, Tensor};
 use coil_kernels::decode::{
@@ -470,22 +470,28 @@ impl CudaStep {
         on_step: &mut dyn FnMut(&Picked) -> Result<bool>,
     ) -> Result<()> {
         let ctx = self.stream.context();
-        // SAFETY: page-locked host buffers of 2·batch u32, written only by the copies below and read after their
-        // events (`as_slice` waits for them).
+        // SAFETY: page-locked host buffers of 2·batch u32, written only by the copies below and read after the
+        // events recorded behind them (on one stream cudarc records none of its own).
         let alloc =
             || unsafe { ctx.alloc_pinned_with_flags::<u32>(2 * b.size, 0) }.map_err(driver_err);
         let mut host = [alloc()?, alloc()?];
+        let event = || ctx.new_event(None).map_err(driver_err);
+        let copied = [event()?, event()?];
+        let copy = |b: &Batch, host: &mut PinnedHostSlice<u32>, ev: &CudaEvent| -> Result<()> {
+            self.stream
+                .memcpy_dtoh(&b.picked, host)
+                .map_err(driver_err)?;
+            ev.record(&self.stream).map_err(driver_err)
+        };
         self.run_batch(b, first)?;
-        self.stream
-            .memcpy_dtoh(&b.picked, &mut host[0])
-            .map_err(driver_err)?;
+        copy(b, &mut host[0], &copied[0])?;
         let mut i = 0;
         loop {
             // Queue the next step and its copy, then look at this one's ids while the GPU works.
             self.launch_step(b, true)?;
-            self.stream
-                .memcpy_dtoh(&b.picked, &mut host[(i + 1) % 2])
-                .map_err(driver_err)?;
+            let next = (i + 1) % 2;
+            copy(b, &mut host[next], &copied[next])?;
+            copied[i % 2].synchronize().map_err(driver_err)?;
             let ids = host[i % 2].as_slice().map_err(driver_err)?;
             let picked = Picked {
                 ids: ids.iter().step_by(2).copied().collect(),
