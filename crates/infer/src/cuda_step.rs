@@ -171,9 +171,9 @@ impl CudaStep {
         // 16-byte chunks of bf16 (8) or f32 (4) weights per row and per norm group.
         let chunk = if lm.dtype == DType::BF16 { 8 } else { 4 };
         if !k::ssm_supported(&probe)
-            || hidden % chunk != 0
-            || inner % chunk != 0
-            || (inner / dims.groups) % chunk != 0
+            || !hidden.is_multiple_of(chunk)
+            || !inner.is_multiple_of(chunk)
+            || !(inner / dims.groups).is_multiple_of(chunk)
         {
             return Ok(None);
         }
