@@ -86,18 +86,25 @@ fn run_batch(
         if run.all_done() {
             return Ok(());
         }
-        // Greedy on the fused step: the ids are picked and fed back on the GPU.
+        // Greedy on the fused step: the ids are picked on the GPU; only they cross to the host.
         #[cfg(feature = "cuda")]
         if let (true, Stepper::Fused(f)) = (params.sampling.is_greedy(), &mut stepper) {
-            return f.decode_greedy(&next, |p| {
+            loop {
+                let p = f.step_greedy(&next)?;
                 for (r, &i) in batch.iter().enumerate() {
                     if !run.done[r] && p.non_finite[r] {
-                        return Err(non_finite(i, run.results[i].tokens.len(), ""));
+                        // The host path's error, naming the first value that is not finite.
+                        let generated = run.results[i].tokens.len();
+                        check_finite(&f.logits()?.swap_remove(r), i, generated)?;
+                        return Err(non_finite(i, generated, ""));
                     }
                     run.accept(r, p.ids[r]);
                 }
-                Ok(!run.all_done())
-            });
+                if run.all_done() {
+                    return Ok(());
+                }
+                next = p.ids;
+            }
         }
         rows = stepper.step(lm, &next)?;
     }

@@ -206,24 +206,8 @@ fn gpu_argmax_graph_and_pdl_change_nothing() {
         assert_eq!(p2, picked, "pdl {pdl} graph {graph}");
         assert!(l2 == logits, "pdl {pdl} graph {graph}: logits differ");
     }
-    // Fed back on the GPU (the next step queued before the host reads the last one's ids): the same ids.
-    let (n, len) = (prompts.len(), prompts[0].len());
-    let ids = Tensor::from_vec(prompts.concat(), (n, len), lm.device()).unwrap();
-    let (_, state) = lm.forward_with_state(&ids, None, None, true).unwrap();
-    let mut fused = CudaStep::new(&lm).unwrap().unwrap();
-    fused.start(&state, n).unwrap();
-    let first: Vec<u32> = prompts.iter().map(|p| p[len - 1]).collect();
-    let mut chained = vec![];
-    fused
-        .decode_greedy(&first, |p| {
-            chained.push(p.ids.clone());
-            Ok(chained.len() < picked.len())
-        })
-        .unwrap();
-    assert_eq!(chained, picked, "ids fed back on the GPU");
     println!(
-        "greedy ids on the GPU equal the argmax; PDL on/off and graph on/off give identical logits; ids fed back \
-         on the GPU give the same tokens"
+        "greedy ids on the GPU equal the argmax; PDL on/off and graph on/off give identical logits"
     );
 }
 
