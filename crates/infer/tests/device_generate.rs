@@ -28,7 +28,8 @@ fn generation_on_the_model_device_matches_the_cpu_engine() {
         };
         let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
         let mut seen = vec![];
-        let got = generate_on_device(&lm, &prompts, &params, &mut |i, t| seen.push((i, t))).unwrap();
+        let got =
+            generate_on_device(&lm, &prompts, &params, &mut |i, t| seen.push((i, t))).unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.tokens, w.tokens, "{name}");
             assert_eq!(g.stop, StopReason::Length, "{name}");
