@@ -12,8 +12,9 @@ use coil_infer::{
     generate, generate_on_device, DecodeDtClamp, Engine, EngineOptions, GenerateParams,
     SamplingParams, SeqState, WeightDtype,
 };
-use coil_model::HybridLm;
+use coil_model::{HybridLm, ModelConfig};
 use common::*;
+use std::collections::BTreeMap;
 
 const MAMBA_FIXTURES: [&str; 3] = ["mamba2_tiny", "mamba2_g1_chunk64", "mamba2_tied_limit"];
 
@@ -119,25 +120,33 @@ fn generation_on_cuda_gives_the_cpu_greedy_tokens() {
     }
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn fused_step_matches_the_cpu_step_with_bf16_weights_at_real_layer_sizes() {
-    // Mamba2-130M's layer (hidden 768, 24 heads of 64, state 128, one group), two layers, a small vocabulary;
-    // the same bf16 weights on both sides.
+/// Mamba2-130M's layer sizes (hidden 768, 24 heads of 64, state 128, one group), two layers, a vocabulary of
+/// 1024, and random bf16 parameters.
+fn small_bf16_params(seed: u64) -> (ModelConfig, BTreeMap<String, Tensor>) {
     let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
     cfg.pattern = "MM".into();
     cfg.vocab_size = 1024;
-    let params = coil_model::params::init_params(&cfg, 3, &Device::Cpu, DType::BF16).unwrap();
+    let params = coil_model::params::init_params(&cfg, seed, &Device::Cpu, DType::BF16).unwrap();
+    (cfg, params)
+}
+
+/// The same bf16 weights on the GPU and in the CPU engine.
+fn small_bf16_pair(seed: u64) -> (HybridLm, Engine) {
+    let (cfg, params) = small_bf16_params(seed);
     let gpu_lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
     let cpu_lm = HybridLm::load(&cfg, &params, &Device::Cpu, DType::BF16).unwrap();
-    let cpu = Engine::new(
-        cpu_lm,
-        EngineOptions {
-            weights: WeightDtype::Bf16,
-            dt_clamp: DecodeDtClamp::SameAsPrefill,
-        },
-    )
-    .unwrap();
+    let options = EngineOptions {
+        weights: WeightDtype::Bf16,
+        dt_clamp: DecodeDtClamp::SameAsPrefill,
+    };
+    (gpu_lm, Engine::new(cpu_lm, options).unwrap())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_step_matches_the_cpu_step_with_bf16_weights_at_real_layer_sizes() {
+    // Mamba2-130M's layer sizes, the same bf16 weights on both sides.
+    let (gpu_lm, cpu) = small_bf16_pair(3);
     let prompts = vec![(1..40).collect::<Vec<u32>>(), (100..139).collect()];
     let gap = step_gap(&gpu_lm, &cpu, &prompts, 6);
     println!("mamba2_130m-sized bf16: fused step vs CPU step, worst relative logit gap {gap:.2e}");
@@ -147,10 +156,7 @@ fn fused_step_matches_the_cpu_step_with_bf16_weights_at_real_layer_sizes() {
 
 /// A Mamba2-130M-sized two-layer model in bf16 (real layer sizes, a small vocabulary) on the GPU, and prompts.
 fn small_bf16_model(seed: u64) -> (HybridLm, Vec<Vec<u32>>) {
-    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
-    cfg.pattern = "MM".into();
-    cfg.vocab_size = 1024;
-    let params = coil_model::params::init_params(&cfg, seed, &Device::Cpu, DType::BF16).unwrap();
+    let (cfg, params) = small_bf16_params(seed);
     let lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
     let prompts = vec![
         (1..40).collect::<Vec<u32>>(),
@@ -216,10 +222,7 @@ fn gpu_argmax_graph_and_pdl_change_nothing() {
 fn non_finite_logits_are_flagged_and_stop_generation_on_cuda() {
     // A final norm weight at bf16's largest value: the normalised activations overflow to infinity, so every
     // logit is NaN or infinite (the model loads: its parameters are finite).
-    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
-    cfg.pattern = "MM".into();
-    cfg.vocab_size = 1024;
-    let mut params = coil_model::params::init_params(&cfg, 1, &Device::Cpu, DType::BF16).unwrap();
+    let (cfg, mut params) = small_bf16_params(1);
     let w = params.get_mut("backbone.norm_f.weight").unwrap();
     *w = (w.ones_like().unwrap() * 3.0e38).unwrap();
     let lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
@@ -272,20 +275,7 @@ fn device_memory_stays_flat_over_10000_tokens() {
 fn batched_path_matches_the_cpu_step() {
     // 12 sequences: above the GEMV kernels' 8, so the products run as cuBLAS GEMMs over x̂ split into two bf16
     // halves; the logits must still match the CPU's f32 activations.
-    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
-    cfg.pattern = "MM".into();
-    cfg.vocab_size = 1024;
-    let params = coil_model::params::init_params(&cfg, 4, &Device::Cpu, DType::BF16).unwrap();
-    let gpu_lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
-    let cpu_lm = HybridLm::load(&cfg, &params, &Device::Cpu, DType::BF16).unwrap();
-    let cpu = Engine::new(
-        cpu_lm,
-        EngineOptions {
-            weights: WeightDtype::Bf16,
-            dt_clamp: DecodeDtClamp::SameAsPrefill,
-        },
-    )
-    .unwrap();
+    let (gpu_lm, cpu) = small_bf16_pair(4);
     let prompts: Vec<Vec<u32>> = (0..12u32)
         .map(|b| (0..24).map(|i| (b * 37 + i * 11) % 1024).collect())
         .collect();

@@ -334,6 +334,13 @@ fn check_gemv(
     Ok(())
 }
 
+/// The GEMV kernel for `mode` ("in" or "out"), these weights and a group of `n` sequences (1, 2, 4 or 8): named
+/// `gemv_{mode}[_tma]_{bf16|f32}_b{n}` in `cuda/decode.cu`.
+fn gemv_name(mode: &str, weights: &str, n: usize, tma: bool) -> String {
+    let tma = if tma { "_tma" } else { "" };
+    format!("gemv_{mode}{tma}_{weights}_b{n}")
+}
+
 fn gemv_function(
     stream: &Arc<CudaStream>,
     mode: &str,
@@ -341,46 +348,13 @@ fn gemv_function(
     n: usize,
     tma: bool,
 ) -> Result<CudaFunction> {
-    if tma {
-        let name: &'static str = match (mode, w.suffix(), n) {
-            ("in", "bf16", 1) => "gemv_in_tma_bf16_b1",
-            ("in", "bf16", 2) => "gemv_in_tma_bf16_b2",
-            ("in", "bf16", 4) => "gemv_in_tma_bf16_b4",
-            ("in", "bf16", _) => "gemv_in_tma_bf16_b8",
-            ("in", _, 1) => "gemv_in_tma_f32_b1",
-            ("in", _, 2) => "gemv_in_tma_f32_b2",
-            ("in", _, 4) => "gemv_in_tma_f32_b4",
-            ("in", _, _) => "gemv_in_tma_f32_b8",
-            (_, "bf16", 1) => "gemv_out_tma_bf16_b1",
-            (_, "bf16", 2) => "gemv_out_tma_bf16_b2",
-            (_, "bf16", 4) => "gemv_out_tma_bf16_b4",
-            (_, "bf16", _) => "gemv_out_tma_bf16_b8",
-            (_, _, 1) => "gemv_out_tma_f32_b1",
-            (_, _, 2) => "gemv_out_tma_f32_b2",
-            (_, _, 4) => "gemv_out_tma_f32_b4",
-            _ => "gemv_out_tma_f32_b8",
-        };
-        return function(stream.context(), &DECODE, name, TMA_SMEM);
-    }
-    let name: &'static str = match (mode, w.suffix(), n) {
-        ("in", "bf16", 1) => "gemv_in_bf16_b1",
-        ("in", "bf16", 2) => "gemv_in_bf16_b2",
-        ("in", "bf16", 4) => "gemv_in_bf16_b4",
-        ("in", "bf16", _) => "gemv_in_bf16_b8",
-        ("in", _, 1) => "gemv_in_f32_b1",
-        ("in", _, 2) => "gemv_in_f32_b2",
-        ("in", _, 4) => "gemv_in_f32_b4",
-        ("in", _, _) => "gemv_in_f32_b8",
-        (_, "bf16", 1) => "gemv_out_bf16_b1",
-        (_, "bf16", 2) => "gemv_out_bf16_b2",
-        (_, "bf16", 4) => "gemv_out_bf16_b4",
-        (_, "bf16", _) => "gemv_out_bf16_b8",
-        (_, _, 1) => "gemv_out_f32_b1",
-        (_, _, 2) => "gemv_out_f32_b2",
-        (_, _, 4) => "gemv_out_f32_b4",
-        _ => "gemv_out_f32_b8",
-    };
-    function(stream.context(), &DECODE, name, 0)
+    let smem = if tma { TMA_SMEM } else { 0 };
+    function(
+        stream.context(),
+        &DECODE,
+        &gemv_name(mode, w.suffix(), n, tma),
+        smem,
+    )
 }
 
 /// Launches a GEMV over the batch in groups of at most [`MAX_GEMV_BATCH`] sequences; `shift` moves the per-
@@ -971,6 +945,21 @@ mod tests {
         assert!(!ssm_supported(&SsmDims { groups: 3, ..d }));
         assert!(!ssm_supported(&SsmDims { head_dim: 256, ..d }));
         assert!(!ssm_supported(&SsmDims { ld_proj: 418, ..d }));
+    }
+
+    #[test]
+    fn gemv_kernel_names_follow_the_cuda_macro() {
+        // COIL_GEMV in cuda/decode.cu defines gemv_{in,out}[_tma]_{bf16,f32}_b{1,2,4,8}.
+        let src = include_str!("../cuda/decode.cu");
+        assert!(
+            src.contains("gemv_in_##NAME##_b##B") && src.contains("gemv_out_tma_##NAME##_b##B")
+        );
+        assert!(
+            src.contains("COIL_GEMV(bf16, __nv_bfloat16, 1)")
+                && src.contains("COIL_GEMV(f32, float, 8)")
+        );
+        assert_eq!(gemv_name("in", "bf16", 1, false), "gemv_in_bf16_b1");
+        assert_eq!(gemv_name("out", "f32", 8, true), "gemv_out_tma_f32_b8");
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Cubins {
 #[derive(Default)]
 struct Loaded {
     modules: HashMap<(usize, &'static str), Arc<CudaModule>>,
-    functions: HashMap<(usize, &'static str), CudaFunction>,
+    functions: HashMap<(usize, String), CudaFunction>,
 }
 
 fn cache() -> &'static Mutex<Loaded> {
@@ -103,12 +103,12 @@ fn cache() -> &'static Mutex<Loaded> {
 pub(crate) fn function(
     ctx: &Arc<CudaContext>,
     cubins: &'static Cubins,
-    function: &'static str,
+    function: &str,
     smem_bytes: u32,
 ) -> Result<CudaFunction> {
     let ordinal = ctx.ordinal();
     let mut loaded = cache().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(f) = loaded.functions.get(&(ordinal, function)) {
+    if let Some(f) = loaded.functions.get(&(ordinal, function.to_string())) {
         return Ok(f.clone());
     }
     let module = match loaded.modules.get(&(ordinal, cubins.name)) {
@@ -125,7 +125,9 @@ pub(crate) fn function(
         CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         smem_bytes as i32,
     )?;
-    loaded.functions.insert((ordinal, function), f.clone());
+    loaded
+        .functions
+        .insert((ordinal, function.to_string()), f.clone());
     Ok(f)
 }
 
