@@ -607,13 +607,16 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logi
     if (v > bv) bv = v, bi = i;  // i grows: a later equal value never replaces
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  auto better = [](float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); };
+  // The warp's best (value, index): the larger value, the smaller index among equal values.
+  auto warp_best = [](float& bv, int& bi) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v = __shfl_xor_sync(FULL, bv, o);
-    const int i = __shfl_xor_sync(FULL, bi, o);
-    if (better(v, i, bv, bi)) bv = v, bi = i;
-  }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float v = __shfl_xor_sync(FULL, bv, o);
+      const int i = __shfl_xor_sync(FULL, bi, o);
+      if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
+    }
+  };
+  warp_best(bv, bi);
   bad = __any_sync(FULL, bad);
   if (lane == 0) sv[warp] = bv, si[warp] = bi, sbad[warp] = bad;
   __syncthreads();
@@ -622,12 +625,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logi
     bv = lane < nw ? sv[lane] : -INFINITY;
     bi = lane < nw ? si[lane] : n;
     bad = lane < nw ? sbad[lane] : 0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float v = __shfl_xor_sync(FULL, bv, o);
-      const int i = __shfl_xor_sync(FULL, bi, o);
-      if (better(v, i, bv, bi)) bv = v, bi = i;
-    }
+    warp_best(bv, bi);
     bad = __any_sync(FULL, bad);
     if (lane == 0) {
       out[2 * blockIdx.x] = bi < n ? static_cast<unsigned>(bi) : 0u;
