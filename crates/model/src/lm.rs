@@ -10,6 +10,7 @@ use crate::trace::Trace;
 use crate::weights::{Loader, WeightSource};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// What one layer carries from token to token.
@@ -141,19 +142,25 @@ impl HybridLm {
             )));
         }
         let flat = ids.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
-        if let Some((pos, &bad)) = flat
-            .iter()
-            .enumerate()
-            .find(|(_, &v)| v < 0 || v as usize >= self.config.vocab_size)
-        {
-            return Err(ModelError::Input(format!(
-                "token id {bad} at [{}, {}] is outside the model's vocabulary [0, {})",
-                pos / t,
-                pos % t,
-                self.config.vocab_size
-            )));
+        for (row, ids) in flat.chunks_exact(t).enumerate() {
+            self.check_row(row, ids.iter().copied())?;
         }
         Ok(())
+    }
+
+    /// Checks the ids of batch row `row` are below the vocabulary size.
+    fn check_row(&self, row: usize, ids: impl IntoIterator<Item = i64>) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match ids
+            .into_iter()
+            .enumerate()
+            .find(|&(_, v)| v < 0 || v as usize >= vocab)
+        {
+            Some((pos, bad)) => Err(ModelError::Input(format!(
+                "token id {bad} at [{row}, {pos}] is outside the model's vocabulary [0, {vocab})"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// `ids` [B,T] → logits [B,T,V] in f32. Fills `trace` with intermediate activations when given.
@@ -193,8 +200,54 @@ impl HybridLm {
         ))
     }
 
+    /// Prefills prompts of any lengths as one packed row (no padding enters any state) and returns the logits of
+    /// each prompt's last position [B, V] (f32, as [`forward_with_state`](Self::forward_with_state) with
+    /// `last_only` gives them) and the decode state of the B sequences, in the order of `prompts`, as
+    /// `forward_with_state` of each prompt alone gives them (within rounding): continue decoding all B with
+    /// `forward_with_state(next_ids [B,1], Some(&state), ..)`.
+    ///
+    /// The prompts run as one packed row with a `seq_idx` naming the prompt of every position (the packed path of
+    /// [`forward_packed`](Self::forward_packed)), so the conv and the SSM restart at every prompt; Mamba layers
+    /// run the inference chain of `forward_with_state` with that `seq_idx`. Each Mamba layer then keeps, per
+    /// prompt, the last K raw xBC columns as its conv state and the SSM state after the prompt's last token
+    /// from zero, `S = Σ_t exp(Σ_{u∈(t,end]} dt_u·A) · dt_t · x_t ⊗ B_t` with dt biased, softplus'd and
+    /// clamped as the prefill does (see [`Mamba2Mixer::forward_ragged`]).
+    ///
+    /// Models with attention layers are refused: their KV cache is one tensor per layer with one length for the
+    /// whole batch, and ragged prefill would need per-sequence lengths (prompts of equal length can be
+    /// prefilled together with `forward_with_state`).
+    pub fn prefill_ragged(&self, prompts: &[Vec<u32>]) -> Result<(Tensor, ModelState)> {
+        if prompts.is_empty() {
+            return Err(ModelError::Input(
+                "ragged prefill needs at least one prompt, got none".into(),
+            ));
+        }
+        let mut ids = Vec::with_capacity(prompts.iter().map(Vec::len).sum());
+        let mut seq_idx = Vec::with_capacity(ids.capacity());
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ModelError::Input(format!(
+                    "prompt {i} of the ragged prefill is empty"
+                )));
+            }
+            self.check_row(i, p.iter().map(|&v| i64::from(v)))?;
+            ids.extend_from_slice(p);
+            seq_idx.extend(std::iter::repeat_n(i as u32, p.len()));
+        }
+        let shape = (1, ids.len());
+        let ids = Tensor::from_vec(ids, shape, self.device())?;
+        let seq_idx = Tensor::from_vec(seq_idx, shape, &Device::Cpu)?;
+        let (logits, state) = self.run(&ids, Some(&seq_idx), None, None, true, true)?;
+        Ok((
+            logits.squeeze(1)?,
+            state.ok_or_else(|| ModelError::Invalid("no state computed".into()))?,
+        ))
+    }
+
     /// The forward pass; `keep_state` computes the per-layer state after the last token (inference), otherwise
-    /// Mamba layers take their differentiable path. `seq_idx` (packed rows) excludes `state` and `keep_state`.
+    /// Mamba layers take their differentiable path. `seq_idx` (packed rows) excludes `state`; with `keep_state`
+    /// it is a ragged prefill (one row, [`Packing::segments`]): the state holds one sequence per segment, and
+    /// `last_only` takes every segment's last position (logits [segments, 1, V]).
     fn run(
         &self,
         ids: &Tensor,
@@ -207,13 +260,14 @@ impl HybridLm {
         self.check_ids(ids)?;
         let (b, t) = ids.dims2()?;
         assert!(
-            seq_idx.is_none() || (state.is_none() && !keep_state),
-            "packed rows run without a decode state"
+            seq_idx.is_none() || state.is_none(),
+            "packed rows start without a decode state"
         );
         let packing = match seq_idx {
-            Some(s) => Some(self.packing(s, b, t)?),
+            Some(s) => Some(self.packing(s, b, t, keep_state)?),
             None => None,
         };
+        let segments = packing.as_ref().and_then(|p| p.segments.as_deref());
         if let Some(s) = state {
             if s.layers.len() != self.blocks.len() {
                 return Err(ModelError::Invalid(format!(
@@ -243,9 +297,13 @@ impl HybridLm {
             let prefix = format!("act.layers.{i}.mixer");
             let prev = state.map(|s| &s.layers[i]);
             let (out, next) = match (&block.mixer, prev) {
-                (Mixer::Mamba(m), None) if packing.is_some() => {
-                    (m.forward_packed(&h, seq_idx)?, LayerState::Stateless)
-                }
+                (Mixer::Mamba(m), None) if packing.is_some() => match segments {
+                    Some(segs) => {
+                        let (o, s) = m.forward_ragged(&h, segs)?;
+                        (o, LayerState::Mamba(s))
+                    }
+                    None => (m.forward_packed(&h, seq_idx)?, LayerState::Stateless),
+                },
                 (Mixer::Attention(a), None) if packing.is_some() => {
                     let mask = packing.as_ref().and_then(|p| p.mask.as_ref());
                     let mask = mask.expect("attention mask is built when the model has attention");
@@ -286,7 +344,11 @@ impl HybridLm {
                 tr.record(format!("act.layers.{i}.out"), &r);
             }
         }
-        if last_only {
+        if let (true, Some(segs)) = (last_only, segments) {
+            let ends: Vec<u32> = segs.iter().map(|s| s.end as u32 - 1).collect();
+            let ends = Tensor::from_vec(ends, segs.len(), r.device())?;
+            r = r.index_select(&ends, 1)?.transpose(0, 1)?;
+        } else if last_only {
             r = r.narrow(1, t - 1, 1)?;
         }
         let h = rms_norm(&r.to_dtype(self.dtype)?, &self.norm_f, self.config.norm_eps)?;
@@ -304,8 +366,9 @@ impl HybridLm {
         Ok((logits, keep_state.then_some(ModelState { layers })))
     }
 
-    /// Checks `seq_idx` against ids [B,T] and builds what the layers need from it.
-    fn packing(&self, seq_idx: &Tensor, b: usize, t: usize) -> Result<Packing> {
+    /// Checks `seq_idx` against ids [B,T] and builds what the layers need from it; `ragged`: for a ragged
+    /// prefill (one row, no attention layers).
+    fn packing(&self, seq_idx: &Tensor, b: usize, t: usize, ragged: bool) -> Result<Packing> {
         if seq_idx.dims() != [b, t] {
             return Err(ModelError::Invalid(format!(
                 "seq_idx has shape {:?}; it must match the input ids [{b}, {t}]",
@@ -315,13 +378,29 @@ impl HybridLm {
         let host = coil_ops::tensor::seq_idx_host(seq_idx, b, t)
             .map_err(|e| ModelError::Invalid(format!("seq_idx: {e}")))?;
         let seg = coil_ops::packing::segment_ids(&host, b, t);
-        let has_attention = self.blocks.iter().any(|bl| bl.kind == LayerKind::Attention);
+        let attention: Vec<usize> = (self.blocks.iter().enumerate())
+            .filter(|(_, bl)| bl.kind == LayerKind::Attention)
+            .map(|(i, _)| i)
+            .collect();
+        if ragged && !attention.is_empty() {
+            return Err(ModelError::Unsupported(format!(
+                "ragged prefill of a model with attention layers (layers {attention:?}: it would need \
+                 per-sequence KV-cache lengths, and the KV cache is one tensor per layer with one length for the \
+                 whole batch; prompts of equal length can be prefilled together with `forward_with_state`)"
+            )));
+        }
+        if ragged && b != 1 {
+            return Err(ModelError::Invalid(format!(
+                "a ragged prefill packs its sequences into one row, got {b} rows"
+            )));
+        }
         Ok(Packing {
-            mask: if has_attention {
-                Some(segment_mask(&seg, b, t, self.device())?)
-            } else {
+            mask: if attention.is_empty() {
                 None
+            } else {
+                Some(segment_mask(&seg, b, t, self.device())?)
             },
+            segments: ragged.then(|| segment_ranges(&seg)),
         })
     }
 
@@ -350,9 +429,22 @@ impl HybridLm {
 }
 
 /// What a packed forward needs beyond the ids: the attention mask [B,1,T,T] (only when the model has attention;
-/// Mamba layers take `seq_idx` itself).
+/// Mamba layers take `seq_idx` itself) and, for a ragged prefill, the positions of every segment of the row.
 struct Packing {
     mask: Option<Tensor>,
+    segments: Option<Vec<Range<usize>>>,
+}
+
+/// The position ranges of the segments of one row of segment ids (`coil_ops::packing::segment_ids`).
+fn segment_ranges(seg: &[u32]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = vec![];
+    for (t, s) in seg.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if seg[t - 1] == *s => r.end = t + 1,
+            _ => out.push(t..t + 1),
+        }
+    }
+    out
 }
 
 /// True when every element of `t` is finite (no NaN, no infinity); integer tensors always are. One pass on the

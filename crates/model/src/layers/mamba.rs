@@ -8,8 +8,9 @@ use super::{Linear, ParamMap};
 use crate::config::{MixerDims, ModelConfig};
 use crate::error::Result;
 use crate::trace::Trace;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use coil_ops::tensor as ops;
+use std::ops::Range;
 
 /// The decode state of one Mamba layer for a batch of sequences (HF cache semantics, docs/numerics.md §4).
 #[derive(Clone, Debug)]
@@ -148,12 +149,94 @@ impl Mamba2Mixer {
         prefix: &str,
     ) -> Result<(Tensor, MambaState)> {
         let (b, t, _) = x.dims3()?;
+        let (conv, k) = (self.dims.conv_dim(), self.dims.conv_kernel);
+        // The K−1 raw columns before this call, oldest first; zeros at the start of a sequence.
+        let history = match state {
+            Some(s) => s.conv.narrow(2, 1, k - 1)?.to_dtype(DType::F32)?,
+            None => Tensor::zeros((b, conv, k - 1), DType::F32, x.device())?,
+        };
+        let hist = state.map(|_| &history);
+        let pass = self.pass(x, hist, state.map(|s| &s.ssm), None, trace, prefix)?;
+        // The window after the last position: its K raw columns, from this call alone when it is long enough
+        // (no copy of the whole sequence).
+        let new_conv = if t >= k {
+            pass.xbc_raw.narrow(1, t - k, k)?.transpose(1, 2)?
+        } else {
+            Tensor::cat(&[&history, &pass.xbc_raw.transpose(1, 2)?], 2)?.narrow(2, t - 1, k)?
+        };
+        Ok((
+            pass.out,
+            MambaState {
+                conv: new_conv.contiguous()?,
+                ssm: pass.ssm,
+            },
+        ))
+    }
+
+    /// Ragged prefill: `x` [1,T,D] holds several sequences one after another, `segments` their position ranges
+    /// (consecutive, covering 0..T). Returns ([1,T,D], the state after each sequence's last token, batched in
+    /// the order of `segments`): each sequence's output and state are what
+    /// [`forward_with_state`](Self::forward_with_state) of that sequence alone gives, within rounding. The
+    /// output runs the same inference chain with the conv and SSD restarting at every boundary (`seq_idx`); the
+    /// states come from `segment_conv_states` and `segment_ssm_states`.
+    pub fn forward_ragged(
+        &self,
+        x: &Tensor,
+        segments: &[Range<usize>],
+    ) -> Result<(Tensor, MambaState)> {
+        let seq_idx: Vec<i32> = segments
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| std::iter::repeat_n(i as i32, r.len()))
+            .collect();
+        let pass = self.pass(x, None, None, Some(&seq_idx), &mut None, "")?;
+        let inner = self.dims.d_inner();
+        let gn = self.dims.groups * self.dims.state;
+        let row = |t: &Tensor| t.squeeze(0);
+        let dt = ops::dt_softplus(&row(&pass.dt_raw)?, &self.dt_bias, self.dt_limit)?;
+        let ssm = segment_ssm_states(
+            &row(&pass.xbc.narrow(2, 0, inner)?)?,
+            &row(&pass.xbc.narrow(2, inner, gn)?)?,
+            &dt,
+            &self.a()?,
+            self.dims,
+            // The chunk size changes rounding only; no longer than the longest segment, to keep padding small.
+            self.chunk_size
+                .min(segments.iter().map(Range::len).max().unwrap_or(0).max(1)),
+            segments,
+        )?;
+        Ok((
+            pass.out,
+            MambaState {
+                conv: segment_conv_states(&row(&pass.xbc_raw)?, self.dims.conv_kernel, segments)?,
+                ssm,
+            },
+        ))
+    }
+
+    /// `A = −exp(A_log)` [H], f32.
+    fn a(&self) -> Result<Tensor> {
+        Ok(self.a_log.to_dtype(DType::F32)?.exp()?.neg()?)
+    }
+
+    /// The inference chain in_proj → conv + SiLU → SSD → gated norm → out_proj on `x` [B,T,D], from the conv
+    /// `history` [B,C,K−1] and SSM `initial` state when given, restarting at every change of `seq_idx` [B·T]
+    /// (host) when given. Keeps what the callers build decode states from.
+    fn pass(
+        &self,
+        x: &Tensor,
+        history: Option<&Tensor>,
+        initial: Option<&Tensor>,
+        seq_idx: Option<&[i32]>,
+        trace: &mut Option<&mut Trace>,
+        prefix: &str,
+    ) -> Result<Pass> {
+        let (b, t, _) = x.dims3()?;
         let MixerDims {
             heads,
-            head_dim: _,
             groups,
             state: n,
-            conv_kernel: k,
+            ..
         } = self.dims;
         let (inner, conv, gn) = (self.dims.d_inner(), self.dims.conv_dim(), groups * n);
         let zxbcdt = self.in_proj.forward(x)?.to_dtype(DType::F32)?;
@@ -163,37 +246,26 @@ impl Mamba2Mixer {
         let z = zxbcdt.narrow(2, 0, inner)?;
         let xbc_raw = zxbcdt.narrow(2, inner, conv)?;
         let dt_raw = zxbcdt.narrow(2, inner + conv, heads)?;
-
-        // The K−1 raw columns before this call, oldest first; zeros at the start of a sequence.
-        let history = match state {
-            Some(s) => s.conv.narrow(2, 1, k - 1)?.to_dtype(DType::F32)?,
-            None => Tensor::zeros((b, conv, k - 1), DType::F32, x.device())?,
-        };
-        // The window after the last position: its K raw columns, from this call alone when it is long enough
-        // (no copy of the whole sequence).
-        let new_conv = if t >= k {
-            xbc_raw.narrow(1, t - k, k)?.transpose(1, 2)?
-        } else {
-            Tensor::cat(&[&history, &xbc_raw.transpose(1, 2)?], 2)?.narrow(2, t - 1, k)?
-        };
-        let hist = if state.is_some() {
-            Some(&history)
-        } else {
-            None
-        };
-        let xbc =
-            ops::causal_conv1d_silu(&xbc_raw, &self.conv_weight, self.conv_bias.as_ref(), hist)?;
-        let a = self.a_log.to_dtype(DType::F32)?.exp()?.neg()?;
+        let seq_tensor = seq_idx
+            .map(|s| Tensor::from_slice(s, (b, t), &Device::Cpu))
+            .transpose()?;
+        let xbc = ops::causal_conv1d_silu_packed(
+            &xbc_raw,
+            &self.conv_weight,
+            self.conv_bias.as_ref(),
+            history,
+            seq_tensor.as_ref(),
+        )?;
         let (y, ssm) = ops::ssd_layer(&ops::LayerSsd {
             x: &xbc.narrow(2, 0, inner)?,
             b: &xbc.narrow(2, inner, gn)?,
             c: &xbc.narrow(2, inner + gn, gn)?,
             dt_raw: &dt_raw,
             dt_bias: &self.dt_bias,
-            a: &a,
+            a: &self.a()?,
             d: &self.d,
-            initial_state: state.map(|s| &s.ssm),
-            seq_idx: None,
+            initial_state: initial,
+            seq_idx,
             heads,
             groups,
             chunk: self.chunk_size,
@@ -210,12 +282,149 @@ impl Mamba2Mixer {
         let out = self
             .out_proj
             .forward(&g.to_dtype(self.out_proj.weight.dtype())?)?;
-        Ok((
+        Ok(Pass {
             out,
-            MambaState {
-                conv: new_conv.contiguous()?,
-                ssm,
-            },
-        ))
+            xbc_raw,
+            xbc,
+            dt_raw,
+            ssm,
+        })
     }
+}
+
+/// What one inference pass of a mixer ([`Mamba2Mixer::pass`]) computes on the way, for the decode states.
+struct Pass {
+    /// [B,T,D]
+    out: Tensor,
+    /// [B,T,C] f32: the conv input (in_proj's xBC columns) and output (after SiLU).
+    xbc_raw: Tensor,
+    xbc: Tensor,
+    /// [B,T,H] f32, before bias and softplus.
+    dt_raw: Tensor,
+    /// [B,H,P,N] f32: the SSD state after the last position (of the last segment when packed).
+    ssm: Tensor,
+}
+
+/// The rows `idx` of `t` [T, ..] ([`None`]: a row of zeros) → [idx.len(), ..].
+fn gather_rows(t: &Tensor, idx: &[Option<usize>]) -> Result<Tensor> {
+    let rows = t.dim(0)?;
+    let mut zero_shape = t.dims().to_vec();
+    zero_shape[0] = 1;
+    let padded = Tensor::cat(&[t, &Tensor::zeros(zero_shape, t.dtype(), t.device())?], 0)?;
+    let n = idx.len();
+    let idx: Vec<u32> = idx.iter().map(|i| i.unwrap_or(rows) as u32).collect();
+    let idx = Tensor::from_vec(idx, n, t.device())?;
+    Ok(padded.index_select(&idx, 0)?)
+}
+
+/// The conv state of every segment: its last K raw (pre-conv) columns of `xbc_raw` [T,C], oldest first, zeros
+/// on the left of a segment shorter than K (what the prefill of that segment alone keeps) → [S,C,K].
+fn segment_conv_states(xbc_raw: &Tensor, k: usize, segments: &[Range<usize>]) -> Result<Tensor> {
+    let idx: Vec<Option<usize>> = segments
+        .iter()
+        .flat_map(|r| (0..k).map(move |j| (r.end + j).checked_sub(k).filter(|&p| p >= r.start)))
+        .collect();
+    let c = xbc_raw.dim(1)?;
+    Ok(gather_rows(xbc_raw, &idx)?
+        .reshape((segments.len(), k, c))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// The SSM state after the last token of every segment, each from a zero state: for segment `s` ending at `e`
+/// (inclusive) and head `h` (of group `g`),
+///
+/// ```text
+/// S_s[h] = Σ_{t∈s} exp(Σ_{u∈(t,e]} dt_u·A_h) · dt_t · x_t[h] ⊗ B_t[g]      [P,N]
+/// ```
+///
+/// with `dt` processed as the SSD of the prefill takes it (bias, softplus, clamp). `x` [T,H·P], `b` [T,G·N],
+/// `dt` [T,H] and `a` [H], f32 → [S,H,P,N] f32.
+///
+/// Computed chunkwise so that nothing is quadratic in a segment's length and every decay exponent is a sum
+/// over positions *after* t (never a difference of two long prefix sums, which would lose the small exponents
+/// that matter to f32 rounding). Each segment is cut into chunks of `q` positions aligned to its end (its first
+/// chunk left-padded with zero rows, which add nothing); per chunk `z` and position `j`,
+/// `Σ_{u∈(t,e]} dt_u·A = r_j + R_z`, with `r_j` the sum over the rest of the chunk (a [q,q] triangular matmul)
+/// and `R_z` that over the segment's later chunks (a [Z,Z] matmul of the chunk totals). Then one batched
+/// matmul per (chunk, group) gives the chunk's weighted `Σ_j x_j ⊗ B_j`, and a [S,Z] one-hot matmul adds up
+/// each segment's chunks.
+fn segment_ssm_states(
+    x: &Tensor,
+    b: &Tensor,
+    dt: &Tensor,
+    a: &Tensor,
+    dims: MixerDims,
+    q: usize,
+    segments: &[Range<usize>],
+) -> Result<Tensor> {
+    let MixerDims {
+        heads: h,
+        head_dim: p,
+        groups: g,
+        state: n,
+        ..
+    } = dims;
+    let dev = x.device();
+    // Host bookkeeping: the chunk layout (source row of every slot), each chunk's segment.
+    let mut slots: Vec<Option<usize>> = vec![];
+    let mut owner: Vec<usize> = vec![];
+    for (s, r) in segments.iter().enumerate() {
+        let nz = r.len().div_ceil(q);
+        let pad = nz * q - r.len();
+        slots.extend(std::iter::repeat_n(None, pad));
+        slots.extend(r.clone().map(Some));
+        owner.extend(std::iter::repeat_n(s, nz));
+    }
+    let z = owner.len();
+    let host = |v: Vec<f32>, shape: (usize, usize)| Tensor::from_vec(v, shape, dev);
+    // after[u, j] = 1 when u > j (the rest of a chunk); later[z, z'] = 1 when z' > z in the same segment.
+    let after = host(
+        (0..q * q).map(|e| f32::from(e / q > e % q)).collect(),
+        (q, q),
+    )?;
+    let later = host(
+        (0..z * z)
+            .map(|e| f32::from(e % z > e / z && owner[e % z] == owner[e / z]))
+            .collect(),
+        (z, z),
+    )?;
+    let one_hot = host(
+        (0..segments.len() * z)
+            .map(|e| f32::from(owner[e % z] == e / z))
+            .collect(),
+        (segments.len(), z),
+    )?;
+
+    // [Z,H,Q]: heads before positions.
+    let per_chunk = |t: &Tensor| -> Result<Tensor> {
+        Ok(gather_rows(t, &slots)?
+            .reshape((z, q, h))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let dt_c = per_chunk(dt)?;
+    let da_c = per_chunk(&dt.broadcast_mul(&a.unsqueeze(0)?)?)?;
+    let rest = da_c
+        .reshape((z * h, q))?
+        .matmul(&after)?
+        .reshape((z, h, q))?;
+    let later_chunks = later.matmul(&da_c.sum(2)?)?; // [Z,H]
+    let w = (rest.broadcast_add(&later_chunks.unsqueeze(2)?)?.exp()? * dt_c)?; // [Z,H,Q]
+
+    // Σ_j w_j · x_j ⊗ B_j per chunk: [Z·G, (H/G)·P, Q] × [Z·G, Q, N].
+    let xw = gather_rows(x, &slots)?
+        .reshape((z, q, h, p))?
+        .permute((0, 2, 3, 1))? // [Z,H,P,Q]
+        .broadcast_mul(&w.unsqueeze(2)?)?
+        .reshape((z * g, (h / g) * p, q))?;
+    let bc = gather_rows(b, &slots)?
+        .reshape((z, q, g, n))?
+        .permute((0, 2, 1, 3))?
+        .contiguous()?
+        .reshape((z * g, q, n))?;
+    let chunk_states = xw.matmul(&bc)?.reshape((z, h * p * n))?;
+    Ok(one_hot
+        .matmul(&chunk_states)?
+        .reshape((segments.len(), h, p, n))?)
 }
