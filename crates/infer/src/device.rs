@@ -4,16 +4,19 @@
 //! decoding on the fused step picks the ids on the GPU (only they cross to the host); sampling follows the same
 //! Megatron rules as the CPU engine ([`crate::sampling`]), on the host, from each step's logits [B, V].
 //!
-//! Unlike the CPU engine ([`crate::generate`]), a batch here is one tensor, so prompts of different lengths go in
-//! separate batches (no padding ever enters a state); a sequence that stops early keeps its row until its batch
-//! ends, and its later tokens are dropped.
+//! Unlike the CPU engine ([`crate::generate`]), a batch here steps as one tensor. Prompts of different lengths
+//! share a batch when the model has no attention layer: they are prefilled as one packed row
+//! ([`HybridLm::prefill_ragged`]), each sequence's state as if it ran alone, so no padding ever enters a state;
+//! with attention layers (one KV-cache length per batch) prompts of one length go together. A sequence that stops
+//! early keeps its row until its batch ends, and its later tokens are dropped.
 
-use crate::error::Result;
-use crate::generate::{GenerateParams, Generation, OnToken, StopReason};
+use crate::error::{InferError, Result};
+use crate::generate::{GenerateParams, Generation, OnToken, StateDtype, StopReason};
 #[cfg(feature = "cuda")]
 use crate::sampling::non_finite;
 use crate::sampling::{check_finite, Sampler};
 use candle_core::{DType, Device, Tensor};
+use coil_model::lm::Mixer;
 use coil_model::HybridLm;
 
 /// Generates for every prompt on `lm`'s device; `on_token` sees each kept token as it is sampled.
@@ -28,15 +31,22 @@ pub fn generate_on_device(
     if params.max_new_tokens == 0 {
         return Ok(results);
     }
-    // Batches: prompts of one length, in order of first appearance, at most max_batch each.
-    let mut by_len: Vec<(usize, Vec<usize>)> = vec![];
+    // Batches of at most max_batch prompts: in order whatever their lengths when the model has no attention layer
+    // (prefilled as one packed row), else prompts of one length in order of first appearance (the KV cache has
+    // one length per batch).
+    let mut groups: Vec<(usize, Vec<usize>)> = vec![];
+    let ragged = !lm
+        .blocks
+        .iter()
+        .any(|b| matches!(b.mixer, Mixer::Attention(_)));
     for (i, p) in prompts.iter().enumerate() {
-        match by_len.iter_mut().find(|(l, _)| *l == p.len()) {
+        let key = if ragged { 0 } else { p.len() };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push(i),
-            None => by_len.push((p.len(), vec![i])),
+            None => groups.push((key, vec![i])),
         }
     }
-    for (_, members) in by_len {
+    for (_, members) in groups {
         for batch in members.chunks(params.max_batch) {
             run_batch(lm, prompts, batch, params, on_token, &mut results)?;
         }
@@ -54,14 +64,20 @@ fn run_batch(
 ) -> Result<()> {
     let dev = lm.device();
     let len = prompts[batch[0]].len();
-    let ids: Vec<i64> = batch
-        .iter()
-        .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
-        .collect();
-    let ids = Tensor::from_vec(ids, (batch.len(), len), dev)?;
-    let (logits, state) = lm.forward_with_state(&ids, None, None, true)?;
+    let (logits, state) = if batch.iter().all(|&i| prompts[i].len() == len) {
+        let ids: Vec<i64> = batch
+            .iter()
+            .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
+            .collect();
+        let ids = Tensor::from_vec(ids, (batch.len(), len), dev)?;
+        lm.forward_with_state(&ids, None, None, true)?
+    } else {
+        // Prompts of different lengths: one packed row, each sequence's state as if prefilled alone.
+        let members: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
+        lm.prefill_ragged(&members)?
+    };
     let mut rows = host_rows(&logits, batch.len())?;
-    let mut stepper = Stepper::new(lm, state, batch.len())?;
+    let mut stepper = Stepper::new(lm, state, batch.len(), params.ssm_state)?;
     let mut samplers: Vec<Sampler> = batch
         .iter()
         .map(|&i| Sampler::new(params.sampling, params.seed, i as u64, params.vocab_limit))
@@ -86,25 +102,29 @@ fn run_batch(
         if run.all_done() {
             return Ok(());
         }
-        // Greedy on the fused step: the ids are picked on the GPU; only they cross to the host.
+        // Greedy on the fused step: the ids are picked on the GPU (and fed back there when pipelined).
         #[cfg(feature = "cuda")]
         if let (true, Stepper::Fused(f)) = (params.sampling.is_greedy(), &mut stepper) {
-            loop {
-                let p = f.step_greedy(&next)?;
-                for (r, &i) in batch.iter().enumerate() {
+            let mut bad = None;
+            f.decode_greedy(&next, |p| {
+                for r in 0..batch.len() {
                     if !run.done[r] && p.non_finite[r] {
-                        // The host path's error, naming the first value that is not finite.
-                        let generated = run.results[i].tokens.len();
-                        check_finite(&f.logits()?.swap_remove(r), i, generated)?;
-                        return Err(non_finite(i, generated, ""));
+                        bad = Some(r);
+                        return Ok(false);
                     }
                     run.accept(r, p.ids[r]);
                 }
-                if run.all_done() {
-                    return Ok(());
-                }
-                next = p.ids;
+                Ok(!run.all_done())
+            })?;
+            let Some(r) = bad else {
+                return Ok(());
+            };
+            let (i, generated) = (batch[r], run.results[batch[r]].tokens.len());
+            if !f.pipeline() {
+                // The step's logits are still there: the host path's error, naming the first bad value.
+                check_finite(&f.logits()?.swap_remove(r), i, generated)?;
             }
+            return Err(non_finite(i, generated, ""));
         }
         rows = stepper.step(lm, &next)?;
     }
@@ -152,13 +172,28 @@ enum Stepper {
 }
 
 impl Stepper {
-    fn new(lm: &HybridLm, state: coil_model::ModelState, batch: usize) -> Result<Self> {
+    fn new(
+        lm: &HybridLm,
+        state: coil_model::ModelState,
+        batch: usize,
+        ssm_state: StateDtype,
+    ) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if let Some(mut fused) = crate::cuda_step::CudaStep::new(lm)? {
+            if ssm_state == StateDtype::Bf16 {
+                fused.set_state_dtype(DType::BF16)?;
+            }
             fused.start(&state, batch)?;
             return Ok(Stepper::Fused(Box::new(fused)));
         }
         let _ = (lm, batch); // used by the CUDA build only
+        if ssm_state != StateDtype::F32 {
+            return Err(InferError::Invalid(format!(
+                "a bf16 SSM state is stored by the fused CUDA decode step only (a model of Mamba2 layers in bf16 or \
+                 f32 on a CUDA device); this model on {} decodes with its forward, which keeps the state in f32",
+                coil_model::device::device_label(lm.device())
+            )));
+        }
         Ok(Stepper::Forward(state))
     }
 

@@ -20,6 +20,18 @@ pub struct GenerateParams {
     pub vocab_limit: Option<usize>,
     /// Sequences stepped together at most (`--max-batch-size`).
     pub max_batch: usize,
+    /// How the decode step stores the SSM states (`--ssm-state-dtype`).
+    pub ssm_state: StateDtype,
+}
+
+/// The storage of the SSM states while decoding. `F32` everywhere (the CPU engine's, and Hugging Face's); `Bf16` on
+/// the fused CUDA step only, as mamba_ssm keeps the state of a bf16 model: half of the bytes a large batch's step
+/// moves, the update still computed in f32 and the state rounded to bf16 after every token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateDtype {
+    #[default]
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +97,13 @@ pub fn generate(
     params: &GenerateParams,
     on_token: &mut OnToken,
 ) -> Result<Vec<Generation>> {
+    if params.ssm_state != StateDtype::F32 {
+        return Err(InferError::Invalid(
+            "a bf16 SSM state is stored by the fused CUDA decode step only (--device cuda, a model of Mamba2 \
+             layers); the CPU engine keeps it in f32"
+                .into(),
+        ));
+    }
     let vocab = engine.vocab_size();
     let mut results = start(prompts, params, vocab)?;
     if params.max_new_tokens == 0 {

@@ -30,7 +30,7 @@ pub mod weights;
 pub use device::generate_on_device;
 pub use engine::{Engine, EngineOptions};
 pub use error::{InferError, Result};
-pub use generate::{generate, GenerateParams, Generation, StopReason};
+pub use generate::{generate, GenerateParams, Generation, StateDtype, StopReason};
 pub use matvec::WeightDtype;
 pub use sampling::{Sampler, SamplingParams};
 pub use state::SeqState;

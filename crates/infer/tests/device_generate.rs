@@ -6,8 +6,8 @@
 mod common;
 
 use coil_infer::{
-    generate, generate_on_device, DecodeDtClamp, GenerateParams, SamplingParams, StopReason,
-    WeightDtype,
+    generate, generate_on_device, DecodeDtClamp, GenerateParams, SamplingParams, StateDtype,
+    StopReason, WeightDtype,
 };
 use common::*;
 
@@ -25,6 +25,7 @@ fn generation_on_the_model_device_matches_the_cpu_engine() {
             eos: None,
             vocab_limit: None,
             max_batch: 8,
+            ssm_state: Default::default(),
         };
         let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
         let mut seen = vec![];
@@ -48,6 +49,65 @@ fn generation_on_the_model_device_matches_the_cpu_engine() {
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.tokens, w.tokens, "{name} with EOS {eos}");
             assert_eq!(g.stop, w.stop, "{name} with EOS {eos}");
+        }
+    }
+}
+
+#[test]
+fn a_bf16_state_off_the_fused_cuda_step_is_refused_with_the_reason() {
+    let name = "mamba2_tiny";
+    let fx = load_fixture(name);
+    let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
+    let params = GenerateParams {
+        max_new_tokens: 3,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        eos: None,
+        vocab_limit: None,
+        max_batch: 8,
+        ssm_state: StateDtype::Bf16,
+    };
+    let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
+    let e = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("bf16 SSM state"), "{e}");
+    let e = generate_on_device(&load_model(name), &prompts, &params, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("fused CUDA decode step only"), "{e}");
+}
+
+#[test]
+fn prompts_of_different_lengths_decode_together_as_when_alone() {
+    // One batch (a packed ragged prefill, then steps together) against the CPU engine, which runs every prompt
+    // on its own: lengths 1, 5 and the fixture's full row, in mixed order.
+    for name in ["mamba2_tiny", "mamba2_g1_chunk64", "mamba2_tied_limit"] {
+        let fx = load_fixture(name);
+        let full = row_u32(&fx["input_ids"], 0);
+        let other = row_u32(&fx["input_ids"], 1);
+        let prompts = vec![
+            other[..5].to_vec(),
+            full.clone(),
+            vec![full[3]],
+            other.clone(),
+        ];
+        let lm = load_model(name);
+        let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
+        let params = GenerateParams {
+            max_new_tokens: 6,
+            sampling: SamplingParams::greedy(),
+            seed: 0,
+            eos: None,
+            vocab_limit: None,
+            max_batch: 8,
+            ssm_state: Default::default(),
+        };
+        let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
+        let got = generate_on_device(&lm, &prompts, &params, &mut |_, _| {}).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.tokens,
+                w.tokens,
+                "{name}: prompt {i} of length {}",
+                prompts[i].len()
+            );
         }
     }
 }

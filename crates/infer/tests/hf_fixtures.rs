@@ -17,6 +17,7 @@ fn greedy(n: usize, max_batch: usize) -> GenerateParams {
         eos: None,
         vocab_limit: None,
         max_batch,
+        ssm_state: Default::default(),
     }
 }
 

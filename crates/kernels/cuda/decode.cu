@@ -9,7 +9,8 @@
 //   gemv_out    residual += W_out · (RMSNorm_group(yg)·w), the group norms from the heads' sums
 //   (gemv_in once more as the final norm + LM head, no epilogue), then argmax per sequence.
 // All activations and states are f32, as the CPU engine keeps them (crates/infer/src/step.rs), with its arithmetic
-// per element (h = r·inv·w, v = y·SiLU(z), out = v·inv·w), so the GPU step matches it up to summation order.
+// per element (h = r·inv·w, v = y·SiLU(z), out = v·inv·w), so the GPU step matches it up to summation order. The
+// SSM state may instead be stored in bf16 (an option: half the bytes of a large batch's step, as mamba_ssm does).
 //
 // Overlap (sm_90): every kernel lets the next one launch as soon as it starts (programmatic dependent launch,
 // `griddepcontrol`), and before waiting for the kernels it depends on, a kernel fetches what does not depend on
@@ -96,6 +97,23 @@ __device__ __forceinline__ void load_f32(const float* p, float (&v)[E]) {
     const float4 f = *reinterpret_cast<const float4*>(p + e);
     v[e] = f.x, v[e + 1] = f.y, v[e + 2] = f.z, v[e + 3] = f.w;
   }
+}
+
+// Four consecutive state values as floats (16-byte aligned f32, 8-byte aligned bf16) and back; bf16 rounds to
+// nearest.
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void store4(float* p, const float4& v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, const float4& v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t*>(&lo);
+  u.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = u;
 }
 
 }  // namespace
@@ -500,7 +518,7 @@ struct SsmArgs {
   const float* proj;  // [batch, ld_proj]: z at column 0, x|B|C at xbc_off, dt (softplus'd, clamped) at dt_off
   const float* a;     // [heads]: A = -exp(A_log)
   const float* d;     // [heads] or null
-  float* state;       // [batch, heads, head_dim, N]
+  void* state;        // [batch, heads, head_dim, N], f32 or bf16 (the kernel's name says which)
   float* yg;          // [batch, ld_yg]: y·SiLU(z)
   float* part;        // [batch, heads]: Σ_p yg²
   long long ld_proj, ld_yg;
@@ -511,19 +529,20 @@ static_assert(sizeof(SsmArgs) == 88, "SsmArgs: the layout src/decode.rs mirrors"
 // The SSM update of one token for head h of sequence b (grid (heads, batch), head_dim·4 threads: four per state
 // row, each owning N/4 columns as float4s). s[p, n] ← exp(dt·A)·s[p, n] + dt·x[p]·B[n]; y[p] = Σ_n s[p, n]·C[n] +
 // D·x[p]; yg[p] = y[p]·SiLU(z[p]). x of head h is at h·P in x|B|C, B of group g at x_width + g·N, C at x_width +
-// G·N + g·N.
-template <int N>
+// G·N + g·N. The state is stored as S (f32, or bf16 as mamba_ssm keeps it for a bf16 model: half the bytes, the
+// update still computed in f32 and rounded to nearest when stored).
+template <int N, typename S>
 __device__ __forceinline__ void ssm_gate_body(const SsmArgs& a) {
   __shared__ float red[32];
   const int h = blockIdx.x, b = blockIdx.y;
   const int p = threadIdx.x >> 2, q = threadIdx.x & 3;
   const int P = a.head_dim;
-  float4* s = reinterpret_cast<float4*>(a.state + ((static_cast<long long>(b) * a.heads + h) * P + p) * N);
+  S* s = static_cast<S*>(a.state) + ((static_cast<long long>(b) * a.heads + h) * P + p) * N;
   allow_next_kernel();
   // The state was last written by the previous step: it loads while the in_proj GEMV finishes.
   float4 sv[N / 16];
 #pragma unroll
-  for (int j = 0; j < N / 16; ++j) sv[j] = s[q + 4 * j];  // the four threads of a row interleave: loads coalesce
+  for (int j = 0; j < N / 16; ++j) sv[j] = load4(s + 4 * (q + 4 * j));  // a row's four threads interleave: coalesced
   wait_prev_kernels();
   const int g = h / (a.heads / a.groups);
   const int x_width = a.heads * P;
@@ -544,7 +563,7 @@ __device__ __forceinline__ void ssm_gate_body(const SsmArgs& a) {
     v4.x = v4.x * da + dx * bv.x, v4.y = v4.y * da + dx * bv.y;
     v4.z = v4.z * da + dx * bv.z, v4.w = v4.w * da + dx * bv.w;
     acc += v4.x * cv.x + v4.y * cv.y + v4.z * cv.z + v4.w * cv.w;
-    s[n4] = v4;
+    store4(s + 4 * n4, v4);
   }
   acc += __shfl_xor_sync(FULL, acc, 1);
   acc += __shfl_xor_sync(FULL, acc, 2);
@@ -560,7 +579,10 @@ __device__ __forceinline__ void ssm_gate_body(const SsmArgs& a) {
 }
 
 #define COIL_SSM(N)                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(512) ssm_gate_n##N(const SsmArgs a) { ssm_gate_body<N>(a); }
+  extern "C" __global__ void __launch_bounds__(512) ssm_gate_n##N(const SsmArgs a) { ssm_gate_body<N, float>(a); } \
+  extern "C" __global__ void __launch_bounds__(512) ssm_gate_bf16_n##N(const SsmArgs a) {                         \
+    ssm_gate_body<N, __nv_bfloat16>(a);                                                                             \
+  }
 COIL_SSM(16)
 COIL_SSM(32)
 COIL_SSM(64)

@@ -152,7 +152,9 @@ static void init_tma_kernels() {
 }
 static int gemv_ctas(const Launch& L) { return L.tma ? std::min(L.ctas, 2) : L.ctas; }
 typedef void (*SsmK)(const SsmArgs);
-static SsmK ssm_kernel(int n) {
+static SsmK ssm_kernel(int n, bool bf16_state = false) {
+  if (bf16_state)
+    return n == 16 ? ssm_gate_bf16_n16 : n == 32 ? ssm_gate_bf16_n32 : n == 64 ? ssm_gate_bf16_n64 : ssm_gate_bf16_n128;
   return n == 16 ? ssm_gate_n16 : n == 32 ? ssm_gate_n32 : n == 64 ? ssm_gate_n64 : ssm_gate_n128;
 }
 
@@ -283,7 +285,9 @@ static int check_gemv_in(const InCase& k) {
 }
 
 // ssm_gate on an in_proj output row layout z | x B C | dt with a padded row stride; state, yg and the head sums.
-static int check_ssm(int N, int P, int G, int batch) {
+// bf16_state: the state is stored in bf16 (the reference starts from the rounded state; y and the head sums are
+// computed from the f32 update, so they keep the f32 tolerance; the stored state is within bf16 rounding).
+static int check_ssm(int N, int P, int G, int batch, bool bf16_state = false) {
   const int H = 6, I = H * P, C = I + 2 * G * N, ld = (2 * I + 2 * G * N + H + 3) / 4 * 4, ld_yg = I + 4;
   const int dt_off = I + C;
   const bool use_d = !(G == 2 && batch == 1);
@@ -292,6 +296,8 @@ static int check_ssm(int N, int P, int G, int batch) {
   for (int b = 0; b < batch; ++b)
     for (int h = 0; h < H; ++h) proj[b * ld + dt_off + h] = 0.01f + u(rng);
   for (auto& e : a) e = -std::exp(std::normal_distribution<float>(0.f, 0.5f)(rng));
+  if (bf16_state)
+    for (auto& e : st) e = bfr(e);
   std::vector<double> wst(st.begin(), st.end()), wy(size_t(batch) * I), wp(size_t(batch) * H);
   for (int b = 0; b < batch; ++b)
     for (int h = 0; h < H; ++h) {
@@ -313,22 +319,36 @@ static int check_ssm(int N, int P, int G, int batch) {
       }
       wp[size_t(b) * H + h] = sq;
     }
+  std::vector<bf16> st16(st.size());
+  for (size_t i = 0; i < st.size(); ++i) st16[i] = __float2bfloat16(st[i]);
   float *dproj = up(proj), *da = up(a), *dd = up(d), *dst = up(st), *dy = poisoned(size_t(batch) * ld_yg),
         *dp = poisoned(size_t(batch) * H);
+  bf16* dst16 = up(st16);
   SsmArgs s{};
-  s.proj = dproj, s.a = da, s.d = use_d ? dd : nullptr, s.state = dst, s.yg = dy, s.part = dp;
+  s.proj = dproj, s.a = da, s.d = use_d ? dd : nullptr, s.yg = dy, s.part = dp;
+  s.state = bf16_state ? static_cast<void*>(dst16) : static_cast<void*>(dst);
   s.ld_proj = ld, s.ld_yg = ld_yg, s.xbc_off = I, s.dt_off = dt_off, s.heads = H, s.groups = G, s.head_dim = P;
-  launch(Launch(), ssm_kernel(N), dim3(H, batch), dim3(4 * P), s);
+  launch(Launch(), ssm_kernel(N, bf16_state), dim3(H, batch), dim3(4 * P), s);
   CK(cudaDeviceSynchronize());
   const std::vector<float> gy = down(dy, size_t(batch) * ld_yg);
   std::vector<float> y;
   for (int b = 0; b < batch; ++b) y.insert(y.end(), gy.begin() + size_t(b) * ld_yg, gy.begin() + size_t(b) * ld_yg + I);
-  const double err = std::max({rel_err(down(dst, st.size()), wst), rel_err(y, wy), rel_err(down(dp, wp.size()), wp)});
+  std::vector<float> got_st;
+  if (bf16_state) {
+    for (bf16 v : down(dst16, st.size())) got_st.push_back(__bfloat162float(v));
+  } else {
+    got_st = down(dst, st.size());
+  }
+  const double st_err = rel_err(got_st, wst);
+  const double err = std::max(rel_err(y, wy), rel_err(down(dp, wp.size()), wp));
   char name[128];
-  std::snprintf(name, sizeof name, "ssm_gate n%d p%d h%d g%d b%d%s (state, yg, part)", N, P, H, G, batch,
-                use_d ? "" : " no D");
-  cudaFree(dproj), cudaFree(da), cudaFree(dd), cudaFree(dst), cudaFree(dy), cudaFree(dp);
-  return report(name, err, 1e-5);
+  std::snprintf(name, sizeof name, "ssm_gate n%d p%d h%d g%d b%d%s%s (yg, part)", N, P, H, G, batch,
+                use_d ? "" : " no D", bf16_state ? " bf16 state" : "");
+  char st_name[160];
+  std::snprintf(st_name, sizeof st_name, "%s: its state", name);
+  cudaFree(dproj), cudaFree(da), cudaFree(dd), cudaFree(dst), cudaFree(dy), cudaFree(dp), cudaFree(dst16);
+  // A bf16 state is within its rounding (2^-9 relative per element) of the exact update.
+  return report(name, err, 1e-5) + report(st_name, st_err, bf16_state ? 4e-3 : 1e-5);
 }
 
 // gemv_out: residual += W·(RMSNorm_group(yg)·w) (+ bias), the group norms from the heads' sums of squares.
@@ -646,7 +666,7 @@ static int check_all() {
   for (int N : {16, 64, 128})
     for (int P : {16, 64})
       for (int G : {1, 2})
-        for (int b : {1, 3}) fails += check_ssm(N, P, G, b);
+        for (int b : {1, 3}) fails += check_ssm(N, P, G, b) + check_ssm(N, P, G, b, true);
   for (bool f32 : {false, true})
     for (int G : {1, 2, 8})
       for (int b : {1, 4}) fails += check_gemv_out(f32, G, b, b == 1 ? 1 : 4);
@@ -742,15 +762,21 @@ static void time_kernels() {
     init_state(s);
     fill(s.proj, size_t(batch) * s.ldp, 8, 0.f, 0.5f);
     CK(cudaDeviceSynchronize());
-    for (int pdl : {0, 1}) {
-      Launch L;
-      L.pdl = pdl, L.st = g_st;
-      const float ms = graph_ms([&] {
-        for (int j = 0; j < 8; ++j) launch(L, ssm_gate_n128, dim3(s.d.H, batch), dim3(4 * s.d.P), ssm_args(s, j % 4));
-      }) / 8;
-      std::printf("time ssm_gate 2.7B layer b%-2d pdl %d: %.2f us, %.2f TB/s of state (read + write)\n", batch, pdl,
-                  ms * 1e3, 2 * s.state_bytes(batch) / s.d.L / (ms * 1e-3) / 1e12);
-    }
+    for (int bf : {0, 1})
+      for (int pdl : {0, 1}) {
+        Launch L;
+        L.pdl = pdl, L.st = g_st;
+        // bf16: the first half of each f32 state buffer, set to a small constant
+        if (bf)
+          for (float* st : s.st) CK(cudaMemset(st, 0x3c, size_t(s.state_bytes(batch) / s.d.L / 2)));
+        const float ms = graph_ms([&] {
+          for (int j = 0; j < 8; ++j) launch(L, bf ? ssm_gate_bf16_n128 : ssm_gate_n128, dim3(s.d.H, batch),
+                                             dim3(4 * s.d.P), ssm_args(s, j % 4));
+        }) / 8;
+        const double bytes = 2 * s.state_bytes(batch) / s.d.L / (bf ? 2 : 1);
+        std::printf("time ssm_gate 2.7B layer b%-2d %s state pdl %d: %.2f us, %.2f TB/s of state (read + write)\n",
+                    batch, bf ? "bf16" : "f32 ", pdl, ms * 1e3, bytes / (ms * 1e-3) / 1e12);
+      }
     free_model(s);
   }
 }
@@ -775,10 +801,26 @@ static void time_steps(const Dims& d, std::vector<int> batches) {
   free_model(m);
 }
 
+// One plain step of a two-layer 2.7B-sized model at batch 1 and at batch 8 (product launch settings: ctas 4, no
+// prefetch, no PDL), for a profiler: `ncu --clock-control none -k regex:gemv_in_bf16_b1 -c 2 decode_lab profile`.
+static void profile_steps() {
+  Dims d = M27;
+  d.L = 2;
+  Model m = make_model(d, 8);
+  init_state(m);
+  CK(cudaDeviceSynchronize());
+  Launch L;
+  L.prefetch = 0, L.st = g_st;
+  for (int batch : {1, 8}) step(m, L, batch);
+  CK(cudaStreamSynchronize(g_st));
+  free_model(m);
+  std::printf("profile: one step of 2 layers at batch 1 and 8\n");
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "all";
-  if (mode != "check" && mode != "time" && mode != "all") {
-    std::fprintf(stderr, "usage: %s [check|time|all]\n", argv[0]);
+  if (mode != "check" && mode != "time" && mode != "all" && mode != "profile") {
+    std::fprintf(stderr, "usage: %s [check|time|all|profile]\n", argv[0]);
     return 2;
   }
   cudaDeviceProp prop;
@@ -793,6 +835,10 @@ int main(int argc, char** argv) {
   }
   init_tma_kernels();
   int fails = 0;
+  if (mode == "profile") {
+    profile_steps();
+    return 0;
+  }
   if (mode == "check" || mode == "all") fails = check_all();
   if (mode == "time" || mode == "all") {
     time_kernels();

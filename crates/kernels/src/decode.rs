@@ -220,6 +220,34 @@ impl Weights<'_> {
     }
 }
 
+/// The SSM states of a layer for a batch, `[batch, H, P, N]`: f32 (the CPU engine's and Hugging Face's), or bf16
+/// (mamba_ssm's for a bf16 model: half the bytes a large batch's step moves; the update is still computed in f32
+/// and rounded to nearest when stored).
+pub enum StateBuf {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<bf16>),
+}
+
+impl StateBuf {
+    pub fn len(&self) -> usize {
+        match self {
+            StateBuf::F32(v) => v.len(),
+            StateBuf::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn ptr_mut(&mut self, s: &CudaStream) -> u64 {
+        match self {
+            StateBuf::F32(v) => v.device_ptr_mut(s).0,
+            StateBuf::Bf16(v) => v.device_ptr_mut(s).0,
+        }
+    }
+}
+
 /// Sizes of one matrix-vector product: `y[b, r] = Σ_c W[r, c]·x̂[b, c] (+ bias[r])` for `batch` sequences.
 #[derive(Clone, Copy, Debug)]
 pub struct GemvDims {
@@ -740,7 +768,7 @@ pub fn ssm_supported(d: &SsmDims) -> bool {
 
 /// One token's SSM update for every (sequence, head), dt already softplus'd and clamped by [`gemv_in`]:
 /// `s ← exp(dt·A)·s + dt·x⊗B`, `y = s·C + D·x`, `yg = y·SiLU(z)`, and each head's `Σ yg²` into `part`
-/// (`[batch, heads]`). `state` is `[batch, H, P, N]`.
+/// (`[batch, heads]`). `state` is `[batch, H, P, N]`, f32 or bf16.
 #[allow(clippy::too_many_arguments)]
 pub fn ssm_gate(
     stream: &Arc<CudaStream>,
@@ -748,7 +776,7 @@ pub fn ssm_gate(
     proj: &CudaSlice<f32>,
     a: &CudaView<'_, f32>,
     d_skip: Option<&CudaView<'_, f32>>,
-    state: &mut CudaSlice<f32>,
+    state: &mut StateBuf,
     yg: &mut CudaSlice<f32>,
     part: &mut CudaSlice<f32>,
     d: SsmDims,
@@ -786,7 +814,7 @@ pub fn ssm_gate(
         proj: proj.device_ptr(s).0,
         a: a.device_ptr(s).0,
         d: d_skip.map_or(0, |v| v.device_ptr(s).0),
-        state: state.device_ptr_mut(s).0,
+        state: state.ptr_mut(s),
         yg: yg.device_ptr_mut(s).0,
         part: part.device_ptr_mut(s).0,
         ld_proj: d.ld_proj as i64,
@@ -798,14 +826,13 @@ pub fn ssm_gate(
         head_dim: d.head_dim as i32,
     };
     check_align("ssm in_proj output", args.proj, 16)?;
-    check_align("ssm state", args.state, 16)?;
-    let name = match d.state {
-        16 => "ssm_gate_n16",
-        32 => "ssm_gate_n32",
-        64 => "ssm_gate_n64",
-        _ => "ssm_gate_n128",
+    let (kind, align) = match state {
+        StateBuf::F32(_) => ("", 16),
+        StateBuf::Bf16(_) => ("bf16_", 8),
     };
-    let f = function(stream.context(), &DECODE, name, 0)?;
+    check_align("ssm state", args.state, align)?;
+    let name = format!("ssm_gate_{kind}n{}", d.state);
+    let f = function(stream.context(), &DECODE, &name, 0)?;
     let mut params = [(&mut args as *mut SsmArgs).cast::<c_void>()];
     // SAFETY: every buffer was checked above to hold what the kernel reads or writes for `batch` sequences and
     // `heads` heads (x, B, C, z and dt within the in_proj rows, 16-byte aligned for its float4 loads; the state
@@ -821,7 +848,15 @@ pub fn ssm_gate(
     }
 }
 
-/// `resid[b, :cols] = table[ids[b], :cols]` as f32. The ids must be below the table's `rows` (the caller checks them).
+/// Where the embedding reads its token ids: the host's upload (`[batch]`) or the previous step's [`argmax`]
+/// output (`[batch, 2]`: id, flag), so a greedy step can follow the last without the host.
+pub enum TokenIds<'a> {
+    Host(&'a CudaSlice<u32>),
+    Picked(&'a CudaSlice<u32>),
+}
+
+/// `resid[b, :cols] = table[id_b, :cols]` as f32. The ids must be below the table's `rows` (the caller checks host
+/// ids; [`argmax`]'s are below the logits' width, which is the table's rows).
 #[allow(clippy::too_many_arguments)]
 pub fn embed(
     stream: &Arc<CudaStream>,
@@ -829,7 +864,7 @@ pub fn embed(
     table: &Weights<'_>,
     rows: usize,
     ld_table: usize,
-    ids: &CudaSlice<u32>,
+    ids: TokenIds<'_>,
     resid: &mut CudaSlice<f32>,
     batch: usize,
     cols: usize,
@@ -837,10 +872,12 @@ pub fn embed(
     if batch == 0 || cols == 0 {
         return Ok(());
     }
-    // The kernel also reads ids at a stride (an argmax output holds id, flag pairs); the step uploads them packed.
-    let mut stride = 1i32;
+    let (ids, mut stride) = match ids {
+        TokenIds::Host(v) => (v, 1i32),
+        TokenIds::Picked(v) => (v, 2),
+    };
     check_rows("embedding table", table.len(), rows, ld_table, cols)?;
-    check_rows("embedding ids", ids.len(), batch, 1, 1)?;
+    check_rows("embedding ids", ids.len(), batch, stride as usize, 1)?;
     check_rows("embedding output", resid.len(), batch, cols, cols)?;
     let s: &CudaStream = stream;
     let mut t_ptr = table.ptr(s);

@@ -7,7 +7,7 @@
 //! same run (multithreaded sum over a buffer far larger than the caches).
 
 use super::args::{DeviceArgs, PresetArgs};
-use super::generate::WeightsArg;
+use super::generate::{StateArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
@@ -34,6 +34,10 @@ pub struct GenerateBenchArgs {
     /// model's forward with T = 1, in this precision.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
     pub weights: Vec<WeightsArg>,
+    /// SSM state storage of the decode step, comma-separated (bf16: the fused CUDA step only; other
+    /// configurations are skipped with a note).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    pub state: Vec<StateArg>,
     /// Timed repetitions per configuration (the median is reported, after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
@@ -127,6 +131,12 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
             bw / 1e9
         );
     }
+    if a.state.iter().any(|&s| s != StateArg::F32) && !a.json {
+        println!("  bf16 state: skipped (the CPU engine keeps the SSM states in f32)");
+    }
+    if !a.state.contains(&StateArg::F32) {
+        return Ok(());
+    }
     for w in &a.weights {
         let dtype = match w {
             WeightsArg::F32 => WeightDtype::F32,
@@ -208,6 +218,16 @@ type Fused = coil_infer::cuda_step::CudaStep;
 #[cfg(not(feature = "cuda"))]
 enum Fused {}
 
+/// Bytes per element of the fused step's SSM states.
+#[cfg(feature = "cuda")]
+fn state_elem_bytes(f: &Fused) -> usize {
+    f.state_dtype().size_in_bytes()
+}
+#[cfg(not(feature = "cuda"))]
+fn state_elem_bytes(f: &Fused) -> usize {
+    match *f {}
+}
+
 /// Greedy generation of the whole batch on `lm`'s device, argmax on the device; prefill and decode timed apart.
 fn run_once_on_device(
     lm: &HybridLm,
@@ -222,13 +242,15 @@ fn run_once_on_device(
     let mut next = logits.argmax_keepdim(candle_core::D::Minus1)?.squeeze(2)?;
     dev.synchronize()?;
     let t1 = Instant::now();
+    // The SSM states as the decode step stores them (the fused step may keep them in bf16).
+    let ssm_bytes = fused.as_deref().map(state_elem_bytes);
     let state_bytes: usize = state
         .layers
         .iter()
         .map(|l| match l {
             coil_model::LayerState::Mamba(m) => {
                 m.conv.elem_count() * m.conv.dtype().size_in_bytes()
-                    + m.ssm.elem_count() * m.ssm.dtype().size_in_bytes()
+                    + m.ssm.elem_count() * ssm_bytes.unwrap_or(m.ssm.dtype().size_in_bytes())
             }
             coil_model::LayerState::Attention(c) => {
                 (c.k.elem_count() + c.v.elem_count()) * c.k.dtype().size_in_bytes()
@@ -237,15 +259,19 @@ fn run_once_on_device(
         })
         .sum();
     // The decode steps as generation runs them: the fused CUDA step where it applies (models of Mamba2 layers),
-    // greedy tokens picked on the GPU, its captured graph kept from one run to the next as a server keeps it;
-    // else the forward with T = 1.
+    // greedy tokens picked and fed back on the GPU, its captured graphs kept from one run to the next as a server
+    // keeps them; else the forward with T = 1.
     #[cfg(feature = "cuda")]
     if let Some(fused) = fused {
         let batch = ids.dim(0)?;
         fused.start(&state, batch)?;
-        let mut toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        for _ in 1..new {
-            toks = fused.step_greedy(&toks)?.ids;
+        let toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let mut steps = 1;
+        if new > 1 {
+            fused.decode_greedy(&toks, |_| {
+                steps += 1;
+                Ok(steps < new)
+            })?;
         }
         dev.synchronize()?;
         return Ok((
@@ -296,45 +322,67 @@ fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Dev
         let mut fused = coil_infer::cuda_step::CudaStep::new(&lm)?;
         #[cfg(not(feature = "cuda"))]
         let mut fused: Option<Fused> = None;
-        for &batch in &a.batch {
-            let ids: Vec<u32> = bench_prompts(batch, a.prompt, cfg.vocab_size).concat();
-            let ids = candle_core::Tensor::from_vec(ids, (batch, a.prompt), dev)?;
-            run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
-            let mut runs = Vec::with_capacity(a.iters);
-            let mut state_bytes = 0;
-            for _ in 0..a.iters {
-                let (t, sb) = run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
-                state_bytes = sb;
-                runs.push(t);
+        for &st in &a.state {
+            let st_name = format!("{st:?}").to_lowercase();
+            #[cfg(feature = "cuda")]
+            if let Some(f) = fused.as_mut() {
+                f.set_state_dtype(match st {
+                    StateArg::F32 => DType::F32,
+                    StateArg::Bf16 => DType::BF16,
+                })?;
             }
-            runs.sort_by(|x, y| (x.prefill_s + x.decode_s).total_cmp(&(y.prefill_s + y.decode_s)));
-            let m = &runs[runs.len() / 2];
-            let steps = a.new_tokens - 1;
-            let decode_tok_s = (batch * steps) as f64 / m.decode_s;
-            let e2e_tok_s = (batch * a.new_tokens) as f64 / (m.prefill_s + m.decode_s);
-            // A step reads every weight once and reads and writes each sequence's state.
-            let weight_bytes = n_params as usize * dtype.size_in_bytes();
-            let roofline = batch as f64 * bw / (weight_bytes + 2 * state_bytes) as f64;
-            let dt = format!("{dtype:?}").to_lowercase();
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "bench": "generate", "impl": "coil", "preset": a.model.preset, "weights": dt, "batch": batch,
-                        "prompt": a.prompt, "new_tokens": a.new_tokens, "device": label,
-                        "bandwidth_gb_s": bw / 1e9, "prefill_s": m.prefill_s, "decode_s": m.decode_s,
-                        "decode_tokens_per_s": decode_tok_s, "end_to_end_new_tokens_per_s": e2e_tok_s,
-                        "weight_bytes_per_step": weight_bytes, "state_bytes_per_step": 2 * state_bytes,
-                        "roofline_tokens_per_s": roofline, "roofline_fraction": decode_tok_s / roofline,
-                    })
-                );
-            } else {
-                println!(
-                    "  {dt:>4} batch {batch}: decode {decode_tok_s:8.1} tok/s ({:.1}% of roofline {roofline:.0}), \
-                     end to end {e2e_tok_s:.1} new tok/s (prefill {:.3} s)",
-                    100.0 * decode_tok_s / roofline,
-                    m.prefill_s
-                );
+            if st != StateArg::F32 && fused.is_none() {
+                if !a.json {
+                    println!(
+                        "  {:>4} weights, {st_name} state: skipped (only the fused CUDA step stores a bf16 state)",
+                        format!("{dtype:?}").to_lowercase()
+                    );
+                }
+                continue;
+            }
+            for &batch in &a.batch {
+                let ids: Vec<u32> = bench_prompts(batch, a.prompt, cfg.vocab_size).concat();
+                let ids = candle_core::Tensor::from_vec(ids, (batch, a.prompt), dev)?;
+                run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
+                let mut runs = Vec::with_capacity(a.iters);
+                let mut state_bytes = 0;
+                for _ in 0..a.iters {
+                    let (t, sb) = run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
+                    state_bytes = sb;
+                    runs.push(t);
+                }
+                runs.sort_by(|x, y| {
+                    (x.prefill_s + x.decode_s).total_cmp(&(y.prefill_s + y.decode_s))
+                });
+                let m = &runs[runs.len() / 2];
+                let steps = a.new_tokens - 1;
+                let decode_tok_s = (batch * steps) as f64 / m.decode_s;
+                let e2e_tok_s = (batch * a.new_tokens) as f64 / (m.prefill_s + m.decode_s);
+                // A step reads every weight once and reads and writes each sequence's state.
+                let weight_bytes = n_params as usize * dtype.size_in_bytes();
+                let roofline = batch as f64 * bw / (weight_bytes + 2 * state_bytes) as f64;
+                let dt = format!("{dtype:?}").to_lowercase();
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "bench": "generate", "impl": "coil", "preset": a.model.preset, "weights": dt,
+                            "ssm_state": st_name, "batch": batch, "prompt": a.prompt, "new_tokens": a.new_tokens,
+                            "device": label, "bandwidth_gb_s": bw / 1e9, "prefill_s": m.prefill_s,
+                            "decode_s": m.decode_s, "decode_tokens_per_s": decode_tok_s,
+                            "end_to_end_new_tokens_per_s": e2e_tok_s, "weight_bytes_per_step": weight_bytes,
+                            "state_bytes_per_step": 2 * state_bytes, "roofline_tokens_per_s": roofline,
+                            "roofline_fraction": decode_tok_s / roofline,
+                        })
+                    );
+                } else {
+                    println!(
+                        "  {dt:>4} state {st_name:>4} batch {batch}: decode {decode_tok_s:8.1} tok/s ({:.1}% of \
+                         roofline {roofline:.0}), end to end {e2e_tok_s:.1} new tok/s (prefill {:.3} s)",
+                        100.0 * decode_tok_s / roofline,
+                        m.prefill_s
+                    );
+                }
             }
         }
     }

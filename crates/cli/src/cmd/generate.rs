@@ -27,6 +27,25 @@ pub enum WeightsArg {
     Bf16,
 }
 
+/// How the decode step stores the SSM states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// f32, as Hugging Face transformers and Coil's CPU engine keep them.
+    F32,
+    /// bf16, as mamba_ssm keeps them for a bf16 model (the fused CUDA step only): half of a large batch's bytes
+    /// per step; the update is computed in f32 and the state rounded to bf16 after every token.
+    Bf16,
+}
+
+impl From<StateArg> for coil_infer::StateDtype {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::F32 => coil_infer::StateDtype::F32,
+            StateArg::Bf16 => coil_infer::StateDtype::Bf16,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DecodeDtArg {
     /// Clamp dt in decode exactly as in prefill (Coil's default: a step equals a full forward).
@@ -80,6 +99,9 @@ pub struct GenerateArgs {
     /// one batch).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights: WeightsArg,
+    /// Storage of the SSM states while decoding (bf16: the fused CUDA step only).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub ssm_state_dtype: StateArg,
     /// dt clamp in the decode step.
     #[arg(long, value_enum, default_value = "coil")]
     pub decode_dt: DecodeDtArg,
@@ -162,6 +184,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         eos,
         vocab_limit,
         max_batch: a.max_batch_size,
+        ssm_state: a.ssm_state_dtype.into(),
     };
 
     // A single text prompt streams; text is re-decoded as a whole so multi-byte characters come out intact.

@@ -398,6 +398,7 @@ fn sample(r: &Recipe, dir: &Path, tokenizer: &dyn coil_data::Tokenizer) -> Resul
         eos: None,
         vocab_limit: Some(tokenizer.vocab_size().min(r.model.vocab_size)),
         max_batch: 1,
+        ssm_state: Default::default(),
     };
     let out = generate(&engine, &[prompt], &params, &mut |_, _| {})?;
     let text = tokenizer.decode(out.first().map_or(&[][..], |g| &g.tokens[..]))?;

@@ -77,6 +77,7 @@ pub fn library_tokens(
         eos: None,
         vocab_limit: Some(256),
         max_batch: 4,
+        ssm_state: Default::default(),
     };
     generate(&e, prompts, &params, &mut |_, _| {})
         .expect("generates")
