@@ -1,13 +1,14 @@
 //! Generation on the model's own device (CUDA): the model's chunked forward for the prefill, then for every step
 //! the fused CUDA decode step (`crate::cuda_step`) when the model is made of Mamba2 layers, else the same forward
-//! with T = 1 (`HybridLm::forward_with_state`); batched as one tensor per group of prompts of equal length. Greedy
+//! with T = 1 (`HybridLm::forward_with_state`); each batch is one tensor (see below for prompt lengths). Greedy
 //! decoding on the fused step picks the ids on the GPU (only they cross to the host); sampling follows the same
 //! Megatron rules as the CPU engine ([`crate::sampling`]), on the host, from each step's logits [B, V].
 //!
 //! Unlike the CPU engine ([`crate::generate`]), a batch here steps as one tensor. Prompts of different lengths
 //! share a batch when the model has no attention layer: they are prefilled as one packed row
-//! ([`HybridLm::prefill_ragged`]), each sequence's state as if it ran alone, so no padding ever enters a state;
-//! with attention layers (one KV-cache length per batch) prompts of one length go together. A sequence that stops
+//! ([`HybridLm::prefill_ragged`]), each sequence's state as if it ran alone, so no padding ever enters a state
+//! (on a GPU only with `COIL_RAGGED_PREFILL=1` until a GPU run has checked it); otherwise (and with attention
+//! layers: one KV-cache length per batch) prompts of one length go together. A sequence that stops
 //! early keeps its row until its batch ends, and its later tokens are dropped.
 
 use crate::error::{InferError, Result};
@@ -33,12 +34,16 @@ pub fn generate_on_device(
     }
     // Batches of at most max_batch prompts: in order whatever their lengths when the model has no attention layer
     // (prefilled as one packed row), else prompts of one length in order of first appearance (the KV cache has
-    // one length per batch).
+    // one length per batch). On a GPU the ragged prefill waits for a GPU run of its test
+    // (`COIL_RAGGED_PREFILL=1` turns it on there).
     let mut groups: Vec<(usize, Vec<usize>)> = vec![];
-    let ragged = !lm
-        .blocks
-        .iter()
-        .any(|b| matches!(b.mixer, Mixer::Attention(_)));
+    let checked_here =
+        lm.device().is_cpu() || std::env::var("COIL_RAGGED_PREFILL").is_ok_and(|v| v == "1");
+    let ragged = checked_here
+        && !lm
+            .blocks
+            .iter()
+            .any(|b| matches!(b.mixer, Mixer::Attention(_)));
     for (i, p) in prompts.iter().enumerate() {
         let key = if ragged { 0 } else { p.len() };
         match groups.iter_mut().find(|(k, _)| *k == key) {

@@ -122,7 +122,8 @@ fn generation_on_cuda_gives_the_cpu_greedy_tokens() {
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.tokens, w.tokens, "{name}");
         }
-        // Prompts of different lengths in one batch (the ragged prefill on the GPU, then the fused step).
+        // Prompts of different lengths in one batch (with COIL_RAGGED_PREFILL=1: the ragged prefill on the GPU, then
+        // the fused step; otherwise one batch per length).
         let ragged = vec![
             prompts[1][..5].to_vec(),
             prompts[0].clone(),

@@ -31,11 +31,8 @@ fn prompts(lengths: &[usize], vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn row(ids: &[u32]) -> Tensor {
-    Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
+fn row(ids: &[u32], dev: &Device) -> Tensor {
+    Tensor::new(ids, dev).unwrap().unsqueeze(0).unwrap()
 }
 
 /// `max |got − want| / max |want|` (scale floored at 1e-3).
@@ -83,7 +80,7 @@ fn compare(model: &HybridLm, lengths: &[usize]) -> Gaps {
     let next: Vec<u32> = (0..ps.len())
         .map(|i| (7 * i as u32 + 3) % vocab as u32)
         .collect();
-    let next_ids = Tensor::new(next.as_slice(), &Device::Cpu)
+    let next_ids = Tensor::new(next.as_slice(), model.device())
         .unwrap()
         .unsqueeze(1)
         .unwrap();
@@ -93,7 +90,9 @@ fn compare(model: &HybridLm, lengths: &[usize]) -> Gaps {
 
     let mut gaps = Gaps::default();
     for (i, p) in ps.iter().enumerate() {
-        let (alone, alone_state) = model.forward_with_state(&row(p), None, None, true).unwrap();
+        let (alone, alone_state) = model
+            .forward_with_state(&row(p, model.device()), None, None, true)
+            .unwrap();
         let alone = alone.squeeze(1).unwrap();
         gaps.logits = gaps
             .logits
@@ -103,7 +102,12 @@ fn compare(model: &HybridLm, lengths: &[usize]) -> Gaps {
         gaps.ssm = gaps.ssm.max(ssm);
 
         let (alone_step, alone_step_state) = model
-            .forward_with_state(&row(&next[i..=i]), Some(&alone_state), None, true)
+            .forward_with_state(
+                &row(&next[i..=i], model.device()),
+                Some(&alone_state),
+                None,
+                true,
+            )
             .unwrap();
         gaps.step_logits = gaps
             .step_logits
@@ -135,6 +139,19 @@ fn ragged_prefill_equals_each_prompt_alone_on_hf_fixtures() {
     }
 }
 
+/// The same on a CUDA GPU in f32 (the conv, SSD and state ops with `seq_idx` on the device). Run by hand there:
+/// `cargo test --release --features cuda -p coil-model --test ragged_prefill -- --ignored`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ragged_prefill_equals_each_prompt_alone_on_cuda() {
+    let gpu = Device::new_cuda(0).expect("a CUDA GPU");
+    for name in ["mamba2_tiny", "mamba2_g1_chunk64", "mamba2_tied_limit"] {
+        let model = load_model_on(name, &gpu, DType::F32);
+        assert_close(&format!("{name} on cuda"), &compare(&model, &LENGTHS));
+    }
+}
+
 #[test]
 fn ragged_prefill_equals_each_prompt_alone_on_a_random_model_with_mlp_layers() {
     let mut cfg = preset("nemotronh_8b").unwrap().config;
@@ -160,7 +177,7 @@ fn ragged_prefill_of_one_prompt_is_forward_with_state() {
     let p = tokens(37, 256, 5);
     let (logits, state) = model.prefill_ragged(std::slice::from_ref(&p)).unwrap();
     let (want, want_state) = model
-        .forward_with_state(&row(&p), None, None, true)
+        .forward_with_state(&row(&p, &Device::Cpu), None, None, true)
         .unwrap();
     assert!(rel(&logits, &want.squeeze(1).unwrap()) <= 1e-5);
     let (conv, ssm) = state_gaps(&state, 0, &want_state);
