@@ -18,12 +18,11 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
     CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, DriverError, PinnedHostSlice,
+    CudaGraph, CudaSlice, CudaStream, CudaView, DriverError,
 };
 use candle_core::{DType, Device, Layout, Storage, Tensor};
 use coil_kernels::decode::{
-    self as k, Blas, ConvRows, DtRows, GatedNorm, GemvDims, Sched, SsmDims, StateBuf, TokenIds,
-    Weights, Wide,
+    self as k, Blas, ConvRows, DtRows, GatedNorm, GemvDims, Sched, SsmDims, StateBuf, Weights, Wide,
 };
 use coil_model::config::MixerDims;
 use coil_model::lm::{LayerState, Mixer};
@@ -98,8 +97,6 @@ struct Batch {
     /// model's weights (`CudaStep`'s tensors, which outlive every `Batch`); it is the first field, so it is
     /// destroyed before the buffers are freed.
     graph: Option<CudaGraph>,
-    /// The same step reading its ids from the previous step's argmax (`picked`), for greedy decoding on the GPU.
-    chained: Option<CudaGraph>,
     size: usize,
     conv: Vec<CudaSlice<f32>>,
     ssm: Vec<StateBuf>,
@@ -127,16 +124,6 @@ pub struct Picked {
     pub non_finite: Vec<bool>,
 }
 
-impl Picked {
-    /// From the argmax kernel's output: (id, non-finite flag) per sequence.
-    fn from_pairs(pairs: &[u32]) -> Self {
-        Picked {
-            ids: pairs.iter().step_by(2).copied().collect(),
-            non_finite: pairs.iter().skip(1).step_by(2).map(|&f| f != 0).collect(),
-        }
-    }
-}
-
 pub struct CudaStep {
     stream: Arc<CudaStream>,
     sched: Sched,
@@ -144,8 +131,6 @@ pub struct CudaStep {
     use_graph: bool,
     /// How the SSM states are stored: f32 (the default, as the CPU engine and Hugging Face keep them) or bf16.
     state_dtype: DType,
-    /// [`CudaStep::decode_greedy`] feeds the ids back on the GPU (see [`CudaStep::set_pipeline`]).
-    pipeline: bool,
     dims: MixerDims,
     hidden: usize,
     vocab: usize,
@@ -222,7 +207,6 @@ impl CudaStep {
             sched,
             use_graph: std::env::var("COIL_DECODE_GRAPH").map_or(true, |v| v != "0"),
             state_dtype: DType::F32,
-            pipeline: std::env::var("COIL_DECODE_PIPELINE").is_ok_and(|v| v == "1"),
             dims,
             hidden,
             vocab,
@@ -245,7 +229,7 @@ impl CudaStep {
     pub fn set_pdl(&mut self, on: bool) {
         self.sched.pdl = on;
         if let Some(b) = &mut self.batch {
-            (b.graph, b.chained) = (None, None);
+            b.graph = None;
         }
     }
 
@@ -253,7 +237,7 @@ impl CudaStep {
     pub fn set_graph(&mut self, on: bool) {
         self.use_graph = on;
         if let Some(b) = &mut self.batch {
-            (b.graph, b.chained) = (None, None);
+            b.graph = None;
         }
     }
 
@@ -361,7 +345,6 @@ impl CudaStep {
         let n_layers = self.layers.len();
         Ok(Batch {
             graph: None,
-            chained: None,
             size: batch,
             conv: (0..n_layers)
                 .map(|_| zeros(batch * conv * self.dims.conv_kernel))
@@ -414,13 +397,11 @@ impl CudaStep {
     pub fn step_greedy(&mut self, tokens: &[u32]) -> Result<Picked> {
         self.run(tokens)?;
         let b = self.batch.as_ref().expect("run checked the batch");
-        self.picked(b)
-    }
-
-    /// The last step's greedy choices, copied to the host (waits for the step).
-    fn picked(&self, b: &Batch) -> Result<Picked> {
         let host = self.stream.clone_dtoh(&b.picked).map_err(driver_err)?;
-        Ok(Picked::from_pairs(&host))
+        Ok(Picked {
+            ids: host.iter().step_by(2).copied().collect(),
+            non_finite: host.iter().skip(1).step_by(2).map(|&f| f != 0).collect(),
+        })
     }
 
     /// The logits of the last step, one row per sequence.
@@ -462,137 +443,38 @@ impl CudaStep {
         self.stream
             .memcpy_htod(tokens, &mut b.ids)
             .map_err(driver_err)?;
-        self.launch_step(b, false)
+        self.launch_step(b)
     }
 
-    /// Launches one step, its ids from the host's upload or (`chained`) from the previous step's argmax: replays
-    /// its graph (captured on first use), or launches the kernels when graphs are off.
-    fn launch_step(&self, b: &mut Batch, chained: bool) -> Result<()> {
+    /// Launches one step: replays its graph (captured on first use), or launches the kernels when graphs are off.
+    fn launch_step(&self, b: &mut Batch) -> Result<()> {
         if !self.use_graph {
-            return self.record(b, chained);
+            return self.record(b);
         }
-        let have = if chained { &b.chained } else { &b.graph };
-        if have.is_none() {
+        if b.graph.is_none() {
             self.stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(driver_err)?;
-            let recorded = self.record(b, chained);
+            let recorded = self.record(b);
             // End the capture whatever happened, so the stream is usable again.
             let graph = self
                 .stream
                 .end_capture(CUgraphInstantiate_flags(0))
                 .map_err(driver_err);
             recorded?;
-            let graph = graph?.ok_or_else(|| {
+            b.graph = Some(graph?.ok_or_else(|| {
                 InferError::Invalid("CUDA decode step: the captured step is empty".into())
-            })?;
-            if chained {
-                b.chained = Some(graph);
-            } else {
-                b.graph = Some(graph);
-            }
+            })?);
         }
-        let graph = if chained { &b.chained } else { &b.graph };
-        graph
+        b.graph
             .as_ref()
             .expect("captured above")
             .launch()
             .map_err(driver_err)
     }
 
-    /// Greedy decoding: the first step takes `first`, every later one the ids the step before it picked; `on_step`
-    /// sees each step's choices and returns whether to go on. Pipelined (see [`CudaStep::set_pipeline`]), the ids
-    /// are fed back on the GPU and the next step is queued before the host looks at the last one's ids, so the GPU
-    /// never waits for the host; one step more than `on_step` accepted has then run when it stops (its results are
-    /// dropped; the state is this engine's own). Otherwise each step's ids go through the host
-    /// ([`CudaStep::step_greedy`]).
-    pub fn decode_greedy(
-        &mut self,
-        first: &[u32],
-        mut on_step: impl FnMut(&Picked) -> Result<bool>,
-    ) -> Result<()> {
-        let Some(mut b) = self.batch.take() else {
-            return Err(InferError::Invalid(
-                "CUDA decode step: step before start".into(),
-            ));
-        };
-        let r = if self.pipeline {
-            self.decode_greedy_batch(&mut b, first, &mut on_step)
-        } else {
-            self.decode_greedy_stepwise(&mut b, first, &mut on_step)
-        };
-        self.batch = Some(b);
-        r
-    }
-
-    /// Chooses how [`CudaStep::decode_greedy`] runs: pipelined (ids fed back on the GPU, the next step queued
-    /// before the host reads the last one's ids) or one step at a time through the host. Off by default
-    /// (`COIL_DECODE_PIPELINE=1` turns it on) until a GPU run has checked its event fix.
-    pub fn set_pipeline(&mut self, on: bool) {
-        self.pipeline = on;
-    }
-
-    pub fn pipeline(&self) -> bool {
-        self.pipeline
-    }
-
-    fn decode_greedy_stepwise(
-        &self,
-        b: &mut Batch,
-        first: &[u32],
-        on_step: &mut dyn FnMut(&Picked) -> Result<bool>,
-    ) -> Result<()> {
-        let mut toks = first.to_vec();
-        loop {
-            self.run_batch(b, &toks)?;
-            let picked = self.picked(b)?;
-            if !on_step(&picked)? {
-                return Ok(());
-            }
-            toks = picked.ids;
-        }
-    }
-
-    fn decode_greedy_batch(
-        &self,
-        b: &mut Batch,
-        first: &[u32],
-        on_step: &mut dyn FnMut(&Picked) -> Result<bool>,
-    ) -> Result<()> {
-        let ctx = self.stream.context();
-        // SAFETY: page-locked host buffers of 2·batch u32, written only by the copies below and read after the
-        // events recorded behind them (on one stream cudarc records none of its own).
-        let alloc =
-            || unsafe { ctx.alloc_pinned_with_flags::<u32>(2 * b.size, 0) }.map_err(driver_err);
-        let mut host = [alloc()?, alloc()?];
-        let event = || ctx.new_event(None).map_err(driver_err);
-        let copied = [event()?, event()?];
-        let copy = |b: &Batch, host: &mut PinnedHostSlice<u32>, ev: &CudaEvent| -> Result<()> {
-            self.stream
-                .memcpy_dtoh(&b.picked, host)
-                .map_err(driver_err)?;
-            ev.record(&self.stream).map_err(driver_err)
-        };
-        self.run_batch(b, first)?;
-        copy(b, &mut host[0], &copied[0])?;
-        let mut i = 0;
-        loop {
-            // Queue the next step and its copy, then look at this one's ids while the GPU works.
-            self.launch_step(b, true)?;
-            let next = (i + 1) % 2;
-            copy(b, &mut host[next], &copied[next])?;
-            copied[i % 2].synchronize().map_err(driver_err)?;
-            let picked = Picked::from_pairs(host[i % 2].as_slice().map_err(driver_err)?);
-            if !on_step(&picked)? {
-                return self.stream.synchronize().map_err(driver_err);
-            }
-            i += 1;
-        }
-    }
-
-    /// Launches one whole step on the stream (captured into a graph, or run as it is), its ids from the host's
-    /// upload or (`chained`) from the previous step's argmax.
-    fn record(&self, b: &mut Batch, chained: bool) -> Result<()> {
+    /// Launches one whole step on the stream (captured into the graph, or run as it is).
+    fn record(&self, b: &mut Batch) -> Result<()> {
         let (s, sched, n) = (&self.stream, &self.sched, b.size);
         let (d, inner, conv) = (self.hidden, self.dims.d_inner(), self.dims.conv_dim());
         let (rows, ldp) = (self.dims.in_proj_dim(), ld_proj(&self.dims));
@@ -603,12 +485,7 @@ impl CudaStep {
         {
             let (g, l) = self.embeddings.storage_and_layout();
             let table = weights(&g, l)?;
-            let ids = if chained {
-                TokenIds::Picked(&b.picked)
-            } else {
-                TokenIds::Host(&b.ids)
-            };
-            k::embed(s, sched, &table, self.vocab, d, ids, &mut b.resid, n, d)
+            k::embed(s, sched, &table, self.vocab, d, &b.ids, &mut b.resid, n, d)
                 .map_err(kernel_err)?;
         }
         for (li, layer) in self.layers.iter().enumerate() {

@@ -6,9 +6,8 @@
 //!
 //! Unlike the CPU engine ([`crate::generate`]), a batch here steps as one tensor. Prompts of different lengths
 //! share a batch when the model has no attention layer: they are prefilled as one packed row
-//! ([`HybridLm::prefill_ragged`]), each sequence's state as if it ran alone, so no padding ever enters a state
-//! (on a GPU only with `COIL_RAGGED_PREFILL=1` until a GPU run has checked it); otherwise (and with attention
-//! layers: one KV-cache length per batch) prompts of one length go together. A sequence that stops
+//! ([`HybridLm::prefill_ragged`]), each sequence's state as if it ran alone, so no padding ever enters a state;
+//! with attention layers (one KV-cache length per batch) prompts of one length go together. A sequence that stops
 //! early keeps its row until its batch ends, and its later tokens are dropped.
 
 use crate::error::{InferError, Result};
@@ -34,16 +33,12 @@ pub fn generate_on_device(
     }
     // Batches of at most max_batch prompts: in order whatever their lengths when the model has no attention layer
     // (prefilled as one packed row), else prompts of one length in order of first appearance (the KV cache has
-    // one length per batch). On a GPU the ragged prefill waits for a GPU run of its test
-    // (`COIL_RAGGED_PREFILL=1` turns it on there).
+    // one length per batch).
     let mut groups: Vec<(usize, Vec<usize>)> = vec![];
-    let checked_here =
-        lm.device().is_cpu() || std::env::var("COIL_RAGGED_PREFILL").is_ok_and(|v| v == "1");
-    let ragged = checked_here
-        && !lm
-            .blocks
-            .iter()
-            .any(|b| matches!(b.mixer, Mixer::Attention(_)));
+    let ragged = !lm
+        .blocks
+        .iter()
+        .any(|b| matches!(b.mixer, Mixer::Attention(_)));
     for (i, p) in prompts.iter().enumerate() {
         let key = if ragged { 0 } else { p.len() };
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -107,29 +102,25 @@ fn run_batch(
         if run.all_done() {
             return Ok(());
         }
-        // Greedy on the fused step: the ids are picked on the GPU (and fed back there when pipelined).
+        // Greedy on the fused step: the ids are picked on the GPU; only they cross to the host.
         #[cfg(feature = "cuda")]
         if let (true, Stepper::Fused(f)) = (params.sampling.is_greedy(), &mut stepper) {
-            let mut bad = None;
-            f.decode_greedy(&next, |p| {
-                for r in 0..batch.len() {
+            loop {
+                let p = f.step_greedy(&next)?;
+                for (r, &i) in batch.iter().enumerate() {
                     if !run.done[r] && p.non_finite[r] {
-                        bad = Some(r);
-                        return Ok(false);
+                        // The host path's error, naming the first value that is not finite.
+                        let generated = run.results[i].tokens.len();
+                        check_finite(&f.logits()?.swap_remove(r), i, generated)?;
+                        return Err(non_finite(i, generated, ""));
                     }
                     run.accept(r, p.ids[r]);
                 }
-                Ok(!run.all_done())
-            })?;
-            let Some(r) = bad else {
-                return Ok(());
-            };
-            let (i, generated) = (batch[r], run.results[batch[r]].tokens.len());
-            if !f.pipeline() {
-                // The step's logits are still there: the host path's error, naming the first bad value.
-                check_finite(&f.logits()?.swap_remove(r), i, generated)?;
+                if run.all_done() {
+                    return Ok(());
+                }
+                next = p.ids;
             }
-            return Err(non_finite(i, generated, ""));
         }
         rows = stepper.step(lm, &next)?;
     }

@@ -848,15 +848,7 @@ pub fn ssm_gate(
     }
 }
 
-/// Where the embedding reads its token ids: the host's upload (`[batch]`) or the previous step's [`argmax`]
-/// output (`[batch, 2]`: id, flag), so a greedy step can follow the last without the host.
-pub enum TokenIds<'a> {
-    Host(&'a CudaSlice<u32>),
-    Picked(&'a CudaSlice<u32>),
-}
-
-/// `resid[b, :cols] = table[id_b, :cols]` as f32. The ids must be below the table's `rows` (the caller checks host
-/// ids; [`argmax`]'s are below the logits' width, which is the table's rows).
+/// `resid[b, :cols] = table[ids[b], :cols]` as f32. The ids must be below the table's `rows` (the caller checks them).
 #[allow(clippy::too_many_arguments)]
 pub fn embed(
     stream: &Arc<CudaStream>,
@@ -864,7 +856,7 @@ pub fn embed(
     table: &Weights<'_>,
     rows: usize,
     ld_table: usize,
-    ids: TokenIds<'_>,
+    ids: &CudaSlice<u32>,
     resid: &mut CudaSlice<f32>,
     batch: usize,
     cols: usize,
@@ -872,12 +864,10 @@ pub fn embed(
     if batch == 0 || cols == 0 {
         return Ok(());
     }
-    let (ids, mut stride) = match ids {
-        TokenIds::Host(v) => (v, 1i32),
-        TokenIds::Picked(v) => (v, 2),
-    };
+    // The kernel also reads ids at a stride (an argmax output holds id, flag pairs); the step uploads them packed.
+    let mut stride = 1i32;
     check_rows("embedding table", table.len(), rows, ld_table, cols)?;
-    check_rows("embedding ids", ids.len(), batch, stride as usize, 1)?;
+    check_rows("embedding ids", ids.len(), batch, 1, 1)?;
     check_rows("embedding output", resid.len(), batch, cols, cols)?;
     let s: &CudaStream = stream;
     let mut t_ptr = table.ptr(s);

@@ -259,19 +259,15 @@ fn run_once_on_device(
         })
         .sum();
     // The decode steps as generation runs them: the fused CUDA step where it applies (models of Mamba2 layers),
-    // greedy tokens picked and fed back on the GPU, its captured graphs kept from one run to the next as a server
-    // keeps them; else the forward with T = 1.
+    // greedy tokens picked on the GPU, its captured graph kept from one run to the next as a server keeps it;
+    // else the forward with T = 1.
     #[cfg(feature = "cuda")]
     if let Some(fused) = fused {
         let batch = ids.dim(0)?;
         fused.start(&state, batch)?;
-        let toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        let mut steps = 1;
-        if new > 1 {
-            fused.decode_greedy(&toks, |_| {
-                steps += 1;
-                Ok(steps < new)
-            })?;
+        let mut toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        for _ in 1..new {
+            toks = fused.step_greedy(&toks)?.ids;
         }
         dev.synchronize()?;
         return Ok((
