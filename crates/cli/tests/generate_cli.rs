@@ -47,8 +47,12 @@ fn unsupported_and_invalid_flags_fail_with_clear_messages() {
         ids.to_str().unwrap(),
     ];
     let no_cuda = !candle_core::utils::cuda_is_available();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--tp", "2"], "not implemented yet"),
+        (
+            &["--ssm-state-dtype", "bf16"],
+            "only the fused CUDA decode step stores a bf16 SSM state",
+        ),
         (&["--fp8"], "not implemented yet"),
         (
             &["--device", if no_cuda { "cuda" } else { "tpu" }],

@@ -166,6 +166,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .validate(model_vocab, vocab_limit)
         .context("--top-k / --top-p / --temperature")?;
     let on_device = !device.is_cpu();
+    if !on_device && a.ssm_state_dtype == StateArg::Bf16 {
+        bail!(
+            "--ssm-state-dtype bf16: only the fused CUDA decode step stores a bf16 SSM state (--device cuda, a \
+             model of Mamba2 layers); the CPU engine keeps it in f32"
+        );
+    }
     if on_device && matches!(a.decode_dt, DecodeDtArg::Hf) {
         bail!(
             "--decode-dt hf: on a GPU every step is the model's own forward, which clamps dt as prefill does; \
