@@ -9,8 +9,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use coil_infer::cuda_step::CudaStep;
 use coil_infer::{
-    generate, generate_on_device, DecodeDtClamp, Engine, EngineOptions, GenerateParams,
-    SamplingParams, SeqState, WeightDtype,
+    generate, generate_on_device, DecodeDtClamp, Engine, EngineOptions, SeqState, WeightDtype,
 };
 use coil_model::{HybridLm, ModelConfig};
 use common::*;
@@ -103,15 +102,7 @@ fn fused_step_matches_the_cpu_step_on_the_fixtures_in_f32() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn generation_on_cuda_gives_the_cpu_greedy_tokens() {
-    let params = GenerateParams {
-        max_new_tokens: 12,
-        sampling: SamplingParams::greedy(),
-        seed: 0,
-        eos: None,
-        vocab_limit: None,
-        max_batch: 8,
-        ssm_state: Default::default(),
-    };
+    let params = greedy(12, 8);
     for name in MAMBA_FIXTURES {
         let fx = load_fixture(name);
         let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
@@ -279,15 +270,7 @@ fn non_finite_logits_are_flagged_and_stop_generation_on_cuda() {
     fused.start(&state, 2).unwrap();
     let picked = fused.step_greedy(&[7, 8]).unwrap();
     assert_eq!(picked.non_finite, vec![true, true]);
-    let params = GenerateParams {
-        max_new_tokens: 4,
-        sampling: SamplingParams::greedy(),
-        seed: 0,
-        eos: None,
-        vocab_limit: None,
-        max_batch: 8,
-        ssm_state: Default::default(),
-    };
+    let params = greedy(4, 8);
     let err = generate_on_device(&lm, &[vec![1, 2, 3]], &params, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("NaN or infinity"), "{err}");
 }

@@ -6,8 +6,8 @@
 mod common;
 
 use coil_infer::{
-    generate, generate_on_device, DecodeDtClamp, GenerateParams, SamplingParams, StateDtype,
-    StopReason, WeightDtype,
+    generate, generate_on_device, DecodeDtClamp, GenerateParams, StateDtype, StopReason,
+    WeightDtype,
 };
 use common::*;
 
@@ -18,15 +18,7 @@ fn generation_on_the_model_device_matches_the_cpu_engine() {
         let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
         let lm = load_model(name);
         let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
-        let params = GenerateParams {
-            max_new_tokens: 6,
-            sampling: SamplingParams::greedy(),
-            seed: 0,
-            eos: None,
-            vocab_limit: None,
-            max_batch: 8,
-            ssm_state: Default::default(),
-        };
+        let params = greedy(6, 8);
         let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
         let mut seen = vec![];
         let got =
@@ -59,13 +51,8 @@ fn a_bf16_state_off_the_fused_cuda_step_is_refused_with_the_reason() {
     let fx = load_fixture(name);
     let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
     let params = GenerateParams {
-        max_new_tokens: 3,
-        sampling: SamplingParams::greedy(),
-        seed: 0,
-        eos: None,
-        vocab_limit: None,
-        max_batch: 8,
         ssm_state: StateDtype::Bf16,
+        ..greedy(3, 8)
     };
     let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
     let e = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap_err();
@@ -90,15 +77,7 @@ fn prompts_of_different_lengths_decode_together_as_when_alone() {
         ];
         let lm = load_model(name);
         let cpu = engine(name, WeightDtype::F32, DecodeDtClamp::SameAsPrefill);
-        let params = GenerateParams {
-            max_new_tokens: 6,
-            sampling: SamplingParams::greedy(),
-            seed: 0,
-            eos: None,
-            vocab_limit: None,
-            max_batch: 8,
-            ssm_state: Default::default(),
-        };
+        let params = greedy(6, 8);
         let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
         let got = generate_on_device(&lm, &prompts, &params, &mut |_, _| {}).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -9,18 +9,6 @@ use coil_infer::{
 };
 use common::*;
 
-fn greedy(n: usize, max_batch: usize) -> GenerateParams {
-    GenerateParams {
-        max_new_tokens: n,
-        sampling: SamplingParams::greedy(),
-        seed: 0,
-        eos: None,
-        vocab_limit: None,
-        max_batch,
-        ssm_state: Default::default(),
-    }
-}
-
 /// Prefill each row, then feed HF's first three generated tokens through batched steps; returns the logits
 /// [row][position 0..4] (0 = prefill's last position).
 fn decode_logits(e: &coil_infer::Engine, ids: &Tensor, gen: &Tensor) -> Vec<Vec<Vec<f32>>> {

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
-use coil_infer::{DecodeDtClamp, Engine, EngineOptions, WeightDtype};
+use coil_infer::{
+    DecodeDtClamp, Engine, EngineOptions, GenerateParams, SamplingParams, WeightDtype,
+};
 use coil_model::HybridLm;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +16,19 @@ pub const FIXTURES: [&str; 5] = [
     "nemotron_h_tiny",
     "nemotron_h_gelu",
 ];
+
+/// Greedy generation of at most `n` new tokens per prompt, `max_batch` sequences at a time, no EOS.
+pub fn greedy(n: usize, max_batch: usize) -> GenerateParams {
+    GenerateParams {
+        max_new_tokens: n,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        eos: None,
+        vocab_limit: None,
+        max_batch,
+        ssm_state: Default::default(),
+    }
+}
 
 pub fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
