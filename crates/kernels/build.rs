@@ -16,6 +16,7 @@ const KERNELS: &[(&str, &[&str])] = &[
     ("decode", &["80", "90"]),
     ("conv1d", &["80", "90"]),
     ("gated_norm", &["80", "90"]),
+    ("attn_decode", &["80", "90"]),
 ];
 
 fn nvcc() -> PathBuf {

@@ -139,11 +139,18 @@ struct GemvArgs {
   int prefetch_iters;       // L2 prefetch of each CTA's rows of its first iterations, before the wait
   int wide_batch;           // the batched path: sequences (the low halves start at row wide_batch)
   int split;                // warps per row (1, 2, 4 or 8) of the lane-streaming GEMV
+  int act;                  // in: the activation of the rows outside the conv and dt rows (an MLP's up_proj)
   float eps, dt_min, dt_max;
+  const void* next_w;       // the next GEMV's weights, or null: each CTA requests a share of their first
+  long long next_bytes;     // next_bytes into L2 when it has finished its own rows
 };
-static_assert(sizeof(GemvArgs) == 168, "GemvArgs: the layout src/decode.rs mirrors");
+static_assert(sizeof(GemvArgs) == 192, "GemvArgs: the layout src/decode.rs mirrors");
 
-enum { MODE_IN = 0, MODE_OUT = 1 };
+// MODE_IN: x̂ = RMSNorm(x)·w, y = the product through the row epilogues; MODE_OUT: x̂ = the gated norm of the SSM
+// output, y += the product; MODE_PLAIN: x̂ = x as it is, y += the product (an MLP's down_proj, attention's o_proj).
+enum { MODE_IN = 0, MODE_OUT = 1, MODE_PLAIN = 2 };
+// GemvArgs::act.
+enum { ACT_NONE = 0, ACT_RELU2 = 1, ACT_GELU = 2 };
 
 // The normalisation factors of x̂ (after the earlier kernels finished): MODE_IN: inv[b][0] = 1/sqrt(mean(x[b]²) +
 // eps), each CTA reducing the row itself; MODE_OUT: inv[b][g] from the heads' sums of squares of group g.
@@ -160,7 +167,7 @@ __device__ __forceinline__ void gemv_norms(const GemvArgs& a, float (&inv)[BATCH
       const float s = block_sum(ss, red);
       if (threadIdx.x == 0) inv[b][0] = rsqrtf(s / a.cols + a.eps);
     }
-  } else {
+  } else if (MODE == MODE_OUT) {
     const int hpg = a.heads / a.groups, group = a.cols / a.groups;
     for (int i = threadIdx.x; i < BATCH * a.groups; i += blockDim.x) {
       const int b = i / a.groups, g = i % a.groups;
@@ -179,26 +186,32 @@ __device__ __forceinline__ void gemv_chunk(const GemvArgs& a, const uint4& u, in
   constexpr int E = 16 / sizeof(WT);
   float wf[E], nv[E];
   chunk_to_f32(u, wf);
-  load_f32<E>(a.xw + E * c, nv);
+  if (MODE != MODE_PLAIN) load_f32<E>(a.xw + E * c, nv);
   const int g = MODE == MODE_OUT ? c / group_chunks : 0;
 #pragma unroll
   for (int b = 0; b < BATCH; ++b) {
     float xv[E];
     load_f32<E>(a.x + b * a.ldx + E * c, xv);
+    if (MODE == MODE_PLAIN) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[b] += wf[e] * xv[e];
+      continue;
+    }
     const float iv = inv[b][g];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[b] += wf[e] * (xv[e] * iv * nv[e]);
   }
 }
 
-// Row r of sequence b once its dot product s is known: MODE_OUT adds s (+ bias) into y; MODE_IN stores it, a conv
-// row through its window (the window drops its oldest input and takes the value; then SiLU(Σ_k w·window + bias)),
-// a dt row through clamp(softplus(v + dt_bias)).
+// Row r of sequence b once its dot product s is known: MODE_OUT and MODE_PLAIN add s (+ bias) into y; MODE_IN
+// stores it, a conv row through its window (the window drops its oldest input and takes the value; then
+// SiLU(Σ_k w·window + bias)), a dt row through clamp(softplus(v + dt_bias)), any other row through `act` (squared
+// ReLU, or GELU with erf, as the CPU engine computes them).
 template <int MODE>
 __device__ __forceinline__ void finish_row(const GemvArgs& a, int b, int r, float s) {
   float v = a.bias ? s + a.bias[r] : s;
   float* out = a.y + b * a.ldy + r;
-  if (MODE == MODE_OUT) {
+  if (MODE != MODE_IN) {
     *out = *out + v;
     return;
   }
@@ -219,8 +232,24 @@ __device__ __forceinline__ void finish_row(const GemvArgs& a, int b, int r, floa
     float t = v + (a.dt_bias ? a.dt_bias[r - a.dt_lo] : 0.f);
     t = t > 20.f ? t : log1pf(__expf(t));
     v = fminf(fmaxf(t, a.dt_min), a.dt_max);
+  } else if (a.act == ACT_RELU2) {
+    const float p = fmaxf(v, 0.f);
+    v = p * p;
+  } else if (a.act == ACT_GELU) {
+    v = (erff(v * 0.707106781186547524f) + 1.f) * 0.5f * v;
   }
   *out = v;
+}
+
+// Once a CTA has finished its rows: its share of the next GEMV's first `next_bytes` of weights into L2, so the next
+// kernel's first loads find them there while the last CTAs of this one still stream.
+__device__ __forceinline__ void prefetch_next(const GemvArgs& a) {
+  if (!a.next_w || a.next_bytes <= 0 || threadIdx.x != 0) return;
+  const long long share = (a.next_bytes + gridDim.x - 1) / gridDim.x / 16 * 16 + 16;
+  const long long lo = share * blockIdx.x;
+  if (lo >= a.next_bytes) return;
+  const long long n = min(share, a.next_bytes - lo) / 16 * 16;
+  if (n > 0) prefetch_l2(static_cast<const char*>(a.next_w) + lo, static_cast<unsigned>(n));
 }
 
 // Row r's results, reduced over the warp (lane 0 finishes them).
@@ -309,6 +338,139 @@ __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
       finish_row<MODE>(a, lane, r, s);
     }
     __syncthreads();  // `partial` is free for the next step
+  }
+  __syncthreads();  // every warp of the CTA is done with its rows
+  prefetch_next(a);
+}
+
+// x̂ of every sequence in shared memory: xs[b·cols + c] = x[b, c]·inv[b][g(c)]·xw[c], the products gemv_chunk
+// forms, in the same order.
+template <int BATCH, int MODE>
+__device__ __forceinline__ void fill_xhat(const GemvArgs& a, const float (&inv)[BATCH][MAX_GROUPS], float* xs) {
+  const int group = a.cols / a.groups;
+  for (int i = threadIdx.x; i < BATCH * a.cols; i += blockDim.x) {
+    const int b = i / a.cols, c = i - b * a.cols;
+    if (MODE == MODE_PLAIN) {
+      xs[i] = a.x[b * a.ldx + c];
+      continue;
+    }
+    const float iv = inv[b][MODE == MODE_OUT ? c / group : 0];
+    xs[i] = a.x[b * a.ldx + c] * iv * a.xw[c];
+  }
+  __syncthreads();
+}
+
+// acc[i][b] += Σ_e w_i[e]·x̂[b, c·E + e] for chunk c of R rows (u[i] the chunk of row i): each x̂ value is formed
+// (or read from shared memory, XS) once for the R rows. Shared-memory reads of bf16 chunks (two 16-byte halves
+// per lane) take the halves in an order that alternates every 4 lanes, so no two lanes of a quarter-warp hit the
+// same bank.
+template <typename WT, int BATCH, int MODE, int R, bool XS>
+__device__ __forceinline__ void chunk_rows(const GemvArgs& a, const float* xs, const uint4 (&u)[R], int c,
+                                           int group_chunks, const float (&inv)[BATCH][MAX_GROUPS],
+                                           float (&acc)[R][BATCH]) {
+  constexpr int E = 16 / sizeof(WT);
+  float wf[R][E];
+#pragma unroll
+  for (int i = 0; i < R; ++i) chunk_to_f32(u[i], wf[i]);
+  float nv[E];
+  if (!XS && MODE != MODE_PLAIN) load_f32<E>(a.xw + E * c, nv);
+  const int g = MODE == MODE_OUT ? c / group_chunks : 0;
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    float xv[E];
+    if (XS) {
+      const float4* p = reinterpret_cast<const float4*>(xs + b * a.cols + E * c);
+      if (E == 8) {
+        const int h = (threadIdx.x >> 2) & 1;
+        const float4 q0 = p[h], q1 = p[1 - h];
+        const float4 lo = h ? q1 : q0, hi = h ? q0 : q1;
+        xv[0] = lo.x, xv[1] = lo.y, xv[2] = lo.z, xv[3] = lo.w;
+        xv[E - 4] = hi.x, xv[E - 3] = hi.y, xv[E - 2] = hi.z, xv[E - 1] = hi.w;
+      } else {
+        const float4 q = p[0];
+        xv[0] = q.x, xv[1] = q.y, xv[2] = q.z, xv[3] = q.w;
+      }
+    } else {
+      load_f32<E>(a.x + b * a.ldx + E * c, xv);
+      if (MODE != MODE_PLAIN) {
+        const float iv = inv[b][g];
+#pragma unroll
+        for (int e = 0; e < E; ++e) xv[e] = xv[e] * iv * nv[e];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[i][b] += wf[i][e] * xv[e];
+  }
+}
+
+// The GEMV as one software pipeline per warp: the grid's warps take groups of R consecutive rows round-robin, and a
+// warp's work is the sequence of its groups' stages (UNROLL chunks of 16 bytes per lane and row); the loads of the
+// next stage are issued before the current one is used, across row ends (so the row epilogue runs while they are
+// in flight). XS: x̂ is formed once per CTA into dynamic shared memory (BATCH·cols floats). Same results as
+// gemv_fused up to the summation order within a row.
+template <typename WT, int BATCH, int MODE, int UNROLL, int R, bool XS>
+__device__ __forceinline__ void gemv_stream(const GemvArgs& a) {
+  constexpr int E = 16 / sizeof(WT);
+  extern __shared__ __align__(16) float xs[];
+  __shared__ float inv[BATCH][MAX_GROUPS];
+  __shared__ float red[32];
+  const WT* w = static_cast<const WT*>(a.w);
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int gw = blockIdx.x * warps + (threadIdx.x >> 5), nw = gridDim.x * warps;
+  const int chunks = a.cols / E, per_stage = 32 * UNROLL;
+  const int ipr = (chunks + per_stage - 1) / per_stage;  // stages per row group
+  const int row_groups = (a.rows + R - 1) / R;
+  const int mine = gw < row_groups ? (row_groups - 1 - gw) / nw + 1 : 0;
+  const int stages = mine * ipr;
+  allow_next_kernel();
+  uint4 u0[R][UNROLL], u1[R][UNROLL];
+  auto load = [&](uint4(&u)[R][UNROLL], int t) {
+    const int j = t / ipr, c0 = (t - j * ipr) * per_stage + lane, r0 = (gw + j * nw) * R;
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        const int c = c0 + 32 * k, r = r0 + i;
+        u[i][k] = c < chunks && r < a.rows ? ld_stream(w + r * a.ldw + E * c) : make_uint4(0, 0, 0, 0);
+      }
+  };
+  if (stages > 0) load(u0, 0);
+  wait_prev_kernels();
+  gemv_norms<BATCH, MODE>(a, inv, red);
+  if (XS) fill_xhat<BATCH, MODE>(a, inv, xs);
+  const int group_chunks = MODE == MODE_OUT ? chunks / a.groups : chunks;
+  float acc[R][BATCH];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) acc[i][b] = 0.f;
+  auto stage = [&](uint4(&cur)[R][UNROLL], uint4(&nxt)[R][UNROLL], int t) {
+    if (t + 1 < stages) load(nxt, t + 1);
+    const int j = t / ipr, it = t - j * ipr, c0 = it * per_stage + lane;
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+      const int c = c0 + 32 * k;
+      if (c >= chunks) break;
+      uint4 uk[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) uk[i] = cur[i][k];
+      chunk_rows<WT, BATCH, MODE, R, XS>(a, xs, uk, c, group_chunks, inv, acc);
+    }
+    if (it == ipr - 1) {
+      const int r0 = (gw + j * nw) * R;
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        if (r0 + i < a.rows) gemv_epilogue<BATCH, MODE>(a, r0 + i, acc[i]);
+#pragma unroll
+        for (int b = 0; b < BATCH; ++b) acc[i][b] = 0.f;
+      }
+    }
+  };
+  for (int t = 0; t < stages; t += 2) {
+    stage(u0, u1, t);
+    if (t + 1 < stages) stage(u1, u0, t + 1);
   }
 }
 
@@ -441,6 +603,9 @@ __device__ __forceinline__ void gemv_tma(const GemvArgs& a) {
   extern "C" __global__ void __launch_bounds__(256) gemv_out_##NAME##_b##B(const GemvArgs a) {                    \
     gemv_fused<WT, B, MODE_OUT>(a);                                                                                 \
   }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256) gemv_plain_##NAME##_b##B(const GemvArgs a) {                  \
+    gemv_fused<WT, B, MODE_PLAIN>(a);                                                                               \
+  }                                                                                                                 \
   extern "C" __global__ void __launch_bounds__(256) gemv_in_tma_##NAME##_b##B(const GemvArgs a) {                 \
     gemv_tma<WT, B, MODE_IN>(a);                                                                                    \
   }                                                                                                                 \
@@ -475,7 +640,7 @@ __device__ __forceinline__ void wide_split_body(const GemvArgs& a) {
     for (int i = threadIdx.x; i < a.cols; i += blockDim.x) ss += x[i] * x[i];
     const float s = block_sum(ss, red);
     if (threadIdx.x == 0) inv[0] = rsqrtf(s / a.cols + a.eps);
-  } else if (threadIdx.x < a.groups) {
+  } else if (MODE == MODE_OUT && threadIdx.x < a.groups) {
     const int g = threadIdx.x, hpg = a.heads / a.groups;
     float s = 0.f;
     for (int h = 0; h < hpg; ++h) s += a.part[b * a.heads + g * hpg + h];
@@ -486,7 +651,7 @@ __device__ __forceinline__ void wide_split_body(const GemvArgs& a) {
   __nv_bfloat16* hi = static_cast<__nv_bfloat16*>(a.wide) + static_cast<long long>(b) * a.cols;
   __nv_bfloat16* lo = hi + static_cast<long long>(a.wide_batch) * a.cols;
   for (int i = threadIdx.x; i < a.cols; i += blockDim.x) {
-    const float v = x[i] * inv[i / group] * a.xw[i];
+    const float v = MODE == MODE_PLAIN ? x[i] : x[i] * inv[i / group] * a.xw[i];
     const __nv_bfloat16 h = __float2bfloat16(v);
     hi[i] = h;
     lo[i] = __float2bfloat16(v - __bfloat162float(h));
@@ -511,6 +676,12 @@ extern "C" __global__ void __launch_bounds__(256) wide_split_out(const GemvArgs 
 extern "C" __global__ void __launch_bounds__(256) wide_finish_in(const GemvArgs a) { wide_finish_body<MODE_IN>(a); }
 extern "C" __global__ void __launch_bounds__(256) wide_finish_out(const GemvArgs a) {
   wide_finish_body<MODE_OUT>(a);
+}
+extern "C" __global__ void __launch_bounds__(256) wide_split_plain(const GemvArgs a) {
+  wide_split_body<MODE_PLAIN>(a);
+}
+extern "C" __global__ void __launch_bounds__(256) wide_finish_plain(const GemvArgs a) {
+  wide_finish_body<MODE_PLAIN>(a);
 }
 
 // Arguments of the SSM update (mirrored by `SsmArgs` in src/decode.rs).

@@ -36,7 +36,13 @@ fn invalid(what: String) -> KernelError {
 }
 
 /// `rows` rows of `width` elements, `ld` apart, fit in `len` elements.
-fn check_rows(what: &str, len: usize, rows: usize, ld: usize, width: usize) -> Result<()> {
+pub(crate) fn check_rows(
+    what: &str,
+    len: usize,
+    rows: usize,
+    ld: usize,
+    width: usize,
+) -> Result<()> {
     if width > ld && rows > 1 {
         return Err(invalid(format!(
             "{what}: width {width} exceeds its row stride {ld}"
@@ -55,14 +61,14 @@ fn check_rows(what: &str, len: usize, rows: usize, ld: usize, width: usize) -> R
     }
 }
 
-fn check_align(what: &str, ptr: u64, bytes: u64) -> Result<()> {
+pub(crate) fn check_align(what: &str, ptr: u64, bytes: u64) -> Result<()> {
     if !ptr.is_multiple_of(bytes) {
         return Err(invalid(format!("{what} is not {bytes}-byte aligned")));
     }
     Ok(())
 }
 
-fn to_i32(what: &str, v: usize) -> Result<i32> {
+pub(crate) fn to_i32(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| invalid(format!("{what} {v} does not fit the kernel's 32-bit sizes")))
 }
@@ -147,7 +153,7 @@ impl Sched {
 /// # Safety
 /// `params` must match the kernel's parameters, and every pointer inside them must be valid for what the kernel
 /// touches at these grid sizes.
-unsafe fn launch(
+pub(crate) unsafe fn launch(
     stream: &CudaStream,
     f: &CudaFunction,
     (grid, block, smem): ((u32, u32), u32, u32),
@@ -308,11 +314,35 @@ struct GemvArgs {
     prefetch_iters: i32,
     wide_batch: i32,
     split: i32,
+    act: i32,
     eps: f32,
     dt_min: f32,
     dt_max: f32,
+    next_w: u64,
+    next_bytes: i64,
 }
-const _: () = assert!(std::mem::size_of::<GemvArgs>() == 168);
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 192);
+
+/// The activation [`gemv_in`] applies to its rows that are neither conv nor dt rows (an MLP's up_proj): squared
+/// ReLU (Nemotron-H) or GELU with erf (Mamba2-Hybrid), computed as the CPU engine computes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Act {
+    #[default]
+    None,
+    Relu2,
+    Gelu,
+}
+
+impl Act {
+    /// `ACT_*` in `cuda/decode.cu`.
+    fn code(self) -> i32 {
+        match self {
+            Act::None => 0,
+            Act::Relu2 => 1,
+            Act::Gelu => 2,
+        }
+    }
+}
 
 /// The argument block of the SSM update; mirrors `SsmArgs` in `cuda/decode.cu`.
 #[repr(C)]
@@ -362,8 +392,8 @@ fn check_gemv(
     Ok(())
 }
 
-/// The GEMV kernel for `mode` ("in" or "out"), these weights and a group of `n` sequences (1, 2, 4 or 8): named
-/// `gemv_{mode}[_tma]_{bf16|f32}_b{n}` in `cuda/decode.cu`.
+/// The GEMV kernel for `mode` ("in", "out" or "plain"), these weights and a group of `n` sequences (1, 2, 4 or 8):
+/// named `gemv_{mode}[_tma]_{bf16|f32}_b{n}` in `cuda/decode.cu` (no bulk-copy kernel for "plain").
 fn gemv_name(mode: &str, weights: &str, n: usize, tma: bool) -> String {
     let tma = if tma { "_tma" } else { "" };
     format!("gemv_{mode}{tma}_{weights}_b{n}")
@@ -396,6 +426,7 @@ fn launch_gemv_groups(
     args: GemvArgs,
     shift: impl Fn(&mut GemvArgs, usize),
 ) -> Result<()> {
+    let tma = sched.tma && mode != "plain";
     let mut b0 = 0;
     while b0 < d.batch {
         let n = match d.batch - b0 {
@@ -404,10 +435,10 @@ fn launch_gemv_groups(
             4..=7 => 4,
             _ => 8,
         };
-        let f = gemv_function(stream, mode, w, n, sched.tma)?;
+        let f = gemv_function(stream, mode, w, n, tma)?;
         let mut a = args;
         shift(&mut a, b0);
-        let grid = if sched.tma {
+        let grid = if tma {
             a.split = 1;
             sched.gemv_grid(d.rows)
         } else {
@@ -417,7 +448,7 @@ fn launch_gemv_groups(
             sched.split_grid(d.rows, a.split, sched.ctas_per_sm.min(fit))
         };
         let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
-        let smem = if sched.tma { TMA_SMEM } else { 0 };
+        let smem = if tma { TMA_SMEM } else { 0 };
         // SAFETY: the caller checked that W, x, y, the norm weight and the epilogue's buffers hold every element
         // the kernel touches for sequences b0 .. b0 + n (rows of `cols` at their strides, 16-byte aligned where
         // it loads 16 bytes); `a` is the kernel's one argument, laid out as its C struct. The bulk-copy kernels
@@ -496,10 +527,10 @@ fn launch_wide(
     let x2 = wide.x2.device_ptr_mut(s).0;
     let p2 = wide.p2.device_ptr_mut(s).0;
     a.wide_batch = d.batch as i32;
-    let (split, finish) = if mode == "in" {
-        ("wide_split_in", "wide_finish_in")
-    } else {
-        ("wide_split_out", "wide_finish_out")
+    let (split, finish) = match mode {
+        "in" => ("wide_split_in", "wide_finish_in"),
+        "out" => ("wide_split_out", "wide_finish_out"),
+        _ => ("wide_split_plain", "wide_finish_plain"),
     };
     a.wide = x2;
     let f = function(stream.context(), &DECODE, split, 0)?;
@@ -550,7 +581,8 @@ fn launch_wide(
 }
 
 /// The fused in_proj GEMV: `y = W·(RMSNorm(x)·norm_w) (+ bias)` for every sequence, then the conv rows and dt rows
-/// transformed as [`ConvRows`] and [`DtRows`] say. With neither it is the final norm + LM head.
+/// transformed as [`ConvRows`] and [`DtRows`] say, the other rows through `act`. With neither and no activation
+/// it is the final norm + LM head (or an attention layer's qkv projection).
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_in(
     stream: &Arc<CudaStream>,
@@ -564,6 +596,7 @@ pub fn gemv_in(
     d: GemvDims,
     conv: Option<ConvRows<'_>>,
     dt: Option<DtRows<'_>>,
+    act: Act,
     wide: Option<&mut Wide<'_>>,
 ) -> Result<()> {
     if d.rows == 0 || d.batch == 0 {
@@ -592,6 +625,7 @@ pub fn gemv_in(
         heads: 1,
         groups: 1,
         prefetch_iters: sched.prefetch_iters as i32,
+        act: act.code(),
         eps,
         ..Default::default()
     };
@@ -734,6 +768,61 @@ pub fn gemv_out(
         a.x = x0 + b0 * ldx;
         a.y = y0 + b0 * ldy;
         a.part = p0 + b0 * heads as u64 * 4;
+    })
+}
+
+/// The GEMV on an activation as it is: `y += W·x (+ bias)` (y is the residual stream): an MLP's down_proj, an
+/// attention layer's o_proj.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_plain(
+    stream: &Arc<CudaStream>,
+    sched: &Sched,
+    w: &Weights<'_>,
+    bias: Option<&CudaView<'_, f32>>,
+    x: &CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+    d: GemvDims,
+    wide: Option<&mut Wide<'_>>,
+) -> Result<()> {
+    if d.rows == 0 || d.batch == 0 {
+        return Ok(());
+    }
+    // No norm weight: its check is given the size it would need.
+    check_gemv("gemv_plain", w, x.len(), d.cols, y.len(), &d)?;
+    if let Some(b) = bias {
+        check_rows("gemv_plain bias", b.len(), 1, d.rows, d.rows)?;
+    }
+    let s: &CudaStream = stream;
+    let a = GemvArgs {
+        w: w.ptr(s),
+        bias: bias.map_or(0, |b| b.device_ptr(s).0),
+        x: x.device_ptr(s).0,
+        y: y.device_ptr_mut(s).0,
+        ldw: d.ldw as i64,
+        ldx: d.ldx as i64,
+        ldy: d.ldy as i64,
+        rows: d.rows as i32,
+        cols: d.cols as i32,
+        conv_lo: d.rows as i32,
+        conv_hi: d.rows as i32,
+        dt_lo: d.rows as i32,
+        k: 1,
+        heads: 1,
+        groups: 1,
+        prefetch_iters: sched.prefetch_iters as i32,
+        ..Default::default()
+    };
+    check_align("gemv_plain W", a.w, 16)?;
+    check_align("gemv_plain x", a.x, 16)?;
+    if let Some(wide) = wide {
+        return launch_wide(stream, sched, "plain", w, &d, a, wide);
+    }
+    let (ldx, ldy) = (d.ldx as u64 * 4, d.ldy as u64 * 4);
+    let (x0, y0) = (a.x, a.y);
+    launch_gemv_groups(stream, sched, "plain", w, &d, a, |a, b0| {
+        let b0 = b0 as u64;
+        a.x = x0 + b0 * ldx;
+        a.y = y0 + b0 * ldy;
     })
 }
 

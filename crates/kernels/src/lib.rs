@@ -14,6 +14,8 @@
 //! is empty, so CPU builds need neither nvcc nor the CUDA libraries.
 
 #[cfg(feature = "cuda")]
+pub mod attn_decode;
+#[cfg(feature = "cuda")]
 pub mod conv1d;
 #[cfg(feature = "cuda")]
 pub mod decode;

@@ -65,6 +65,12 @@ pub(crate) static GATED_NORM: Cubins = Cubins {
     sm80: Some(cubin!("gated_norm", "80")),
     sm90: cubin!("gated_norm", "90"),
 };
+/// The single-token attention decode kernels of the hybrid models.
+pub(crate) static ATTN_DECODE: Cubins = Cubins {
+    name: "attn_decode",
+    sm80: Some(cubin!("attn_decode", "80")),
+    sm90: cubin!("attn_decode", "90"),
+};
 /// The wgmma SSD forward (sm_90a only).
 pub(crate) static SSD_FWD_SM90: Cubins = Cubins {
     name: "ssd_fwd_sm90",
