@@ -137,6 +137,13 @@ fi
 
 # ---- generation: bf16 weights, greedy, 100-token prompt + 100 new tokens, end to end
 if want generate; then
+  # A Nemotron-H-shaped hybrid (Mamba2, attention and MLP layers): Coil alone, mamba_ssm has no such model; SSM
+  # state in f32 and in bf16.
+  run_one generate "nh-4b b={batch} 100+100" coil 300 --expect "batch=1,64" -- "$COIL" bench generate \
+    --preset nemotronh_4b --prompt 100 --new-tokens 100 --batch 1,64 --weights bf16 --device cuda --iters 3 --json
+  run_one generate "nh-4b b={batch} 100+100 bf16 state" coil 300 --expect "batch=1,64" -- "$COIL" bench generate \
+    --preset nemotronh_4b --prompt 100 --new-tokens 100 --batch 1,64 --weights bf16 --state bf16 --device cuda \
+    --iters 3 --json
   for spec in "2.7b:mamba2_2_7b:1,64" "130m:mamba2_130m:1"; do
     IFS=: read -r model preset bs <<<"$spec"
     run_one generate "$model b={batch} 100+100" coil 300 --expect "batch=$bs" -- "$COIL" bench generate \
@@ -148,9 +155,6 @@ if want generate; then
       "$COIL" bench generate --preset mamba2_2_7b --prompt 100 --new-tokens 100 --batch 1,64 --weights bf16 \
       --state bf16 --device cuda --iters 3 --json
   done
-  # A Nemotron-H-shaped hybrid (Mamba2, attention and MLP layers): Coil alone, mamba_ssm has no such model.
-  run_one generate "nh-4b b={batch} 100+100" coil 300 --expect "batch=1,64" -- "$COIL" bench generate \
-    --preset nemotronh_4b --prompt 100 --new-tokens 100 --batch 1,64 --weights bf16 --device cuda --iters 3 --json
 fi
 
 log "# done at t+$(elapsed)s"

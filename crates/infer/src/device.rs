@@ -1,5 +1,5 @@
 //! Generation on the model's own device (CUDA): the model's chunked forward for the prefill, then for every step
-//! the fused CUDA decode step (`crate::cuda_step`) when the model is made of Mamba2 layers, else the same forward
+//! the fused CUDA decode step (`crate::cuda_step`) when its kernels take the model's sizes, else the same forward
 //! with T = 1 (`HybridLm::forward_with_state`); each batch is one tensor (see below for prompt lengths). Greedy
 //! decoding on the fused step picks the ids on the GPU (only they cross to the host); sampling follows the same
 //! Megatron rules as the CPU engine ([`crate::sampling`]), on the host, from each step's logits [B, V].
@@ -77,7 +77,7 @@ fn run_batch(
         lm.prefill_ragged(&members)?
     };
     let mut rows = host_rows(&logits, batch.len())?;
-    let mut stepper = Stepper::new(lm, state, batch.len(), params.ssm_state)?;
+    let mut stepper = Stepper::new(lm, state, batch.len(), params)?;
     let mut samplers: Vec<Sampler> = batch
         .iter()
         .map(|&i| Sampler::new(params.sampling, params.seed, i as u64, params.vocab_limit))
@@ -159,7 +159,7 @@ impl Run<'_, '_> {
     }
 }
 
-/// How the decode steps of a batch run: the fused CUDA step (models of Mamba2 layers in bf16 or f32,
+/// How the decode steps of a batch run: the fused CUDA step (bf16 or f32 weights of sizes its kernels take,
 /// `crate::cuda_step`), else the model's forward with T = 1.
 enum Stepper {
     #[cfg(feature = "cuda")]
@@ -172,21 +172,21 @@ impl Stepper {
         lm: &HybridLm,
         state: coil_model::ModelState,
         batch: usize,
-        ssm_state: StateDtype,
+        params: &GenerateParams,
     ) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if let Some(mut fused) = crate::cuda_step::CudaStep::new(lm)? {
-            if ssm_state == StateDtype::Bf16 {
+            if params.ssm_state == StateDtype::Bf16 {
                 fused.set_state_dtype(DType::BF16)?;
             }
-            fused.start(&state, batch)?;
+            fused.start(&state, batch, params.max_new_tokens)?;
             return Ok(Stepper::Fused(Box::new(fused)));
         }
         let _ = (lm, batch); // used by the CUDA build only
-        if ssm_state != StateDtype::F32 {
+        if params.ssm_state != StateDtype::F32 {
             return Err(InferError::Invalid(format!(
-                "a bf16 SSM state is stored by the fused CUDA decode step only (a model of Mamba2 layers in bf16 or \
-                 f32 on a CUDA device); this model on {} decodes with its forward, which keeps the state in f32",
+                "a bf16 SSM state is stored by the fused CUDA decode step only (bf16 or f32 weights of sizes its \
+                 kernels take, on a CUDA device); this model on {} decodes with its forward, which keeps the state in f32",
                 coil_model::device::device_label(lm.device())
             )));
         }

@@ -11,7 +11,9 @@ use coil_infer::cuda_step::CudaStep;
 use coil_infer::{
     generate, generate_on_device, DecodeDtClamp, Engine, EngineOptions, SeqState, WeightDtype,
 };
-use coil_model::{HybridLm, ModelConfig};
+use coil_model::layers::attention::KvCache;
+use coil_model::layers::mamba::MambaState;
+use coil_model::{HybridLm, LayerState, ModelConfig, ModelState};
 use common::*;
 use std::collections::BTreeMap;
 
@@ -21,10 +23,12 @@ fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device")
 }
 
-/// Prefills `prompts` (equal lengths) with the GPU model, hands the same prefill states to the fused step and to
-/// the CPU engine's step, then feeds both `steps` tokens (each step's greedy token of the CPU engine); returns the
-/// largest |Δ logit| relative to the largest |logit| of the row. The fused step keeps its SSM states in `state`
-/// (`state_dtype`; the CPU engine always in f32).
+/// Prefills each of `prompts` (equal lengths) alone with the GPU model, hands the same prefill states to the fused
+/// step (stacked into one batch) and to the CPU engine's step, then feeds both `steps` tokens (each step's greedy
+/// token of the CPU engine); returns the largest |Δ logit| relative to the largest |logit| of the row. The fused
+/// step keeps its SSM states in `state` (`state_dtype`; the CPU engine always in f32). Each prompt is prefilled
+/// alone for both sides because a bf16 model's batched prefill may round differently from a single one (another
+/// GEMM shape), which would start the two sides from different states.
 fn step_gap(
     gpu_lm: &HybridLm,
     cpu: &Engine,
@@ -34,28 +38,28 @@ fn step_gap(
 ) -> f32 {
     let n = prompts.len();
     let len = prompts[0].len();
-    let ids: Vec<u32> = prompts.iter().flatten().copied().collect();
-    let ids = Tensor::from_vec(ids, (n, len), gpu_lm.device()).unwrap();
-    let (logits, state) = gpu_lm.forward_with_state(&ids, None, None, true).unwrap();
+    let (mut states, mut singles, mut first) = (vec![], vec![], vec![]);
+    for p in prompts {
+        let one = Tensor::from_vec(p.clone(), (1, len), gpu_lm.device()).unwrap();
+        let (logits, st) = gpu_lm.forward_with_state(&one, None, None, true).unwrap();
+        states.push(SeqState::from_model_state(&st, len, steps + 1).unwrap());
+        singles.push(st);
+        first.extend(
+            logits
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
     let mut fused = CudaStep::new(gpu_lm)
         .unwrap()
         .expect("the fused step applies");
     fused.set_state_dtype(state_dtype).unwrap();
-    fused.start(&state, n).unwrap();
-    let mut states = vec![];
-    for p in prompts {
-        let one = Tensor::from_vec(p.clone(), (1, len), gpu_lm.device()).unwrap();
-        let (_, st) = gpu_lm.forward_with_state(&one, None, None, true).unwrap();
-        states.push(SeqState::from_model_state(&st, len, steps + 1).unwrap());
-    }
+    fused.start(&stack_states(&singles), n, steps).unwrap();
     let v = cpu.vocab_size();
-    let first = logits
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
     let mut toks: Vec<u32> = (0..n).map(|b| argmax(&first[b * v..(b + 1) * v])).collect();
     let mut scratch = cpu.scratch(n);
     let mut worst = 0f32;
@@ -70,6 +74,40 @@ fn step_gap(
         toks = (0..n).map(|b| argmax(&want[b * v..(b + 1) * v])).collect();
     }
     worst
+}
+
+/// Single-sequence prefill states stacked into one batch's state (every tensor concatenated along the batch).
+fn stack_states(states: &[ModelState]) -> ModelState {
+    let cat = |ts: Vec<&Tensor>| Tensor::cat(&ts, 0).unwrap();
+    let layers = (0..states[0].layers.len())
+        .map(|l| match &states[0].layers[l] {
+            LayerState::Mamba(_) => {
+                let m: Vec<&MambaState> = states
+                    .iter()
+                    .map(|s| s.layers[l].as_mamba().unwrap())
+                    .collect();
+                LayerState::Mamba(MambaState {
+                    conv: cat(m.iter().map(|m| &m.conv).collect()),
+                    ssm: cat(m.iter().map(|m| &m.ssm).collect()),
+                })
+            }
+            LayerState::Attention(_) => {
+                let c: Vec<&KvCache> = states
+                    .iter()
+                    .map(|s| match &s.layers[l] {
+                        LayerState::Attention(c) => c,
+                        _ => unreachable!("the same model's states"),
+                    })
+                    .collect();
+                LayerState::Attention(KvCache {
+                    k: cat(c.iter().map(|c| &c.k).collect()),
+                    v: cat(c.iter().map(|c| &c.v).collect()),
+                })
+            }
+            LayerState::Stateless => LayerState::Stateless,
+        })
+        .collect();
+    ModelState { layers }
 }
 
 fn argmax(l: &[f32]) -> u32 {
@@ -134,8 +172,17 @@ fn generation_on_cuda_gives_the_cpu_greedy_tokens() {
 /// Mamba2-130M's layer sizes (hidden 768, 24 heads of 64, state 128, one group), two layers, a vocabulary of
 /// 1024, and random bf16 parameters.
 fn small_bf16_params(seed: u64) -> (ModelConfig, BTreeMap<String, Tensor>) {
-    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
-    cfg.pattern = "MM".into();
+    preset_bf16_params("mamba2_130m", "MM", seed)
+}
+
+/// A preset's layer sizes with its pattern replaced by `pattern`, a vocabulary of 1024, random bf16 parameters.
+fn preset_bf16_params(
+    preset: &str,
+    pattern: &str,
+    seed: u64,
+) -> (ModelConfig, BTreeMap<String, Tensor>) {
+    let mut cfg = coil_model::presets::preset(preset).unwrap().config;
+    cfg.pattern = pattern.into();
     cfg.vocab_size = 1024;
     let params = coil_model::params::init_params(&cfg, seed, &Device::Cpu, DType::BF16).unwrap();
     (cfg, params)
@@ -143,7 +190,10 @@ fn small_bf16_params(seed: u64) -> (ModelConfig, BTreeMap<String, Tensor>) {
 
 /// The same bf16 weights on the GPU and in the CPU engine.
 fn small_bf16_pair(seed: u64) -> (HybridLm, Engine) {
-    let (cfg, params) = small_bf16_params(seed);
+    bf16_pair(small_bf16_params(seed))
+}
+
+fn bf16_pair((cfg, params): (ModelConfig, BTreeMap<String, Tensor>)) -> (HybridLm, Engine) {
     let gpu_lm = HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
     let cpu_lm = HybridLm::load(&cfg, &params, &Device::Cpu, DType::BF16).unwrap();
     let options = EngineOptions {
@@ -219,7 +269,7 @@ fn run_fused(
     let mut fused = CudaStep::new(lm).unwrap().expect("the fused step applies");
     fused.set_pdl(pdl);
     fused.set_graph(graph);
-    fused.start(&state, n).unwrap();
+    fused.start(&state, n, steps).unwrap();
     let mut toks: Vec<u32> = prompts.iter().map(|p| p[len - 1]).collect();
     let (mut logits, mut picked) = (vec![], vec![]);
     for _ in 0..steps {
@@ -267,7 +317,7 @@ fn non_finite_logits_are_flagged_and_stop_generation_on_cuda() {
     let ids = Tensor::from_vec(vec![1u32, 2, 3, 4, 5, 6], (2, 3), lm.device()).unwrap();
     let (_, state) = lm.forward_with_state(&ids, None, None, true).unwrap();
     let mut fused = CudaStep::new(&lm).unwrap().unwrap();
-    fused.start(&state, 2).unwrap();
+    fused.start(&state, 2, 64).unwrap();
     let picked = fused.step_greedy(&[7, 8]).unwrap();
     assert_eq!(picked.non_finite, vec![true, true]);
     let params = greedy(4, 8);
@@ -283,7 +333,7 @@ fn device_memory_stays_flat_over_10000_tokens() {
     let ids = Tensor::from_vec(prompts.concat(), (n, len), lm.device()).unwrap();
     let (_, state) = lm.forward_with_state(&ids, None, None, true).unwrap();
     let mut fused = CudaStep::new(&lm).unwrap().unwrap();
-    fused.start(&state, n).unwrap();
+    fused.start(&state, n, 10_001).unwrap();
     let free = || {
         lm.device().synchronize().unwrap();
         candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
@@ -315,4 +365,60 @@ fn batched_path_matches_the_cpu_step() {
         "batch 12 (batched path), bf16: fused step vs CPU step, worst relative logit gap {gap:.2e}"
     );
     assert!(gap <= 1e-4, "{gap}");
+}
+
+/// Nemotron-H-4B's layer sizes (attention: 32 query heads over 8 kv heads of 128; squared-ReLU MLP), one layer of
+/// each kind plus a second Mamba layer, random bf16 weights.
+fn hybrid_bf16_pair(seed: u64) -> (HybridLm, Engine) {
+    bf16_pair(preset_bf16_params("nemotronh_4b", "M*M-", seed))
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_step_matches_the_cpu_step_on_a_hybrid() {
+    let (gpu_lm, cpu) = hybrid_bf16_pair(6);
+    assert!(
+        CudaStep::new(&gpu_lm).unwrap().is_some(),
+        "the fused step takes Nemotron-H's attention and MLP layers"
+    );
+    // Batch 2 (GEMV kernels) and 12 (the batched path), prompts of one length (one KV length per batch).
+    for batch in [2u32, 12] {
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|b| (0..30).map(|i| (b * 53 + i * 7) % 1024).collect())
+            .collect();
+        let gap = step_gap(&gpu_lm, &cpu, &prompts, 8, DType::F32);
+        println!("nemotronh_4b-sized M*M- bf16, batch {batch}: fused step vs CPU step, worst relative logit gap {gap:.2e}");
+        assert!(gap <= 1e-4, "batch {batch}: {gap}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hybrid_generation_on_cuda_gives_the_cpu_greedy_tokens_and_refuses_past_the_kv_capacity() {
+    let (gpu_lm, cpu) = hybrid_bf16_pair(7);
+    let prompts = vec![
+        (1..20).collect::<Vec<u32>>(),
+        (300..319).collect(),
+        (600..611).collect(),
+    ];
+    let params = greedy(16, 8);
+    let want = generate(&cpu, &prompts, &params, &mut |_, _| {}).unwrap();
+    let got = generate_on_device(&gpu_lm, &prompts, &params, &mut |_, _| {}).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.tokens, w.tokens, "prompt {i}");
+    }
+    // The KV caches hold the prompt plus the steps `start` was told of; one more step is refused.
+    let ids = Tensor::from_vec(prompts[0].clone(), (1, 19), gpu_lm.device()).unwrap();
+    let (_, state) = gpu_lm.forward_with_state(&ids, None, None, true).unwrap();
+    let mut fused = CudaStep::new(&gpu_lm).unwrap().unwrap();
+    fused.start(&state, 1, 3).unwrap();
+    for _ in 0..3 {
+        fused.step_greedy(&[5]).unwrap();
+    }
+    let err = fused.step_greedy(&[5]).err().expect("refused").to_string();
+    assert!(err.contains("KV caches hold 22 positions"), "{err}");
+    println!(
+        "hybrid greedy tokens on CUDA equal the CPU engine's: {:?}",
+        got[0].tokens
+    );
 }

@@ -258,13 +258,13 @@ fn run_once_on_device(
             coil_model::LayerState::Stateless => 0,
         })
         .sum();
-    // The decode steps as generation runs them: the fused CUDA step where it applies (models of Mamba2 layers),
+    // The decode steps as generation runs them: the fused CUDA step where it applies (bf16 or f32 weights),
     // greedy tokens picked on the GPU, its captured graph kept from one run to the next as a server keeps it;
     // else the forward with T = 1.
     #[cfg(feature = "cuda")]
     if let Some(fused) = fused {
         let batch = ids.dim(0)?;
-        fused.start(&state, batch)?;
+        fused.start(&state, batch, new)?;
         let mut toks: Vec<u32> = next.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         for _ in 1..new {
             toks = fused.step_greedy(&toks)?.ids;

@@ -168,8 +168,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let on_device = !device.is_cpu();
     if !on_device && a.ssm_state_dtype == StateArg::Bf16 {
         bail!(
-            "--ssm-state-dtype bf16: only the fused CUDA decode step stores a bf16 SSM state (--device cuda, a \
-             model of Mamba2 layers); the CPU engine keeps it in f32"
+            "--ssm-state-dtype bf16: only the fused CUDA decode step stores a bf16 SSM state (--device cuda); the CPU engine keeps it in f32"
         );
     }
     if on_device && matches!(a.decode_dt, DecodeDtArg::Hf) {
