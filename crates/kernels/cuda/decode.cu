@@ -141,10 +141,8 @@ struct GemvArgs {
   int split;                // warps per row (1, 2, 4 or 8) of the lane-streaming GEMV
   int act;                  // in: the activation of the rows outside the conv and dt rows (an MLP's up_proj)
   float eps, dt_min, dt_max;
-  const void* next_w;       // the next GEMV's weights, or null: each CTA requests a share of their first
-  long long next_bytes;     // next_bytes into L2 when it has finished its own rows
 };
-static_assert(sizeof(GemvArgs) == 192, "GemvArgs: the layout src/decode.rs mirrors");
+static_assert(sizeof(GemvArgs) == 176, "GemvArgs: the layout src/decode.rs mirrors");
 
 // MODE_IN: x̂ = RMSNorm(x)·w, y = the product through the row epilogues; MODE_OUT: x̂ = the gated norm of the SSM
 // output, y += the product; MODE_PLAIN: x̂ = x as it is, y += the product (an MLP's down_proj, attention's o_proj).
@@ -241,17 +239,6 @@ __device__ __forceinline__ void finish_row(const GemvArgs& a, int b, int r, floa
   *out = v;
 }
 
-// Once a CTA has finished its rows: its share of the next GEMV's first `next_bytes` of weights into L2, so the next
-// kernel's first loads find them there while the last CTAs of this one still stream.
-__device__ __forceinline__ void prefetch_next(const GemvArgs& a) {
-  if (!a.next_w || a.next_bytes <= 0 || threadIdx.x != 0) return;
-  const long long share = (a.next_bytes + gridDim.x - 1) / gridDim.x / 16 * 16 + 16;
-  const long long lo = share * blockIdx.x;
-  if (lo >= a.next_bytes) return;
-  const long long n = min(share, a.next_bytes - lo) / 16 * 16;
-  if (n > 0) prefetch_l2(static_cast<const char*>(a.next_w) + lo, static_cast<unsigned>(n));
-}
-
 // Row r's results, reduced over the warp (lane 0 finishes them).
 template <int BATCH, int MODE>
 __device__ __forceinline__ void gemv_epilogue(const GemvArgs& a, int r, const float (&acc)[BATCH]) {
@@ -338,139 +325,6 @@ __device__ __forceinline__ void gemv_fused(const GemvArgs& a) {
       finish_row<MODE>(a, lane, r, s);
     }
     __syncthreads();  // `partial` is free for the next step
-  }
-  __syncthreads();  // every warp of the CTA is done with its rows
-  prefetch_next(a);
-}
-
-// x̂ of every sequence in shared memory: xs[b·cols + c] = x[b, c]·inv[b][g(c)]·xw[c], the products gemv_chunk
-// forms, in the same order.
-template <int BATCH, int MODE>
-__device__ __forceinline__ void fill_xhat(const GemvArgs& a, const float (&inv)[BATCH][MAX_GROUPS], float* xs) {
-  const int group = a.cols / a.groups;
-  for (int i = threadIdx.x; i < BATCH * a.cols; i += blockDim.x) {
-    const int b = i / a.cols, c = i - b * a.cols;
-    if (MODE == MODE_PLAIN) {
-      xs[i] = a.x[b * a.ldx + c];
-      continue;
-    }
-    const float iv = inv[b][MODE == MODE_OUT ? c / group : 0];
-    xs[i] = a.x[b * a.ldx + c] * iv * a.xw[c];
-  }
-  __syncthreads();
-}
-
-// acc[i][b] += Σ_e w_i[e]·x̂[b, c·E + e] for chunk c of R rows (u[i] the chunk of row i): each x̂ value is formed
-// (or read from shared memory, XS) once for the R rows. Shared-memory reads of bf16 chunks (two 16-byte halves
-// per lane) take the halves in an order that alternates every 4 lanes, so no two lanes of a quarter-warp hit the
-// same bank.
-template <typename WT, int BATCH, int MODE, int R, bool XS>
-__device__ __forceinline__ void chunk_rows(const GemvArgs& a, const float* xs, const uint4 (&u)[R], int c,
-                                           int group_chunks, const float (&inv)[BATCH][MAX_GROUPS],
-                                           float (&acc)[R][BATCH]) {
-  constexpr int E = 16 / sizeof(WT);
-  float wf[R][E];
-#pragma unroll
-  for (int i = 0; i < R; ++i) chunk_to_f32(u[i], wf[i]);
-  float nv[E];
-  if (!XS && MODE != MODE_PLAIN) load_f32<E>(a.xw + E * c, nv);
-  const int g = MODE == MODE_OUT ? c / group_chunks : 0;
-#pragma unroll
-  for (int b = 0; b < BATCH; ++b) {
-    float xv[E];
-    if (XS) {
-      const float4* p = reinterpret_cast<const float4*>(xs + b * a.cols + E * c);
-      if (E == 8) {
-        const int h = (threadIdx.x >> 2) & 1;
-        const float4 q0 = p[h], q1 = p[1 - h];
-        const float4 lo = h ? q1 : q0, hi = h ? q0 : q1;
-        xv[0] = lo.x, xv[1] = lo.y, xv[2] = lo.z, xv[3] = lo.w;
-        xv[E - 4] = hi.x, xv[E - 3] = hi.y, xv[E - 2] = hi.z, xv[E - 1] = hi.w;
-      } else {
-        const float4 q = p[0];
-        xv[0] = q.x, xv[1] = q.y, xv[2] = q.z, xv[3] = q.w;
-      }
-    } else {
-      load_f32<E>(a.x + b * a.ldx + E * c, xv);
-      if (MODE != MODE_PLAIN) {
-        const float iv = inv[b][g];
-#pragma unroll
-        for (int e = 0; e < E; ++e) xv[e] = xv[e] * iv * nv[e];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < R; ++i)
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[i][b] += wf[i][e] * xv[e];
-  }
-}
-
-// The GEMV as one software pipeline per warp: the grid's warps take groups of R consecutive rows round-robin, and a
-// warp's work is the sequence of its groups' stages (UNROLL chunks of 16 bytes per lane and row); the loads of the
-// next stage are issued before the current one is used, across row ends (so the row epilogue runs while they are
-// in flight). XS: x̂ is formed once per CTA into dynamic shared memory (BATCH·cols floats). Same results as
-// gemv_fused up to the summation order within a row.
-template <typename WT, int BATCH, int MODE, int UNROLL, int R, bool XS>
-__device__ __forceinline__ void gemv_stream(const GemvArgs& a) {
-  constexpr int E = 16 / sizeof(WT);
-  extern __shared__ __align__(16) float xs[];
-  __shared__ float inv[BATCH][MAX_GROUPS];
-  __shared__ float red[32];
-  const WT* w = static_cast<const WT*>(a.w);
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  const int gw = blockIdx.x * warps + (threadIdx.x >> 5), nw = gridDim.x * warps;
-  const int chunks = a.cols / E, per_stage = 32 * UNROLL;
-  const int ipr = (chunks + per_stage - 1) / per_stage;  // stages per row group
-  const int row_groups = (a.rows + R - 1) / R;
-  const int mine = gw < row_groups ? (row_groups - 1 - gw) / nw + 1 : 0;
-  const int stages = mine * ipr;
-  allow_next_kernel();
-  uint4 u0[R][UNROLL], u1[R][UNROLL];
-  auto load = [&](uint4(&u)[R][UNROLL], int t) {
-    const int j = t / ipr, c0 = (t - j * ipr) * per_stage + lane, r0 = (gw + j * nw) * R;
-#pragma unroll
-    for (int i = 0; i < R; ++i)
-#pragma unroll
-      for (int k = 0; k < UNROLL; ++k) {
-        const int c = c0 + 32 * k, r = r0 + i;
-        u[i][k] = c < chunks && r < a.rows ? ld_stream(w + r * a.ldw + E * c) : make_uint4(0, 0, 0, 0);
-      }
-  };
-  if (stages > 0) load(u0, 0);
-  wait_prev_kernels();
-  gemv_norms<BATCH, MODE>(a, inv, red);
-  if (XS) fill_xhat<BATCH, MODE>(a, inv, xs);
-  const int group_chunks = MODE == MODE_OUT ? chunks / a.groups : chunks;
-  float acc[R][BATCH];
-#pragma unroll
-  for (int i = 0; i < R; ++i)
-#pragma unroll
-    for (int b = 0; b < BATCH; ++b) acc[i][b] = 0.f;
-  auto stage = [&](uint4(&cur)[R][UNROLL], uint4(&nxt)[R][UNROLL], int t) {
-    if (t + 1 < stages) load(nxt, t + 1);
-    const int j = t / ipr, it = t - j * ipr, c0 = it * per_stage + lane;
-#pragma unroll
-    for (int k = 0; k < UNROLL; ++k) {
-      const int c = c0 + 32 * k;
-      if (c >= chunks) break;
-      uint4 uk[R];
-#pragma unroll
-      for (int i = 0; i < R; ++i) uk[i] = cur[i][k];
-      chunk_rows<WT, BATCH, MODE, R, XS>(a, xs, uk, c, group_chunks, inv, acc);
-    }
-    if (it == ipr - 1) {
-      const int r0 = (gw + j * nw) * R;
-#pragma unroll
-      for (int i = 0; i < R; ++i) {
-        if (r0 + i < a.rows) gemv_epilogue<BATCH, MODE>(a, r0 + i, acc[i]);
-#pragma unroll
-        for (int b = 0; b < BATCH; ++b) acc[i][b] = 0.f;
-      }
-    }
-  };
-  for (int t = 0; t < stages; t += 2) {
-    stage(u0, u1, t);
-    if (t + 1 < stages) stage(u1, u0, t + 1);
   }
 }
 

@@ -1,5 +1,5 @@
 // Tensor-core GEMV of the decode step for bf16 weights and 1..64 sequences (issue 14): the same products as
-// decode.cu's `gemv_fused` (y[b, r] = Σ_c W[r, c]·x̂[b, c], x̂ formed as gemv_chunk / fill_xhat form it, then
+// decode.cu's `gemv_fused` (y[b, r] = Σ_c W[r, c]·x̂[b, c], x̂ formed as gemv_chunk forms it, then
 // `finish_row<MODE>`), with the multiply-adds on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate) so
 // that the cost per weight byte hardly depends on the batch and the kernel can stream the weights at copy
 // bandwidth whatever the batch. Included after decode.cu's definitions (GemvArgs, MODE_*, finish_row, ld_stream,

@@ -1,7 +1,7 @@
 // Lab harness for the fused decode kernels (`cuda/decode.cu`).
 //   check: each kernel against a plain float64 CPU version on random inputs, outputs NaN-poisoned beforehand
 //          (gemv_in with conv/dt epilogue and as LM head, ssm_gate, gemv_out with the gated norm and residual add,
-//          embed, argmax), launched plainly, each GEMV case also with the `_tma` kernels (bulk copies into shared
+//          embed, argmax, an MLP's up_proj with squared ReLU / GELU and down_proj as gemv_plain), launched plainly, each GEMV case also with the `_tma` kernels (bulk copies into shared
 //          memory); then two steps of a small whole model launched plainly, with PDL (cudaLaunchKernelEx +
 //          programmatic stream serialization) and with PDL from a CUDA graph, compared bitwise, and with the tma
 //          GEMVs plainly and with PDL from a graph (bitwise against each other, within 1e-5 of the plain step).
@@ -108,8 +108,6 @@ struct Launch {
   bool pdl = false, tma = false;  // tma: the GEMVs are the `_tma` kernels (at most 2 CTAs per SM)
   int ctas = 4, prefetch = 1;     // GEMV CTAs per SM, GemvArgs::prefetch_iters (ignored by the tma kernels)
   int split = 1;                  // warps per row of the plain GEMVs (src/decode.rs: 1 unless COIL_DECODE_SPLIT)
-  int variant = 0;                // 0: gemv_fused / gemv_tma; 1..NVAR-1: the gemv_stream configurations of VARIANTS
-  long long next_mb = 0;          // step(): each GEMV requests the next one's first next_mb MB into L2 at its end
   cudaStream_t st = 0;
   size_t smem = 0;  // dynamic shared memory of the launch (run_gemv sets it for the tma kernels)
 };
@@ -132,48 +130,8 @@ static void launch(const Launch& L, void (*k)(P...), dim3 grid, dim3 block, A...
 }
 
 typedef void (*GemvK)(const GemvArgs);
-// gemv_stream configurations (UNROLL, R rows per warp, x̂ in shared memory), variant 1.. of Launch::variant.
-struct StreamCfg {
-  int unroll, rows;
-  bool xs;
-};
-constexpr int NVAR = 6;
-static const StreamCfg VARIANTS[NVAR] = {{0, 0, false}, {4, 1, false}, {4, 1, true},
-                                         {8, 1, true},  {4, 2, true},  {2, 4, true}};
-template <typename WT, int B, int MODE, int U, int R, bool XS>
-__global__ void __launch_bounds__(256) lab_gemv(const GemvArgs a) {
-  gemv_stream<WT, B, MODE, U, R, XS>(a);
-}
-template <int MODE, int U, int R, bool XS>
-static GemvK stream_kernel(bool f32, int n) {
-  if (f32)
-    return n == 1 ? lab_gemv<float, 1, MODE, U, R, XS>
-           : n == 2 ? lab_gemv<float, 2, MODE, U, R, XS>
-           : n == 4 ? lab_gemv<float, 4, MODE, U, R, XS>
-                    : lab_gemv<float, 8, MODE, U, R, XS>;
-  return n == 1 ? lab_gemv<bf16, 1, MODE, U, R, XS>
-         : n == 2 ? lab_gemv<bf16, 2, MODE, U, R, XS>
-         : n == 4 ? lab_gemv<bf16, 4, MODE, U, R, XS>
-                  : lab_gemv<bf16, 8, MODE, U, R, XS>;
-}
-template <int U, int R, bool XS>
-static GemvK stream_kernel(int mode, bool f32, int n) {
-  return mode == MODE_PLAIN ? stream_kernel<MODE_PLAIN, U, R, XS>(f32, n)
-         : mode == MODE_OUT ? stream_kernel<MODE_OUT, U, R, XS>(f32, n)
-                            : stream_kernel<MODE_IN, U, R, XS>(f32, n);
-}
-// mode: MODE_IN (false), MODE_OUT (true) or MODE_PLAIN.
-static GemvK variant_kernel(int v, int out, bool f32, int n) {
-  switch (v) {
-    case 1: return stream_kernel<4, 1, false>(out, f32, n);
-    case 2: return stream_kernel<4, 1, true>(out, f32, n);
-    case 3: return stream_kernel<8, 1, true>(out, f32, n);
-    case 4: return stream_kernel<4, 2, true>(out, f32, n);
-    default: return stream_kernel<2, 4, true>(out, f32, n);
-  }
-}
-static GemvK gemv_kernel(int out, bool f32, int n, bool tma = false, int variant = 0) {
-  if (variant > 0) return variant_kernel(variant, out, f32, n);
+// out: MODE_IN (false), MODE_OUT (true) or MODE_PLAIN.
+static GemvK gemv_kernel(int out, bool f32, int n, bool tma = false) {
   if (out == MODE_PLAIN) {
     static const GemvK p[2][4] = {{gemv_plain_bf16_b1, gemv_plain_bf16_b2, gemv_plain_bf16_b4, gemv_plain_bf16_b8},
                                   {gemv_plain_f32_b1, gemv_plain_f32_b2, gemv_plain_f32_b4, gemv_plain_f32_b8}};
@@ -197,12 +155,6 @@ static void init_tma_kernels() {
       for (int n : {1, 2, 4, 8})
         CK(cudaFuncSetAttribute(gemv_kernel(out, f32, n, true), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 int(TMA_SMEM)));
-  for (int v = 1; v < NVAR; ++v)
-    for (int out : {0, 1, 2})
-      for (int f32 : {0, 1})
-        for (int n : {1, 2, 4, 8})
-          CK(cudaFuncSetAttribute(variant_kernel(v, out, f32, n), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  200 * 1024));
 }
 static int gemv_ctas(const Launch& L) { return L.tma ? std::min(L.ctas, 2) : L.ctas; }
 typedef void (*SsmK)(const SsmArgs);
@@ -231,22 +183,12 @@ static void run_gemv(const Launch& L0, int out, bool f32, GemvArgs a, int batch,
       const long long steps = (a.rows + 8 / L.split - 1) / (8 / L.split);
       a.split = L.split, grid = int(std::max(1LL, std::min(steps, max_grid)));
     }
-    if (L.variant > 0) {
-      // gemv_stream: one wave of the CTAs that fit an SM with x̂ in shared memory, no more than the row groups need.
-      const StreamCfg& v = VARIANTS[L.variant];
-      L.smem = v.xs ? size_t(n) * a.cols * 4 : 0;
-      int fit = 0;
-      CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, gemv_kernel(out, f32, n, false, L.variant), 256,
-                                                       L.smem));
-      const long long groups = (a.rows + v.rows - 1) / v.rows;
-      grid = int(std::max(1LL, std::min((long long)g_sms * std::max(1, std::min(L.ctas, fit)), (groups + 7) / 8)));
-    }
     GemvArgs g = a;
     g.x = a.x + b0 * a.ldx;
     g.y = a.y + b0 * a.ldy;
     if (a.window) g.window = a.window + b0 * win_stride;
     if (a.part) g.part = a.part + b0 * a.heads;
-    launch(L, gemv_kernel(out, f32, n, L.tma, L.variant), dim3(grid), dim3(256), g);
+    launch(L, gemv_kernel(out, f32, n, L.tma), dim3(grid), dim3(256), g);
     b0 += n;
   }
 }
@@ -314,8 +256,7 @@ static int check_gemv_in(const InCase& k) {
   a.conv_lo = conv_lo, a.conv_hi = conv_hi, a.k = K, a.dt_lo = dt_lo, a.heads = 1, a.groups = 1;
   a.eps = eps, a.dt_min = lo, a.dt_max = hi;
   int fails = 0;
-  for (int v = 0; v < 3 + NVAR; ++v) {  // plain (split auto, 2, 8), tma, stream variants: windows restored, output
-                                        // poisoned
+  for (int v = 0; v < 4; ++v) {  // plain (split auto, 2, 8), tma: the same inputs; windows restored, output poisoned
     const bool tma = v == 3;
     if (v > 0) {
       CK(cudaMemcpy(dwin, win.data(), win.size() * 4, cudaMemcpyHostToDevice));
@@ -324,7 +265,6 @@ static int check_gemv_in(const InCase& k) {
     Launch L;
     L.tma = tma, L.ctas = k.ctas, L.prefetch = 2;  // prefetch without PDL: a no-op for the result, bounds exercised
     L.split = v == 1 ? 2 : v == 2 ? 8 : 1;
-    L.variant = v > 3 ? v - 3 : 0;
     run_gemv(L, false, k.f32, a, batch, (long long)C * K);
     CK(cudaDeviceSynchronize());
     const std::vector<float> got = down(dy, batch * ldy);
@@ -341,9 +281,8 @@ static int check_gemv_in(const InCase& k) {
       err = std::max({err, part(conv_lo, conv_hi), part(dt_lo, rows), rel_err(down(dwin, win.size()), wwin)});
     char name[128], dt[32];
     std::snprintf(dt, sizeof dt, k.head ? " LM head" : " dt(%g,%g)", lo, hi);
-    std::snprintf(name, sizeof name, "gemv_in%s %s b%d %dx%d%s%s ctas %d split %d variant %d", tma ? "_tma" : "",
-                  k.f32 ? "f32" : "bf16", batch, rows, cols, k.biases ? " +biases" : "", dt, gemv_ctas(L), L.split,
-                  L.variant);
+    std::snprintf(name, sizeof name, "gemv_in%s %s b%d %dx%d%s%s ctas %d split %d", tma ? "_tma" : "",
+                  k.f32 ? "f32" : "bf16", batch, rows, cols, k.biases ? " +biases" : "", dt, gemv_ctas(L), L.split);
     fails += report(name, err, 1e-5);
   }
   cudaFree(dw), cudaFree(dbias), cudaFree(dx), cudaFree(dxw), cudaFree(dwin), cudaFree(dcw), cudaFree(dcb);
@@ -458,22 +397,20 @@ static int check_gemv_out(bool f32, int G, int batch, int ctas, int P = 64) {
   a.ldw = ldw, a.ldx = ldx, a.ldy = ldy, a.rows = rows, a.cols = cols;
   a.conv_lo = rows, a.conv_hi = rows, a.k = 1, a.dt_lo = rows, a.heads = H, a.groups = G, a.eps = eps;
   int fails = 0;
-  for (int v = 0; v < 3 + NVAR; ++v) {  // plain (split auto, 2, 8), tma, stream variants; the residual restored
+  for (int v = 0; v < 4; ++v) {  // plain (split auto, 2, 8), tma; the residual restored in between
     const bool tma = v == 3;
     if (v > 0) CK(cudaMemcpy(dy, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
     Launch L;
     L.tma = tma, L.ctas = ctas, L.prefetch = 2;
     L.split = v == 1 ? 2 : v == 2 ? 8 : 1;
-    L.variant = v > 3 ? v - 3 : 0;
     run_gemv(L, true, f32, a, batch, 0);
     CK(cudaDeviceSynchronize());
     const std::vector<float> gy = down(dy, batch * ldy);
     std::vector<float> got;
     for (int b = 0; b < batch; ++b) got.insert(got.end(), gy.begin() + b * ldy, gy.begin() + b * ldy + rows);
     char name[128];
-    std::snprintf(name, sizeof name, "gemv_out%s %s b%d %dx%d groups %d (%d heads)%s ctas %d split %d variant %d",
-                  tma ? "_tma" : "", f32 ? "f32" : "bf16", batch, rows, cols, G, H, with_bias ? " +bias" : "",
-                  gemv_ctas(L), L.split, L.variant);
+    std::snprintf(name, sizeof name, "gemv_out%s %s b%d %dx%d groups %d (%d heads)%s ctas %d split %d", tma ? "_tma" : "",
+                  f32 ? "f32" : "bf16", batch, rows, cols, G, H, with_bias ? " +bias" : "", gemv_ctas(L), L.split);
     fails += report(name, rel_err(got, want), 1e-5);
   }
   cudaFree(dw), cudaFree(dbias), cudaFree(dx), cudaFree(dxw), cudaFree(dy), cudaFree(dp);
@@ -481,7 +418,7 @@ static int check_gemv_out(bool f32, int G, int batch, int ctas, int P = 64) {
 }
 
 // An MLP layer's two GEMVs: h = act(W_up·(RMSNorm(x)·w) + b_up) (gemv_in with an activation), then
-// residual += W_down·h + b_down (gemv_plain), for every GEMV variant.
+// residual += W_down·h + b_down (gemv_plain), with whole rows per warp and rows split over 2 warps.
 static int check_mlp(bool f32, int batch, int act) {
   const int E = f32 ? 4 : 8, D = f32 ? 196 : 264, F = 1000;
   const long long ldx = D + 4, ldh = F + 8, ldu = D + E, ldd = F + E;
@@ -507,14 +444,14 @@ static int check_mlp(bool f32, int batch, int act) {
     }
   }
   int fails = 0;
-  for (int v = 0; v < NVAR; ++v) {
+  for (int v = 1; v <= 2; ++v) {  // v: warps per row
     float *dbu = up(bu), *dbd = up(bd), *dx = up(x), *dxw = up(xw), *dh = poisoned(batch * ldh);
     GemvArgs a{};
     a.w = dwu, a.bias = dbu, a.x = dx, a.xw = dxw, a.y = dh;
     a.ldw = ldu, a.ldx = ldx, a.ldy = ldh, a.rows = F, a.cols = D;
     a.conv_lo = F, a.conv_hi = F, a.k = 1, a.dt_lo = F, a.heads = 1, a.groups = 1, a.act = act, a.eps = eps;
     Launch L;
-    L.variant = v, L.prefetch = 0;
+    L.split = v, L.prefetch = 0;
     run_gemv(L, MODE_IN, f32, a, batch, 0);
     CK(cudaDeviceSynchronize());
     const std::vector<float> gh = down(dh, batch * ldh);
@@ -539,10 +476,10 @@ static int check_mlp(bool f32, int batch, int act) {
     for (int b = 0; b < batch; ++b)
       for (int r = 0; r < D; ++r) got_r.push_back(gr[b * ldx + r]);
     char name[128];
-    std::snprintf(name, sizeof name, "mlp %s b%d act %d variant %d: up (gemv_in + act)", f32 ? "f32" : "bf16", batch,
+    std::snprintf(name, sizeof name, "mlp %s b%d act %d split %d: up (gemv_in + act)", f32 ? "f32" : "bf16", batch,
                   act, v);
     fails += report(name, rel_err(got_h, want_h), 1e-5);
-    std::snprintf(name, sizeof name, "mlp %s b%d act %d variant %d: down (gemv_plain + residual)",
+    std::snprintf(name, sizeof name, "mlp %s b%d act %d split %d: down (gemv_plain + residual)",
                   f32 ? "f32" : "bf16", batch, act, v);
     fails += report(name, rel_err(got_r, want_r), 1e-5);
     cudaFree(dbu), cudaFree(dbd), cudaFree(dx), cudaFree(dxw), cudaFree(dh);
@@ -713,19 +650,10 @@ static void step(const Model& m, const Launch& L, int batch) {
   const Dims& d = m.d;
   launch(L, embed_bf16, dim3(batch), dim3(256), (const bf16*)m.emb, (long long)d.D, (const unsigned*)m.ids, 1, m.resid,
          (long long)d.D, d.D);
-  // The L2 prefetch of the next GEMV's first bytes (at most the whole matrix).
-  auto next = [&](GemvArgs a, const void* w, double bytes) {
-    a.next_w = L.next_mb ? w : nullptr;
-    a.next_bytes = (long long)std::min(bytes, L.next_mb * 1048576.0);
-    return a;
-  };
-  const double in_b = 2.0 * m.rows * d.D, out_b = 2.0 * d.D * d.I, head_b = 2.0 * d.V * d.D;
   for (int l = 0; l < d.L; ++l) {
-    run_gemv(L, false, false, next(in_proj_args(m, l), m.w_out[l], out_b), batch, (long long)m.C * d.K);
+    run_gemv(L, false, false, in_proj_args(m, l), batch, (long long)m.C * d.K);
     launch(L, ssm_kernel(d.N), dim3(d.H, batch), dim3(4 * d.P), ssm_args(m, l));
-    run_gemv(L, true, false,
-             l + 1 < d.L ? next(out_proj_args(m, l), m.w_in[l + 1], in_b) : next(out_proj_args(m, l), m.emb, head_b),
-             batch, 0);
+    run_gemv(L, true, false, out_proj_args(m, l), batch, 0);
   }
   GemvArgs h{};
   h.w = m.emb, h.x = m.resid, h.xw = m.norm_f, h.y = m.logits;
@@ -755,12 +683,10 @@ static int check_step_pdl() {
   const int batch = 3;
   Model m = make_model(d, batch);
   const std::vector<unsigned> ids[2] = {{5, 255, 0}, {17, 3, 200}};
-  auto run = [&](int variant, int stream = 0, long long next_mb = 0) {  // 0 plain, 1 PDL, 2 PDL graph, 3 tma
-                                                  // plain, 4 tma PDL graph; stream: the gemv_stream variant
+  auto run = [&](int variant) {  // 0 plain, 1 PDL, 2 PDL graph, 3 tma plain, 4 tma PDL graph
     init_state(m);
     Launch L;
-    L.pdl = variant != 0 && variant != 3, L.tma = variant >= 3, L.st = g_st, L.variant = stream;
-    L.next_mb = next_mb;
+    L.pdl = variant != 0 && variant != 3, L.tma = variant >= 3, L.st = g_st;
     cudaGraphExec_t ex = variant == 2 || variant == 4 ? capture([&] { step(m, L, batch); }) : nullptr;
     for (int t = 0; t < 2; ++t) {
       CK(cudaMemcpyAsync(m.ids, ids[t].data(), batch * 4, cudaMemcpyHostToDevice, g_st));
@@ -791,23 +717,12 @@ static int check_step_pdl() {
   };
   fails += report("small model step x2, PDL vs plain: bitwise (share differing)", diff(pdl, plain), 0);
   fails += report("small model step x2, PDL graph vs plain: bitwise (share differing)", diff(graph, plain), 0);
-  fails += report("small model step x2, next-GEMV L2 prefetch, PDL graph vs plain: bitwise", diff(run(2, 0, 1), plain),
-                  0);
   fails += report("small model step x2, tma PDL graph vs tma plain: bitwise", diff(tma_graph, tma), 0);
   // Everything but the picks (an index moves by a whole step on a near tie), against the plain step.
   const size_t n = plain.size() - 2 * batch;
   fails += report("small model step x2, tma plain vs plain: relative",
                   rel_err(std::vector<float>(tma.begin(), tma.begin() + n),
                           std::vector<double>(plain.begin(), plain.begin() + n)), 1e-5);
-  for (int v = 1; v < NVAR; ++v) {
-    const std::vector<float> sp = run(0, v), sg = run(2, v);
-    char name[96];
-    std::snprintf(name, sizeof name, "small model step x2, stream %d PDL graph vs stream %d plain: bitwise", v, v);
-    fails += report(name, diff(sg, sp), 0);
-    std::snprintf(name, sizeof name, "small model step x2, stream %d plain vs plain: relative", v);
-    fails += report(name, rel_err(std::vector<float>(sp.begin(), sp.begin() + n),
-                                  std::vector<double>(plain.begin(), plain.begin() + n)), 1e-5);
-  }
   free_model(m);
   return fails;
 }
@@ -967,81 +882,6 @@ static void time_steps(const Dims& d, std::vector<int> batches) {
   free_model(m);
 }
 
-// Every GEMV variant (0 = gemv_fused as the product launches it, 1.. = gemv_stream VARIANTS) on 2.7B's in_proj and
-// out_proj (4 copies rotated) at batch 1, 2, 4, 8, the LM heads of 2.7B and 130M at batch 1 and 8, then whole
-// steps (2.7B batch 1 and 8, 130M batch 1) per variant, plain launches from CUDA graphs.
-static void time_variants() {
-  Dims d = M27;
-  d.L = 4;
-  Model m = make_model(d, 8);
-  init_state(m);
-  fill(m.resid, size_t(8) * d.D, 5, -1.f, 1.f), fill(m.yg, size_t(8) * d.I, 6, -1.f, 1.f);
-  fill(m.part, size_t(8) * d.H, 7, 10.f, 20.f);
-  CK(cudaDeviceSynchronize());
-  const double in_bytes = 2.0 * m.rows * d.D, out_bytes = 2.0 * d.D * d.I;
-  for (int v = 0; v < NVAR; ++v) {
-    Launch L;
-    L.st = g_st, L.ctas = 4, L.prefetch = 0, L.variant = v;
-    int occ[2] = {0, 0};
-    for (int out : {0, 1})
-      CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[out], gemv_kernel(out, false, 1, false, v), 256,
-                                                       VARIANTS[v].xs ? size_t(out ? d.I : d.D) * 4 : 0));
-    for (int batch : {1, 2, 4, 8}) {
-      const float t_in = graph_ms([&] {
-        for (int j = 0; j < 8; ++j) run_gemv(L, false, false, in_proj_args(m, j % 4), batch, (long long)m.C * d.K);
-      }) / 8;
-      const float t_out = graph_ms([&] {
-        for (int j = 0; j < 8; ++j) run_gemv(L, true, false, out_proj_args(m, j % 4), batch, 0);
-      }) / 8;
-      std::printf("variant %d (unroll %d rows %d xs %d, occ b1 %d/%d) b%d: gemv_in %.2f us %.2f TB/s | gemv_out "
-                  "%.2f us %.2f TB/s\n", v, VARIANTS[v].unroll, VARIANTS[v].rows, int(VARIANTS[v].xs), occ[0],
-                  occ[1], batch, t_in * 1e3, in_bytes / (t_in * 1e-3) / 1e12, t_out * 1e3,
-                  out_bytes / (t_out * 1e-3) / 1e12);
-    }
-    for (int cols : {d.D, 768})
-      for (int batch : {1, 8}) {
-        GemvArgs h{};
-        h.w = m.emb, h.x = m.resid, h.xw = m.norm_f, h.y = m.logits;
-        h.ldw = cols, h.ldx = d.D, h.ldy = d.V, h.rows = d.V, h.cols = cols;
-        h.conv_lo = d.V, h.conv_hi = d.V, h.k = 1, h.dt_lo = d.V, h.heads = 1, h.groups = 1, h.eps = 1e-5f;
-        const float t = graph_ms([&] { run_gemv(L, false, false, h, batch, 0); });
-        std::printf("variant %d LM head %dx%d b%d: %.2f us %.2f TB/s\n", v, d.V, cols, batch, t * 1e3,
-                    2.0 * d.V * cols / (t * 1e-3) / 1e12);
-      }
-  }
-  free_model(m);
-  auto steps = [](const Dims& dd, std::vector<int> batches) {
-    Model s = make_model(dd, *std::max_element(batches.begin(), batches.end()));
-    init_state(s);
-    for (int batch : batches)
-      for (int v = 0; v < NVAR; ++v)
-        for (int pdl : {0, 1}) {
-          Launch L;
-          L.st = g_st, L.ctas = 4, L.prefetch = 0, L.variant = v, L.pdl = pdl;
-          const float ms = graph_ms([&] { step(s, L, batch); });
-          const double bytes = s.weight_bytes() + 2 * s.state_bytes(batch);
-          std::printf("variant %d pdl %d %s step b%d: %.3f ms, %.0f tok/s, %.2f TB/s\n", v, pdl, dd.name, batch, ms,
-                      batch * 1e3 / ms, bytes / (ms * 1e-3) / 1e12);
-        }
-    free_model(s);
-  };
-  steps(M27, {1, 2, 8});
-  steps(M130, {1, 8});
-  // The next GEMV's first MB into L2 at the end of each GEMV CTA (variant 0).
-  for (const Dims* dd : {&M27, &M130}) {
-    Model s = make_model(*dd, 8);
-    init_state(s);
-    for (int batch : {1, 8})
-      for (long long mb : {0, 4, 8, 16, 24, 48}) {
-        Launch L;
-        L.st = g_st, L.ctas = 4, L.prefetch = 0, L.next_mb = mb;
-        const float ms = graph_ms([&] { step(s, L, batch); });
-        std::printf("next_mb %lld %s step b%d: %.3f ms, %.0f tok/s\n", mb, dd->name, batch, ms, batch * 1e3 / ms);
-      }
-    free_model(s);
-  }
-}
-
 // One plain step of a two-layer 2.7B-sized model at batch 1 and at batch 8 (product launch settings: ctas 4, no
 // prefetch, no PDL), for a profiler: `ncu --clock-control none -k regex:gemv_in_bf16_b1 -c 2 decode_lab profile`.
 static void profile_steps() {
@@ -1052,8 +892,7 @@ static void profile_steps() {
   CK(cudaDeviceSynchronize());
   Launch L;
   L.prefetch = 0, L.st = g_st;
-  for (int v : {0, 2, 4})
-    for (int batch : {1, 8}) L.variant = v, step(m, L, batch);
+  for (int batch : {1, 8}) step(m, L, batch);
   CK(cudaStreamSynchronize(g_st));
   free_model(m);
   std::printf("profile: one step of 2 layers at batch 1 and 8\n");
@@ -1061,8 +900,8 @@ static void profile_steps() {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "all";
-  if (mode != "check" && mode != "time" && mode != "all" && mode != "profile" && mode != "variants") {
-    std::fprintf(stderr, "usage: %s [check|time|all|profile|variants]\n", argv[0]);
+  if (mode != "check" && mode != "time" && mode != "all" && mode != "profile") {
+    std::fprintf(stderr, "usage: %s [check|time|all|profile]\n", argv[0]);
     return 2;
   }
   cudaDeviceProp prop;
@@ -1082,8 +921,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "check" || mode == "all") fails = check_all();
-  if (mode == "variants" || mode == "all") time_variants();
-  if (mode == "time") {
+  if (mode == "time" || mode == "all") {
     time_kernels();
     time_steps(M27, {1, 8});
     time_steps(M130, {1});

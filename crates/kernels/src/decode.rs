@@ -318,10 +318,8 @@ struct GemvArgs {
     eps: f32,
     dt_min: f32,
     dt_max: f32,
-    next_w: u64,
-    next_bytes: i64,
 }
-const _: () = assert!(std::mem::size_of::<GemvArgs>() == 192);
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 176);
 
 /// The activation [`gemv_in`] applies to its rows that are neither conv nor dt rows (an MLP's up_proj): squared
 /// ReLU (Nemotron-H) or GELU with erf (Mamba2-Hybrid), computed as the CPU engine computes them.
