@@ -574,10 +574,20 @@ impl CudaStep {
                 .iter()
                 .map(|a| -> Result<KvBuf> {
                     let n = batch * a.kv_heads * capacity * a.head_dim;
-                    Ok(KvBuf {
-                        k: zeros(n)?,
-                        v: zeros(n)?,
-                    })
+                    let kv = |n: usize| {
+                        s.alloc_zeros::<f32>(n.max(1)).map_err(|e| {
+                            InferError::Invalid(format!(
+                                "CUDA decode step: allocating the KV caches ({:.2} GB: {} attention layers, \
+                                 {batch} sequences, {capacity} positions, {} kv heads of {}, f32 keys and values): \
+                                 {e}; fewer new tokens or a smaller batch need less",
+                                kv_bytes(&attn, batch, capacity) as f64 / 1e9,
+                                attn.len(),
+                                a.kv_heads,
+                                a.head_dim
+                            ))
+                        })
+                    };
+                    Ok(KvBuf { k: kv(n)?, v: kv(n)? })
                 })
                 .collect::<Result<_>>()?,
             capacity,
@@ -1060,6 +1070,14 @@ fn stacked_bias(linears: [&Linear; 3], widths: [usize; 3]) -> Result<Option<Tens
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(Tensor::cat(&parts, 0)?.contiguous()?))
+}
+
+/// Bytes of the KV caches of these attention layers at this batch and capacity (f32 keys and values).
+fn kv_bytes(layers: &[&AttnLayer], batch: usize, capacity: usize) -> usize {
+    layers
+        .iter()
+        .map(|a| 2 * batch * a.kv_heads * capacity * a.head_dim * 4)
+        .sum()
 }
 
 /// The attention kernel's sizes for `layer` at this batch and KV capacity.
