@@ -733,15 +733,6 @@ impl CudaStep {
             k::embed(s, sched, &table, self.vocab, d, &b.ids, &mut b.resid, n, d)
                 .map_err(kernel_err)?;
         }
-        // The first projection of every layer: RMSNorm(resid)·norm, then W (+ bias), into `proj` at stride ldp.
-        let first = GemvDims {
-            rows: 0,
-            cols: d,
-            batch: n,
-            ldw: d,
-            ldx: d,
-            ldy: ldp,
-        };
         let (mut mi, mut ai) = (0, 0);
         for layer in &self.layers {
             match layer {
@@ -763,34 +754,16 @@ impl CudaStep {
                 Layer::Attention(a) => {
                     let kv = &mut b.kv[ai];
                     ai += 1;
-                    let (gn, ln) = a.norm.storage_and_layout();
-                    let norm = cuda_view::<f32>(&gn, ln)?;
-                    let (gw, lw) = a.qkv.storage_and_layout();
-                    let bias = a.qkv_bias.as_ref().map(|t| t.storage_and_layout());
-                    let bias = bias
-                        .as_ref()
-                        .map(|(g, l)| cuda_view::<f32>(g, l))
-                        .transpose()?;
-                    let gd = GemvDims {
-                        rows: a.qkv_rows(),
-                        ..first
-                    };
-                    k::gemv_in(
-                        s,
-                        sched,
-                        &weights(&gw, lw)?,
-                        bias.as_ref(),
-                        &b.resid,
-                        &norm,
-                        self.norm_eps,
-                        &mut b.proj,
-                        gd,
-                        None,
-                        None,
+                    self.first_proj(
+                        &a.norm,
+                        &a.qkv,
+                        a.qkv_bias.as_ref(),
                         k::Act::None,
-                        wide.as_mut(),
-                    )
-                    .map_err(kernel_err)?;
+                        &b.resid,
+                        &mut b.proj,
+                        n,
+                        &mut wide,
+                    )?;
                     let (Some(lens), Some(y), Some(scratch)) =
                         (&b.lens, &mut b.attn_y, &mut b.attn_scratch)
                     else {
@@ -803,85 +776,36 @@ impl CudaStep {
                         s, sched, &b.proj, &mut kv.k, &mut kv.v, lens, y, scratch, ad,
                     )
                     .map_err(kernel_err)?;
-                    let (go, lo) = a.o.storage_and_layout();
-                    let ob = a.o_bias.as_ref().map(|t| t.storage_and_layout());
-                    let ob = ob
-                        .as_ref()
-                        .map(|(g, l)| cuda_view::<f32>(g, l))
-                        .transpose()?;
-                    let qw = a.q_width();
-                    let od = GemvDims {
-                        rows: d,
-                        cols: qw,
-                        batch: n,
-                        ldw: qw,
-                        ldx: qw,
-                        ldy: d,
-                    };
-                    k::gemv_plain(
-                        s,
-                        sched,
-                        &weights(&go, lo)?,
-                        ob.as_ref(),
+                    self.add_proj(
+                        &a.o,
+                        a.o_bias.as_ref(),
                         y,
+                        a.q_width(),
                         &mut b.resid,
-                        od,
-                        wide.as_mut(),
-                    )
-                    .map_err(kernel_err)?;
+                        n,
+                        &mut wide,
+                    )?;
                 }
                 Layer::Mlp(m) => {
-                    let (gn, ln) = m.norm.storage_and_layout();
-                    let norm = cuda_view::<f32>(&gn, ln)?;
-                    let (gu, lu) = m.up.storage_and_layout();
-                    let ub = m.up_bias.as_ref().map(|t| t.storage_and_layout());
-                    let ub = ub
-                        .as_ref()
-                        .map(|(g, l)| cuda_view::<f32>(g, l))
-                        .transpose()?;
-                    let f = m.up.dim(0)?;
-                    let gd = GemvDims { rows: f, ..first };
-                    k::gemv_in(
-                        s,
-                        sched,
-                        &weights(&gu, lu)?,
-                        ub.as_ref(),
-                        &b.resid,
-                        &norm,
-                        self.norm_eps,
-                        &mut b.proj,
-                        gd,
-                        None,
-                        None,
+                    self.first_proj(
+                        &m.norm,
+                        &m.up,
+                        m.up_bias.as_ref(),
                         m.act,
-                        wide.as_mut(),
-                    )
-                    .map_err(kernel_err)?;
-                    let (gdn, ldn) = m.down.storage_and_layout();
-                    let db = m.down_bias.as_ref().map(|t| t.storage_and_layout());
-                    let db = db
-                        .as_ref()
-                        .map(|(g, l)| cuda_view::<f32>(g, l))
-                        .transpose()?;
-                    let dd = GemvDims {
-                        rows: d,
-                        cols: f,
-                        batch: n,
-                        ldw: f,
-                        ldx: ldp,
-                        ldy: d,
-                    };
-                    k::gemv_plain(
-                        s,
-                        sched,
-                        &weights(&gdn, ldn)?,
-                        db.as_ref(),
+                        &b.resid,
+                        &mut b.proj,
+                        n,
+                        &mut wide,
+                    )?;
+                    self.add_proj(
+                        &m.down,
+                        m.down_bias.as_ref(),
                         &b.proj,
+                        ldp,
                         &mut b.resid,
-                        dd,
-                        wide.as_mut(),
-                    )
-                    .map_err(kernel_err)?;
+                        n,
+                        &mut wide,
+                    )?;
                 }
             }
         }
@@ -926,6 +850,92 @@ impl CudaStep {
             ka::attn_advance_lens(s, sched, lens, n, b.capacity).map_err(kernel_err)?;
         }
         Ok(())
+    }
+
+    /// The first projection of an attention or MLP layer: `proj[b, ..rows] = act(W·(RMSNorm(resid)·norm) + bias)`.
+    #[allow(clippy::too_many_arguments)]
+    fn first_proj(
+        &self,
+        norm: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: k::Act,
+        resid: &CudaSlice<f32>,
+        proj: &mut CudaSlice<f32>,
+        n: usize,
+        wide: &mut Option<Wide<'_>>,
+    ) -> Result<()> {
+        let (gn, ln) = norm.storage_and_layout();
+        let (gw, lw) = w.storage_and_layout();
+        let gb = bias.map(|t| t.storage_and_layout());
+        let bias = gb
+            .as_ref()
+            .map(|(g, l)| cuda_view::<f32>(g, l))
+            .transpose()?;
+        let gd = GemvDims {
+            rows: w.dim(0)?,
+            cols: self.hidden,
+            batch: n,
+            ldw: self.hidden,
+            ldx: self.hidden,
+            ldy: self.ld_proj,
+        };
+        k::gemv_in(
+            &self.stream,
+            &self.sched,
+            &weights(&gw, lw)?,
+            bias.as_ref(),
+            resid,
+            &cuda_view::<f32>(&gn, ln)?,
+            self.norm_eps,
+            proj,
+            gd,
+            None,
+            None,
+            act,
+            wide.as_mut(),
+        )
+        .map_err(kernel_err)
+    }
+
+    /// The last projection of an attention or MLP layer: `resid[b] += W·x[b] + bias` (x at row stride `ldx`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_proj(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        x: &CudaSlice<f32>,
+        ldx: usize,
+        resid: &mut CudaSlice<f32>,
+        n: usize,
+        wide: &mut Option<Wide<'_>>,
+    ) -> Result<()> {
+        let (gw, lw) = w.storage_and_layout();
+        let gb = bias.map(|t| t.storage_and_layout());
+        let bias = gb
+            .as_ref()
+            .map(|(g, l)| cuda_view::<f32>(g, l))
+            .transpose()?;
+        let cols = w.dim(1)?;
+        let gd = GemvDims {
+            rows: self.hidden,
+            cols,
+            batch: n,
+            ldw: cols,
+            ldx,
+            ldy: self.hidden,
+        };
+        k::gemv_plain(
+            &self.stream,
+            &self.sched,
+            &weights(&gw, lw)?,
+            bias.as_ref(),
+            x,
+            resid,
+            gd,
+            wide.as_mut(),
+        )
+        .map_err(kernel_err)
     }
 
     /// A Mamba2 layer's three launches: in_proj (RMSNorm, conv window, dt), the SSM update with the gate, out_proj

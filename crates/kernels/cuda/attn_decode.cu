@@ -37,38 +37,19 @@
 
 #include <stdint.h>
 
+#include "warp.cuh"
+
 namespace {
 
-constexpr unsigned FULL = 0xffffffffu;
 constexpr int THREADS = 128;  // threads of a split CTA (src/attn_decode.rs: ATTN_THREADS)
 constexpr int WARPS = THREADS / 32;
 constexpr int SUB = 256;    // positions whose scores a CTA holds in shared memory at once (src: ATTN_SUB)
 constexpr int LOADS = 8;    // 16-byte loads in flight per lane (4: 10-25% slower, H100)
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
-  return v;
-}
-
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
   return v;
-}
-
-// Lets the next kernel in the stream launch now (its griddepcontrol.wait still waits for this one to finish).
-__device__ __forceinline__ void allow_next_kernel() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// Waits until the kernels this one depends on have finished and their writes are visible.
-__device__ __forceinline__ void wait_prev_kernels() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 __device__ __forceinline__ float dot4(const float4& a, const float4& b) {

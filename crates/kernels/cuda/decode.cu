@@ -22,16 +22,11 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "warp.cuh"
+
 namespace {
 
-constexpr unsigned FULL = 0xffffffffu;
 constexpr int MAX_GROUPS = 16;  // norm groups of the gated RMSNorm
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
-  return v;
-}
 
 // Sum over the CTA (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -45,20 +40,6 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 }
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
-
-// Lets the next kernel in the stream launch now (its griddepcontrol.wait still waits for this one to finish).
-__device__ __forceinline__ void allow_next_kernel() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// Waits until the kernels this one depends on have finished and their writes are visible.
-__device__ __forceinline__ void wait_prev_kernels() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 // Requests `bytes` (a multiple of 16, 16-byte aligned start) into L2 without waiting for them.
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {

@@ -321,6 +321,40 @@ struct GemvArgs {
 }
 const _: () = assert!(std::mem::size_of::<GemvArgs>() == 176);
 
+impl GemvArgs {
+    /// What every GEMV sets: W, the bias, x, y, their strides and sizes, no conv or dt rows (they start at `rows`),
+    /// one norm group; the launcher adds its mode's fields.
+    fn base(
+        s: &CudaStream,
+        sched: &Sched,
+        w: &Weights<'_>,
+        bias: Option<&CudaView<'_, f32>>,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        d: &GemvDims,
+    ) -> Self {
+        GemvArgs {
+            w: w.ptr(s),
+            bias: bias.map_or(0, |b| b.device_ptr(s).0),
+            x: x.device_ptr(s).0,
+            y: y.device_ptr_mut(s).0,
+            ldw: d.ldw as i64,
+            ldx: d.ldx as i64,
+            ldy: d.ldy as i64,
+            rows: d.rows as i32,
+            cols: d.cols as i32,
+            conv_lo: d.rows as i32,
+            conv_hi: d.rows as i32,
+            dt_lo: d.rows as i32,
+            k: 1,
+            heads: 1,
+            groups: 1,
+            prefetch_iters: sched.prefetch_iters as i32,
+            ..Default::default()
+        }
+    }
+}
+
 /// The activation [`gemv_in`] applies to its rows that are neither conv nor dt rows (an MLP's up_proj): squared
 /// ReLU (Nemotron-H) or GELU with erf (Mamba2-Hybrid), computed as the CPU engine computes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -606,26 +640,10 @@ pub fn gemv_in(
     }
     let s: &CudaStream = stream;
     let mut a = GemvArgs {
-        w: w.ptr(s),
-        bias: bias.map_or(0, |b| b.device_ptr(s).0),
-        x: x.device_ptr(s).0,
         xw: norm_w.device_ptr(s).0,
-        y: y.device_ptr_mut(s).0,
-        ldw: d.ldw as i64,
-        ldx: d.ldx as i64,
-        ldy: d.ldy as i64,
-        rows: d.rows as i32,
-        cols: d.cols as i32,
-        conv_lo: d.rows as i32,
-        conv_hi: d.rows as i32,
-        dt_lo: d.rows as i32,
-        k: 1,
-        heads: 1,
-        groups: 1,
-        prefetch_iters: sched.prefetch_iters as i32,
         act: act.code(),
         eps,
-        ..Default::default()
+        ..GemvArgs::base(s, sched, w, bias, x, y, &d)
     };
     let mut window_stride = 0;
     if let Some(c) = conv {
@@ -732,26 +750,12 @@ pub fn gemv_out(
     }
     let s: &CudaStream = stream;
     let a = GemvArgs {
-        w: w.ptr(s),
-        bias: bias.map_or(0, |b| b.device_ptr(s).0),
-        x: x.device_ptr(s).0,
         xw: norm_w.device_ptr(s).0,
         part: part.device_ptr(s).0,
-        y: y.device_ptr_mut(s).0,
-        ldw: d.ldw as i64,
-        ldx: d.ldx as i64,
-        ldy: d.ldy as i64,
-        rows: d.rows as i32,
-        cols: d.cols as i32,
-        conv_lo: d.rows as i32,
-        conv_hi: d.rows as i32,
-        dt_lo: d.rows as i32,
-        k: 1,
         heads: to_i32("heads", heads)?,
         groups: groups as i32,
-        prefetch_iters: sched.prefetch_iters as i32,
         eps,
-        ..Default::default()
+        ..GemvArgs::base(s, sched, w, bias, x, y, &d)
     };
     check_align("gemv_out W", a.w, 16)?;
     check_align("gemv_out x", a.x, 16)?;
@@ -790,26 +794,7 @@ pub fn gemv_plain(
     if let Some(b) = bias {
         check_rows("gemv_plain bias", b.len(), 1, d.rows, d.rows)?;
     }
-    let s: &CudaStream = stream;
-    let a = GemvArgs {
-        w: w.ptr(s),
-        bias: bias.map_or(0, |b| b.device_ptr(s).0),
-        x: x.device_ptr(s).0,
-        y: y.device_ptr_mut(s).0,
-        ldw: d.ldw as i64,
-        ldx: d.ldx as i64,
-        ldy: d.ldy as i64,
-        rows: d.rows as i32,
-        cols: d.cols as i32,
-        conv_lo: d.rows as i32,
-        conv_hi: d.rows as i32,
-        dt_lo: d.rows as i32,
-        k: 1,
-        heads: 1,
-        groups: 1,
-        prefetch_iters: sched.prefetch_iters as i32,
-        ..Default::default()
-    };
+    let a = GemvArgs::base(stream, sched, w, bias, x, y, &d);
     check_align("gemv_plain W", a.w, 16)?;
     check_align("gemv_plain x", a.x, 16)?;
     if let Some(wide) = wide {
