@@ -17,10 +17,6 @@ use coil_model::{HybridLm, LayerState, ModelConfig, ModelState};
 use common::*;
 use std::collections::BTreeMap;
 
-/// The HF fixtures the fused step takes. The Nemotron-H fixtures' attention has head_dim 16, which the attention
-/// decode kernel does not take yet (multiples of 32): those fixtures decode with the composed path.
-const MAMBA_FIXTURES: [&str; 3] = ["mamba2_tiny", "mamba2_g1_chunk64", "mamba2_tied_limit"];
-
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device")
 }
@@ -128,7 +124,7 @@ fn argmax(l: &[f32]) -> u32 {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fused_step_matches_the_cpu_step_on_the_fixtures_in_f32() {
-    for name in MAMBA_FIXTURES {
+    for name in FIXTURES {
         let fx = load_fixture(name);
         let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
         let gpu_lm = HybridLm::from_dir(&fixture_dir(name), &gpu(), DType::F32).unwrap();
@@ -143,7 +139,7 @@ fn fused_step_matches_the_cpu_step_on_the_fixtures_in_f32() {
 #[ignore = "needs a CUDA GPU"]
 fn generation_on_cuda_gives_the_cpu_greedy_tokens() {
     let params = greedy(12, 8);
-    for name in MAMBA_FIXTURES {
+    for name in FIXTURES {
         let fx = load_fixture(name);
         let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
         let gpu_lm = HybridLm::from_dir(&fixture_dir(name), &gpu(), DType::F32).unwrap();
@@ -233,7 +229,7 @@ fn a_bf16_state_stays_close_to_the_f32_cpu_step() {
     );
     assert!(f32_gap <= 1e-4, "{f32_gap}");
     assert!(bf16_gap <= 2e-2, "{bf16_gap}");
-    for name in MAMBA_FIXTURES {
+    for name in FIXTURES {
         let fx = load_fixture(name);
         let prompts: Vec<Vec<u32>> = (0..2).map(|b| row_u32(&fx["input_ids"], b)).collect();
         let gpu_lm = HybridLm::from_dir(&fixture_dir(name), &gpu(), DType::F32).unwrap();

@@ -60,14 +60,14 @@ __device__ __forceinline__ void fma4(float p, const float4& v, float4& acc) {
   acc.x += p * v.x, acc.y += p * v.y, acc.z += p * v.z, acc.w += p * v.w;
 }
 
-// How the lanes of a warp cover rows of HD floats (Q 16-byte quads): when Q divides 32 (hd 32, 64, 128) a load
+// How the lanes of a warp cover rows of HD floats (Q 16-byte quads): when Q divides 32 (hd 16, 32, 64, 128) a load
 // covers RPW = 32 / Q rows, lane l taking quad l % Q of row l / Q; otherwise one row per load, lane l taking quads
 // l, l + 32 (NQ per lane; lanes past the row's end idle). A row's dot product is summed over the W lanes that hold
 // it. Each lane has UNROLL rows (LOADS quads) in flight. Phase 3 keeps GT heads' sums per lane in registers (more heads:
 // several passes over the sub-chunk's V rows).
 template <int HD>
 struct Rows {
-  static_assert(HD % 32 == 0 && HD >= 32 && HD <= 256, "head_dim: a multiple of 32 up to 256");
+  static_assert((HD == 16 || HD % 32 == 0) && HD <= 256, "head_dim: 16 or a multiple of 32 up to 256");
   static constexpr int Q = HD / 4;
   static constexpr int NQ = (Q + 31) / 32;
   static constexpr int RPW = Q < 32 && 32 % Q == 0 ? 32 / Q : 1;
@@ -320,6 +320,7 @@ __device__ __forceinline__ void attn_split_body(const AttnArgs& a) {
   extern "C" __global__ void COIL_ATTN_BOUNDS attn_decode_split_hd##HD(const AttnArgs a) {                       \
     attn_split_body<HD>(a);                                                                                        \
   }
+COIL_ATTN_SPLIT(16)
 COIL_ATTN_SPLIT(32)
 COIL_ATTN_SPLIT(64)
 COIL_ATTN_SPLIT(96)

@@ -1,7 +1,7 @@
 // Lab harness for the attention decode kernels (`cuda/attn_decode.cu`).
 //   check: two consecutive steps (split + combine + advance_lens, replayed from a CUDA graph) against a float64 CPU
 //          reference on random inputs, outputs and partials NaN-poisoned beforehand, for heads/kv_heads 8/8, 32/8,
-//          16/2, 12/1, ..., head_dim 32 to 256, batch 1 and 3 with different lens per sequence (0 .. 10000, the
+//          16/2, 12/1, ..., head_dim 16 and 32 to 256, batch 1 and 3 with different lens per sequence (0 .. 10000, the
 //          last slot max_len - 1, and lens == max_len, which must neither append nor read or write past the caches),
 //          each under five split plans (the rule of src/attn_decode.rs, fixed chunks of 256, one split, chunks of
 //          320 = two sub-chunks, ranges of any length); per plan: the outputs of both steps within 1e-5 (relative,
@@ -93,6 +93,7 @@ static cudaStream_t g_st;
 typedef void (*SplitK)(const AttnArgs);
 static SplitK split_kernel(int hd) {
   switch (hd) {
+    case 16: return attn_decode_split_hd16;
     case 32: return attn_decode_split_hd32;
     case 64: return attn_decode_split_hd64;
     case 96: return attn_decode_split_hd96;
@@ -105,7 +106,7 @@ static SplitK split_kernel(int hd) {
 }
 constexpr int SMEM_MAX = 96 * 1024;  // ATTN_SMEM_MAX
 static void init_kernels() {
-  for (int hd = 32; hd <= 256; hd += 32)
+  for (int hd = 16; hd <= 256; hd += hd == 16 ? 16 : 32)
     CK(cudaFuncSetAttribute(split_kernel(hd), cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX));
 }
 // split_smem_bytes of src/attn_decode.rs.
@@ -392,6 +393,8 @@ static std::vector<Case> cases(bool guard_only) {
       {32, 8, 128, 1000, {999, 1000, 500}, true},  // lens == max_len from the start: no append, no OOB
       {12, 1, 64, 64, {64, 63, 0}, true},
       {16, 16, 128, 1, {0}, true},  // a one-position cache: append, then attend to it alone
+      {4, 2, 16, 300, {0, 17, 299}, true},  // head_dim 16 (the HF Nemotron-H fixtures): 8 rows per load
+      {8, 1, 16, 4096, {4000, 3, 600}, false},
   };
   std::vector<Case> out;
   for (const Case& c : all)

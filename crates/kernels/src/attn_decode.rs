@@ -136,15 +136,15 @@ fn split_smem_bytes(group: usize, head_dim: usize) -> usize {
     (4 * floats).div_ceil(16) * 16
 }
 
-/// Whether [`attn_decode`] has a kernel for these sizes: head_dim a multiple of 32 up to 256, whole groups of
+/// Whether [`attn_decode`] has a kernel for these sizes: head_dim 16 or a multiple of 32 up to 256, whole groups of
 /// query heads (their shared memory within the limit: up to 32 query heads per kv head at head_dim 128, 16 at
 /// 256), 16-byte rows of qkv.
 pub fn attn_supported(d: &AttnDims) -> bool {
     d.kv_heads > 0
         && d.heads > 0
         && d.heads.is_multiple_of(d.kv_heads)
-        && d.head_dim.is_multiple_of(32)
-        && (32..=256).contains(&d.head_dim)
+        && (d.head_dim == 16 || d.head_dim.is_multiple_of(32))
+        && (16..=256).contains(&d.head_dim)
         && split_smem_bytes(d.group(), d.head_dim) <= ATTN_SMEM_MAX as usize
         && d.ld_qkv.is_multiple_of(4)
         && d.max_len > 0
@@ -383,6 +383,9 @@ mod tests {
         assert!(attn_supported(&d));
         assert!(attn_supported(&AttnDims { head_dim: 64, ..d }));
         assert!(attn_supported(&AttnDims { head_dim: 96, ..d }));
+        assert!(attn_supported(&AttnDims { head_dim: 16, ..d }));
+        assert!(!attn_supported(&AttnDims { head_dim: 8, ..d }));
+        assert!(!attn_supported(&AttnDims { head_dim: 48, ..d }));
         assert!(!attn_supported(&AttnDims { head_dim: 80, ..d }));
         assert!(!attn_supported(&AttnDims { head_dim: 288, ..d }));
         assert!(!attn_supported(&AttnDims { kv_heads: 5, ..d }));
@@ -404,7 +407,7 @@ mod tests {
     #[test]
     fn kernel_names_follow_the_cuda_source() {
         let src = include_str!("../cuda/attn_decode.cu");
-        for hd in (32..=256).step_by(32) {
+        for hd in std::iter::once(16).chain((32..=256).step_by(32)) {
             assert!(src.contains(&format!("COIL_ATTN_SPLIT({hd})")), "{hd}");
         }
         assert!(src.contains("attn_decode_split_hd##HD"));
