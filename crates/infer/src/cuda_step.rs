@@ -178,6 +178,8 @@ struct Batch {
     /// and the GEMM's f32 products.
     x2: Option<CudaSlice<half::bf16>>,
     p2: Option<CudaSlice<f32>>,
+    /// The batched path: one zeroed counter per sequence (the SSM update's last-CTA election).
+    count: Option<CudaSlice<u32>>,
 }
 
 /// One step's greedy choice per sequence.
@@ -342,6 +344,15 @@ impl CudaStep {
     /// Turns programmatic dependent launch on or off (off: plain stream order; for comparing the two).
     pub fn set_pdl(&mut self, on: bool) {
         self.sched.pdl = on;
+        if let Some(b) = &mut self.batch {
+            b.graph = None;
+        }
+    }
+
+    /// Runs the batched path (more than 8 sequences, bf16 weights) with its fused launches (the default) or each
+    /// step of it as its own kernel; the results are the same bits (for comparing the two).
+    pub fn set_fuse_wide(&mut self, on: bool) {
+        self.sched.fuse_wide = on;
         if let Some(b) = &mut self.batch {
             b.graph = None;
         }
@@ -620,6 +631,11 @@ impl CudaStep {
             } else {
                 None
             },
+            count: if wide {
+                Some(s.alloc_zeros::<u32>(batch).map_err(driver_err)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -723,8 +739,8 @@ impl CudaStep {
     fn record(&self, b: &mut Batch) -> Result<()> {
         let (s, sched, n) = (&self.stream, &self.sched, b.size);
         let (d, ldp) = (self.hidden, self.ld_proj);
-        let mut wide = match (&self.blas, &mut b.x2, &mut b.p2) {
-            (Some(blas), Some(x2), Some(p2)) => Some(Wide { blas, x2, p2 }),
+        let mut wide = match (&self.blas, &mut b.x2, &mut b.p2, &mut b.count) {
+            (Some(blas), Some(x2), Some(p2), Some(count)) => Some(Wide::new(blas, x2, p2, count)),
             _ => None,
         };
         {
@@ -848,6 +864,10 @@ impl CudaStep {
         .map_err(kernel_err)?;
         if let Some(lens) = &mut b.lens {
             ka::attn_advance_lens(s, sched, lens, n, b.capacity).map_err(kernel_err)?;
+        }
+        // The LM head's split took the last layer's pending residual add; nothing should be left.
+        if let Some(w) = wide.as_mut() {
+            w.flush(s, sched).map_err(kernel_err)?;
         }
         Ok(())
     }
@@ -1028,7 +1048,24 @@ impl CudaStep {
             dt_off: inner + conv,
             ld_y: inner,
         };
-        k::ssm_gate(s, sched, proj, &v[2], Some(&v[4]), ssm, yg, part, sd).map_err(kernel_err)?;
+        let wide_ssm = wide.as_mut().map(|w| k::WideSsm {
+            wide: w,
+            norm_w: &v[5],
+            eps: layer.eps,
+        });
+        k::ssm_gate(
+            s,
+            sched,
+            proj,
+            &v[2],
+            Some(&v[4]),
+            ssm,
+            yg,
+            part,
+            sd,
+            wide_ssm,
+        )
+        .map_err(kernel_err)?;
         let gd = GemvDims {
             rows: d,
             cols: inner,

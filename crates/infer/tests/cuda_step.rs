@@ -261,12 +261,26 @@ fn run_fused(
     pdl: bool,
     graph: bool,
 ) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<u32>>) {
+    run_fused_with(lm, prompts, steps, DType::F32, |f| {
+        f.set_pdl(pdl);
+        f.set_graph(graph);
+    })
+}
+
+/// [`run_fused`] with the SSM states in `state_dtype` and the step set up by `configure` before it starts.
+fn run_fused_with(
+    lm: &HybridLm,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    state_dtype: DType,
+    configure: impl Fn(&mut CudaStep),
+) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<u32>>) {
     let (n, len) = (prompts.len(), prompts[0].len());
     let ids = Tensor::from_vec(prompts.concat(), (n, len), lm.device()).unwrap();
     let (_, state) = lm.forward_with_state(&ids, None, None, true).unwrap();
     let mut fused = CudaStep::new(lm).unwrap().expect("the fused step applies");
-    fused.set_pdl(pdl);
-    fused.set_graph(graph);
+    configure(&mut fused);
+    fused.set_state_dtype(state_dtype).unwrap();
     fused.start(&state, n, steps).unwrap();
     let mut toks: Vec<u32> = prompts.iter().map(|p| p[len - 1]).collect();
     let (mut logits, mut picked) = (vec![], vec![]);
@@ -363,6 +377,36 @@ fn batched_path_matches_the_cpu_step() {
         "batch 12 (batched path), bf16: fused step vs CPU step, worst relative logit gap {gap:.2e}"
     );
     assert!(gap <= 1e-4, "{gap}");
+    // The batched path's SSM update with the state stored in bf16 (its own kernel instance).
+    let gap = step_gap(&gpu_lm, &cpu, &prompts, 8, DType::BF16);
+    println!("batch 12 (batched path), bf16 state, 8 steps: worst relative logit gap {gap:.2e}");
+    assert!(gap <= 2e-2, "{gap}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batched_path_fused_launches_change_nothing() {
+    // The batched path's fused launches (residual add with the next split; in_proj finish and out_proj split in
+    // the SSM update, with its last-CTA election) against each as its own kernel: the same bits, for a Mamba2
+    // model (f32 and bf16 state) and a hybrid (attention and MLP layers between Mamba layers), over steps that
+    // replay the graph (the election's counters must come back to zero).
+    let (mamba, _) = small_bf16_pair(8);
+    let (hybrid, _) = hybrid_bf16_pair(9);
+    let prompts: Vec<Vec<u32>> = (0..12u32)
+        .map(|b| (0..20).map(|i| (b * 41 + i * 13) % 1024).collect())
+        .collect();
+    for (name, lm) in [
+        ("mamba2_130m-sized", &mamba),
+        ("nemotronh_4b-sized M*M-", &hybrid),
+    ] {
+        for dtype in [DType::F32, DType::BF16] {
+            let on = run_fused_with(lm, &prompts, 6, dtype, |f| f.set_fuse_wide(true));
+            let off = run_fused_with(lm, &prompts, 6, dtype, |f| f.set_fuse_wide(false));
+            assert_eq!(on.1, off.1, "{name} {dtype:?}: greedy ids");
+            assert!(on.0 == off.0, "{name} {dtype:?}: logits differ");
+            println!("{name}, batch 12, {dtype:?} state: fused and unfused batched launches give the same bits");
+        }
+    }
 }
 
 /// Nemotron-H-4B's layer sizes (attention: 32 query heads over 8 kv heads of 128; squared-ReLU MLP), one layer of

@@ -506,15 +506,47 @@ __device__ __forceinline__ void wide_finish_body(const GemvArgs& a) {
                                 p[static_cast<long long>(a.wide_batch + b) * a.rows + r]);
 }
 
+// wide_add_split_in: `prev`'s finish (an out or plain GEMM adding into the residual stream: y += its two halves +
+// bias) and then `a`'s split (MODE_IN: the RMSNorm of that residual row) in one launch, grid batch: the same
+// arithmetic in the same order as wide_finish_plain followed by wide_split_in (bitwise equal
+// results), one kernel boundary fewer. The launcher checks that a.x is prev.y (same row stride) and that
+// a.cols == prev.rows. Each thread reads back only the residual elements it wrote.
+extern "C" __global__ void __launch_bounds__(256) wide_add_split_in(const GemvArgs prev, const GemvArgs a) {
+  __shared__ float inv;
+  __shared__ float red[32];
+  const int b = blockIdx.x;
+  allow_next_kernel();
+  wait_prev_kernels();
+  const float* p = static_cast<const float*>(prev.wide);
+  float* x = prev.y + b * prev.ldy;
+  float ss = 0.f;
+  for (int r = threadIdx.x; r < prev.rows; r += blockDim.x) {
+    const float s = p[static_cast<long long>(b) * prev.rows + r] + p[static_cast<long long>(prev.wide_batch + b) * prev.rows + r];
+    const float v = prev.bias ? s + prev.bias[r] : s;
+    const float nx = x[r] + v;
+    x[r] = nx;
+    ss += nx * nx;
+  }
+  const float t = block_sum(ss, red);
+  if (threadIdx.x == 0) inv = rsqrtf(t / a.cols + a.eps);
+  __syncthreads();
+  __nv_bfloat16* hi = static_cast<__nv_bfloat16*>(a.wide) + static_cast<long long>(b) * a.cols;
+  __nv_bfloat16* lo = hi + static_cast<long long>(a.wide_batch) * a.cols;
+  for (int i = threadIdx.x; i < a.cols; i += blockDim.x) {
+    const float v = x[i] * inv * a.xw[i];
+    const __nv_bfloat16 h = __float2bfloat16(v);
+    hi[i] = h;
+    lo[i] = __float2bfloat16(v - __bfloat162float(h));
+  }
+}
+
 extern "C" __global__ void __launch_bounds__(256) wide_split_in(const GemvArgs a) { wide_split_body<MODE_IN>(a); }
 extern "C" __global__ void __launch_bounds__(256) wide_split_out(const GemvArgs a) { wide_split_body<MODE_OUT>(a); }
 extern "C" __global__ void __launch_bounds__(256) wide_finish_in(const GemvArgs a) { wide_finish_body<MODE_IN>(a); }
-extern "C" __global__ void __launch_bounds__(256) wide_finish_out(const GemvArgs a) {
-  wide_finish_body<MODE_OUT>(a);
-}
 extern "C" __global__ void __launch_bounds__(256) wide_split_plain(const GemvArgs a) {
   wide_split_body<MODE_PLAIN>(a);
 }
+// Also the finish of out_proj's GEMM (MODE_OUT finishes a row as MODE_PLAIN does: y += the sum + bias).
 extern "C" __global__ void __launch_bounds__(256) wide_finish_plain(const GemvArgs a) {
   wide_finish_body<MODE_PLAIN>(a);
 }
@@ -584,10 +616,155 @@ __device__ __forceinline__ void ssm_gate_body(const SsmArgs& a) {
   if (threadIdx.x == 0) a.part[b * a.heads + h] = total;
 }
 
+// The batched path's Mamba layer between its two GEMMs (mirrored by `SsmWide` in src/decode.rs): in_proj's raw
+// products (the GEMM's two f32 halves) in, out_proj's bf16 input halves out.
+struct SsmWide {
+  const float* p2;       // [2·batch, rows]: in_proj's GEMM output (low halves from row batch)
+  const float* bias;     // [rows]: in_proj's bias, or null
+  float* window;         // [batch, conv, k]: conv windows, oldest first
+  const float* conv_w;   // [conv, k]
+  const float* conv_b;   // [conv] or null
+  const float* dt_bias;  // [heads] or null
+  unsigned* count;       // [batch]: CTAs of the sequence done; zero before and after every launch
+  __nv_bfloat16* x2;     // [2·batch, heads·P]: out_proj's GEMM input (hi rows, then lo rows)
+  const float* norm_w;   // [heads·P]: the gated norm's weight
+  long long rows;        // in_proj rows (the row stride of p2)
+  int batch, k, conv;
+  float dt_min, dt_max, eps;
+};
+static_assert(sizeof(SsmWide) == 104, "SsmWide: the layout src/decode.rs mirrors");
+
+// One (head, sequence) of the batched path (grid (heads, batch), 4·head_dim threads): what wide_finish_in would
+// have done for the rows it needs, the SSM update and gate of ssm_gate_body, and, in the sequence's last CTA,
+// what wide_split_out would have done; three launches become one, with the same arithmetic in the same order.
+//  - prologue (shared memory): the head's x channels through their conv windows (written back: no other CTA
+//    reads them), its z rows, its dt, and the B and C channels of its group through their windows, read only
+//    (the group's other heads read them too);
+//  - the update of ssm_gate_body, x, B, C, z and dt from shared memory;
+//  - the sequence's last CTA (a counter per sequence, release/acquire through fences) shifts the B and C windows
+//    of every group, forms out_proj's x̂ (the gated norm from the heads' sums) and splits it into x2, and zeroes
+//    the counter for the next launch.
+template <int N, typename S>
+__device__ __forceinline__ void ssm_wide_body(const SsmArgs& a, const SsmWide& w) {
+  __shared__ float red[32];
+  __shared__ __align__(16) float bcs[2 * N];
+  __shared__ float xs[128], zs[128];
+  __shared__ float dts;
+  __shared__ float invs[MAX_GROUPS];
+  __shared__ bool last;
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int p = threadIdx.x >> 2, q = threadIdx.x & 3;
+  const int P = a.head_dim;
+  S* s = static_cast<S*>(a.state) + ((static_cast<long long>(b) * a.heads + h) * P + p) * N;
+  allow_next_kernel();
+  float4 sv[N / 16];
+#pragma unroll
+  for (int j = 0; j < N / 16; ++j) sv[j] = load4(s + 4 * (q + 4 * j));
+  wait_prev_kernels();
+  const int hpg = a.heads / a.groups, g = h / hpg;
+  const int x_width = a.heads * P;
+  // Row r of in_proj for this sequence, as wide_finish_body adds the halves and finish_row the bias.
+  auto raw = [&](int r) {
+    const float v = w.p2[static_cast<long long>(b) * w.rows + r] + w.p2[static_cast<long long>(w.batch + b) * w.rows + r];
+    return w.bias ? v + w.bias[r] : v;
+  };
+  // Conv channel c's output for the new value v (finish_row's arithmetic); the window shifted when `write`.
+  auto conv_silu = [&](int c, float v, bool write) {
+    float* win = w.window + (static_cast<long long>(b) * w.conv + c) * w.k;
+    const float* wc = w.conv_w + static_cast<long long>(c) * w.k;
+    float cv = w.conv_b ? w.conv_b[c] : 0.f;
+    for (int i = 0; i + 1 < w.k; ++i) {
+      const float o = win[i + 1];
+      if (write) win[i] = o;
+      cv += wc[i] * o;
+    }
+    if (write) win[w.k - 1] = v;
+    cv += wc[w.k - 1] * v;
+    return silu(cv);
+  };
+  for (int t = threadIdx.x; t <= P + 2 * N; t += blockDim.x) {
+    if (t < P) {
+      const int c = h * P + t;
+      xs[t] = conv_silu(c, raw(a.xbc_off + c), true);
+      zs[t] = raw(h * P + t);
+    } else if (t < P + 2 * N) {
+      const int j = t - P;  // B of group g for j < N, then its C
+      const int c = x_width + (j < N ? g * N + j : a.groups * N + g * N + (j - N));
+      bcs[j] = conv_silu(c, raw(a.xbc_off + c), false);
+    } else {
+      float v = raw(a.dt_off + h) + (w.dt_bias ? w.dt_bias[h] : 0.f);
+      v = v > 20.f ? v : log1pf(__expf(v));
+      dts = fminf(fmaxf(v, w.dt_min), w.dt_max);
+    }
+  }
+  __syncthreads();
+  const float dt = dts;
+  const float da = __expf(dt * a.a[h]);
+  const float xp = xs[p];
+  const float dx = dt * xp;
+  float acc = 0.f;
+#pragma unroll
+  for (int j = 0; j < N / 16; ++j) {
+    const int n4 = q + 4 * j;
+    const float4 bv = reinterpret_cast<const float4*>(bcs)[n4];
+    const float4 cv = reinterpret_cast<const float4*>(bcs + N)[n4];
+    float4 v4 = sv[j];
+    v4.x = v4.x * da + dx * bv.x, v4.y = v4.y * da + dx * bv.y;
+    v4.z = v4.z * da + dx * bv.z, v4.w = v4.w * da + dx * bv.w;
+    acc += v4.x * cv.x + v4.y * cv.y + v4.z * cv.z + v4.w * cv.w;
+    store4(s + 4 * n4, v4);
+  }
+  acc += __shfl_xor_sync(FULL, acc, 1);
+  acc += __shfl_xor_sync(FULL, acc, 2);
+  float sq = 0.f;
+  if (q == 0) {
+    const float y = acc + (a.d ? a.d[h] : 0.f) * xp;
+    const float v = y * silu(zs[p]);
+    a.yg[b * a.ld_yg + h * P + p] = v;
+    sq = v * v;
+  }
+  const float total = block_sum(sq, red);
+  if (threadIdx.x == 0) {
+    a.part[b * a.heads + h] = total;
+    __threadfence();  // this CTA's yg, part and window reads are done before it counts itself
+    last = atomicAdd(w.count + b, 1u) == static_cast<unsigned>(a.heads - 1);
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // the other CTAs' yg and part are visible to this one
+  for (int c = x_width + threadIdx.x; c < w.conv; c += blockDim.x) {
+    float* win = w.window + (static_cast<long long>(b) * w.conv + c) * w.k;
+    for (int i = 0; i + 1 < w.k; ++i) win[i] = win[i + 1];
+    win[w.k - 1] = raw(a.xbc_off + c);
+  }
+  const int group = x_width / a.groups;
+  if (threadIdx.x < a.groups) {
+    float t = 0.f;
+    for (int i = 0; i < hpg; ++i) t += __ldcg(a.part + b * a.heads + threadIdx.x * hpg + i);
+    invs[threadIdx.x] = rsqrtf(t / group + w.eps);
+  }
+  __syncthreads();
+  __nv_bfloat16* hi = w.x2 + static_cast<long long>(b) * x_width;
+  __nv_bfloat16* lo = hi + static_cast<long long>(w.batch) * x_width;
+  for (int i = threadIdx.x; i < x_width; i += blockDim.x) {
+    const float v = __ldcg(a.yg + b * a.ld_yg + i) * invs[i / group] * w.norm_w[i];
+    const __nv_bfloat16 hv = __float2bfloat16(v);
+    hi[i] = hv;
+    lo[i] = __float2bfloat16(v - __bfloat162float(hv));
+  }
+  if (threadIdx.x == 0) w.count[b] = 0;
+}
+
 #define COIL_SSM(N)                                                                                                 \
   extern "C" __global__ void __launch_bounds__(512) ssm_gate_n##N(const SsmArgs a) { ssm_gate_body<N, float>(a); } \
   extern "C" __global__ void __launch_bounds__(512) ssm_gate_bf16_n##N(const SsmArgs a) {                         \
     ssm_gate_body<N, __nv_bfloat16>(a);                                                                             \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(512, 2) ssm_wide_n##N(const SsmArgs a, const SsmWide w) {          \
+    ssm_wide_body<N, float>(a, w);                                                                                  \
+  }                                                                                                                 \
+  extern "C" __global__ void __launch_bounds__(512, 2) ssm_wide_bf16_n##N(const SsmArgs a, const SsmWide w) {     \
+    ssm_wide_body<N, __nv_bfloat16>(a, w);                                                                          \
   }
 COIL_SSM(16)
 COIL_SSM(32)

@@ -765,7 +765,7 @@ static void time_shape(const Shape& S) {
         launch(S.mode == MODE_IN ? wide_split_in : wide_split_out, dim3(batch), dim3(256), 0, st, g);
         gemm(st, i);
         g.wide = wide32;
-        launch(S.mode == MODE_IN ? wide_finish_in : wide_finish_out, dim3((S.rows + 255) / 256, batch), dim3(256), 0,
+        launch(S.mode == MODE_IN ? wide_finish_in : wide_finish_plain, dim3((S.rows + 255) / 256, batch), dim3(256), 0,
                st, g);
       });
       std::printf("  b%-2d cublas: GEMM alone %.1f us (%.2f TB/s); split + GEMM + finish %.1f us (%.2f TB/s)\n",

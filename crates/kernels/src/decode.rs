@@ -87,6 +87,9 @@ pub struct Sched {
     pub tma: bool,
     /// Streaming multiprocessors of the device.
     pub sms: u32,
+    /// The batched path's fused launches (a layer's residual add with the next split, a Mamba layer's in_proj
+    /// finish and out_proj split inside the SSM update: [`Wide`]); off runs each as its own kernel.
+    pub fuse_wide: bool,
 }
 
 /// Bytes of one row's slice in a bulk-copied tile, and tiles in flight per CTA (`TILE_BYTES`, `STAGES` in
@@ -100,7 +103,8 @@ impl Sched {
     /// The measured defaults for the device of `stream` (`notes/decode.md`): plain launches of the lane-streaming
     /// GEMVs, 4 CTAs per SM, no L2 prefetch; on the H100 each alternative measured slower or the same.
     /// `COIL_DECODE_PDL=1`, `COIL_DECODE_TMA=1`, `COIL_DECODE_CTAS=N` and `COIL_DECODE_PREFETCH=N` select them, for
-    /// measuring (PDL and the bulk-copy GEMVs need compute capability 9.0).
+    /// measuring (PDL and the bulk-copy GEMVs need compute capability 9.0); `COIL_DECODE_FUSE=0` runs the batched
+    /// path's launches unfused.
     pub fn for_stream(stream: &Arc<CudaStream>) -> Result<Self> {
         let ctx = stream.context();
         let (major, _) = ctx.compute_capability()?;
@@ -117,6 +121,7 @@ impl Sched {
             },
             tma: hopper && env("COIL_DECODE_TMA") == Some(1),
             sms: sms.max(1) as u32,
+            fuse_wide: env("COIL_DECODE_FUSE") != Some(0),
         })
     }
 
@@ -396,6 +401,37 @@ struct SsmArgs {
 }
 const _: () = assert!(std::mem::size_of::<SsmArgs>() == 88);
 
+/// The batched path's extra arguments of the SSM update; mirrors `SsmWide` in `cuda/decode.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SsmWide {
+    p2: u64,
+    bias: u64,
+    window: u64,
+    conv_w: u64,
+    conv_b: u64,
+    dt_bias: u64,
+    count: u64,
+    x2: u64,
+    norm_w: u64,
+    rows: i64,
+    batch: i32,
+    k: i32,
+    conv: i32,
+    dt_min: f32,
+    dt_max: f32,
+    eps: f32,
+}
+const _: () = assert!(std::mem::size_of::<SsmWide>() == 104);
+
+/// What [`ssm_gate`] needs on the batched path: the `Wide` whose in_proj it finishes, and out_proj's gated norm
+/// (weight and epsilon), whose split it forms.
+pub struct WideSsm<'w, 'a> {
+    pub wide: &'w mut Wide<'a>,
+    pub norm_w: &'w CudaView<'w, f32>,
+    pub eps: f32,
+}
+
 /// Checks what both GEMVs need of W, x, y and the norm weight and returns the 16-byte chunk width.
 fn check_gemv(
     name: &str,
@@ -522,13 +558,63 @@ fn blas_err(e: blas_result::CublasError) -> KernelError {
     KernelError::Blas(format!("{e:?}"))
 }
 
-/// The batched path of [`gemv_in`] and [`gemv_out`] for many sequences (bf16 weights): x̂ split into two bf16 rows
-/// per sequence (`x2`: `[2·batch, cols]`), one cuBLAS GEMM into `p2` (`[2·batch, rows]` f32), then the halves
-/// added and finished as the fused kernels finish a row.
+/// The batched path of [`gemv_in`], [`gemv_out`] and [`gemv_plain`] for many sequences (bf16 weights): x̂ split
+/// into two bf16 rows per sequence (`x2`: `[2·batch, cols]`), one cuBLAS GEMM into `p2` (`[2·batch, rows]` f32),
+/// then the halves added and finished as the fused kernels finish a row.
+///
+/// The finish of a GEMM that adds into the residual stream (out, plain) is left pending: the next [`gemv_in`] on
+/// that stream does it in the same launch as its own split (`wide_add_split_in`), one kernel boundary fewer per
+/// layer. Until then the residual stream lacks that GEMM's sum: call [`Wide::flush`] before anything else reads it
+/// (every batched launcher flushes what it cannot fuse first).
+///
+/// A Mamba layer's in_proj (a [`gemv_in`] with conv rows) leaves its row epilogues to [`ssm_gate`], which must come
+/// next with the same `Wide`: it reads the GEMM's products itself and also forms out_proj's input, so the layer is
+/// four launches (split, GEMM, SSM update, GEMM) instead of seven.
 pub struct Wide<'a> {
-    pub blas: &'a Blas,
-    pub x2: &'a mut CudaSlice<bf16>,
-    pub p2: &'a mut CudaSlice<f32>,
+    blas: &'a Blas,
+    x2: &'a mut CudaSlice<bf16>,
+    p2: &'a mut CudaSlice<f32>,
+    /// Zeroed counters, one per sequence (the SSM update's last-CTA election).
+    count: &'a mut CudaSlice<u32>,
+    /// The finish of the last out or plain GEMM, not launched yet.
+    pending: Option<GemvArgs>,
+    /// A Mamba in_proj's arguments whose row epilogues [`ssm_gate`] does.
+    raw_in: Option<GemvArgs>,
+    /// `x2` already holds out_proj's split input for this many (sequences, columns) (written by [`ssm_gate`]).
+    out_ready: Option<(usize, usize)>,
+}
+
+impl<'a> Wide<'a> {
+    /// `count` holds at least one zeroed u32 per sequence; every launch leaves it zeroed.
+    pub fn new(
+        blas: &'a Blas,
+        x2: &'a mut CudaSlice<bf16>,
+        p2: &'a mut CudaSlice<f32>,
+        count: &'a mut CudaSlice<u32>,
+    ) -> Self {
+        Wide {
+            blas,
+            x2,
+            p2,
+            count,
+            pending: None,
+            raw_in: None,
+            out_ready: None,
+        }
+    }
+
+    /// Launches the pending finish, if any (the residual stream is complete after it).
+    pub fn flush(&mut self, stream: &Arc<CudaStream>, sched: &Sched) -> Result<()> {
+        let Some(mut a) = self.pending.take() else {
+            return Ok(());
+        };
+        let f = function(stream.context(), &DECODE, "wide_finish_plain", 0)?;
+        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+        let grid = ((a.rows as u32).div_ceil(256), a.wide_batch as u32);
+        // SAFETY: `a` was checked by the launcher that left it pending: p2 holds 2·batch rows of `rows`, y `batch`
+        // rows; neither buffer was released or resized since (both are borrowed by `self`).
+        unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) }
+    }
 }
 
 /// Runs `a` (arguments checked by the caller) on the batched path.
@@ -555,28 +641,72 @@ fn launch_wide(
         to_i32("cols", d.cols)?,
         to_i32("W row stride", d.ldw)?,
     );
+    if wide.raw_in.is_some() {
+        return Err(invalid(
+            "batched decode: a Mamba in_proj's epilogue is pending (ssm_gate must follow gemv_in)"
+                .into(),
+        ));
+    }
     let s: &CudaStream = stream;
     let x2 = wide.x2.device_ptr_mut(s).0;
     let p2 = wide.p2.device_ptr_mut(s).0;
     a.wide_batch = d.batch as i32;
-    let (split, finish) = match mode {
-        "in" => ("wide_split_in", "wide_finish_in"),
-        "out" => ("wide_split_out", "wide_finish_out"),
-        _ => ("wide_split_plain", "wide_finish_plain"),
-    };
     a.wide = x2;
-    let f = function(stream.context(), &DECODE, split, 0)?;
-    let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
-    // SAFETY: x holds `batch` rows of `cols` (checked by the caller), x2 2·batch rows of `cols` (checked above).
-    unsafe {
-        launch(
-            stream,
-            &f,
-            ((d.batch as u32, 1), 256, 0),
-            &mut params,
-            sched.pdl,
-        )?
+    let ready = wide.out_ready.take();
+    // The pending finish of the last adding GEMM goes with this split when this GEMM normalises the row it added
+    // into; otherwise it runs alone first.
+    let fuse = match &wide.pending {
+        Some(p) => {
+            mode == "in"
+                && p.y == a.x
+                && p.ldy == a.ldx
+                && p.rows == a.cols
+                && p.wide_batch == a.wide_batch
+        }
+        None => false,
     };
+    if mode == "out" && ready == Some((d.batch, d.cols)) {
+        // ssm_gate wrote this split already.
+        wide.flush(stream, sched)?;
+    } else if fuse {
+        let mut prev = wide.pending.take().expect("checked above");
+        let f = function(stream.context(), &DECODE, "wide_add_split_in", 0)?;
+        let mut params = [
+            (&mut prev as *mut GemvArgs).cast::<c_void>(),
+            (&mut a as *mut GemvArgs).cast::<c_void>(),
+        ];
+        // SAFETY: `prev` was checked by its launcher (p2 holds 2·batch rows of its `rows`, its y `batch` rows);
+        // its y is this GEMV's x (same stride, `cols` = its `rows`), checked by the caller to hold `batch` rows of
+        // `cols`; x2 holds 2·batch rows of `cols` (checked above).
+        unsafe {
+            launch(
+                stream,
+                &f,
+                ((d.batch as u32, 1), 256, 0),
+                &mut params,
+                sched.pdl,
+            )?
+        };
+    } else {
+        wide.flush(stream, sched)?;
+        let split = match mode {
+            "in" => "wide_split_in",
+            "out" => "wide_split_out",
+            _ => "wide_split_plain",
+        };
+        let f = function(stream.context(), &DECODE, split, 0)?;
+        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+        // SAFETY: x holds `batch` rows of `cols` (checked by the caller), x2 2·batch rows of `cols` (checked above).
+        unsafe {
+            launch(
+                stream,
+                &f,
+                ((d.batch as u32, 1), 256, 0),
+                &mut params,
+                sched.pdl,
+            )?
+        };
+    }
     let (one, zero) = (1f32, 0f32);
     // SAFETY: W holds `rows` rows of `cols` at stride ldw, x2 2·batch rows of `cols`, p2 2·batch rows of `rows`
     // (checked above and by the caller); the handle runs on `stream` with its own workspace.
@@ -605,7 +735,31 @@ fn launch_wide(
         .map_err(blas_err)?;
     }
     a.wide = p2;
-    let f = function(stream.context(), &DECODE, finish, 0)?;
+    if !sched.fuse_wide {
+        let finish = if mode == "in" {
+            "wide_finish_in"
+        } else {
+            "wide_finish_plain"
+        };
+        let f = function(stream.context(), &DECODE, finish, 0)?;
+        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+        let grid = (d.rows.div_ceil(256) as u32, d.batch as u32);
+        // SAFETY: p2 holds 2·batch rows of `rows`, y and the epilogue's buffers `batch` rows (checked by the
+        // caller).
+        return unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) };
+    }
+    if mode == "in" && a.window != 0 {
+        // A Mamba in_proj: ssm_gate finishes the rows it reads.
+        wide.raw_in = Some(a);
+        return Ok(());
+    }
+    if mode != "in" {
+        // out and plain add into y (wide_finish_out and wide_finish_plain finish a row alike): left for the next
+        // split or a flush.
+        wide.pending = Some(a);
+        return Ok(());
+    }
+    let f = function(stream.context(), &DECODE, "wide_finish_in", 0)?;
     let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
     let grid = (d.rows.div_ceil(256) as u32, d.batch as u32);
     // SAFETY: p2 holds 2·batch rows of `rows`, y and the epilogue's buffers `batch` rows (checked by the caller).
@@ -614,7 +768,8 @@ fn launch_wide(
 
 /// The fused in_proj GEMV: `y = W·(RMSNorm(x)·norm_w) (+ bias)` for every sequence, then the conv rows and dt rows
 /// transformed as [`ConvRows`] and [`DtRows`] say, the other rows through `act`. With neither and no activation
-/// it is the final norm + LM head (or an attention layer's qkv projection).
+/// it is the final norm + LM head (or an attention layer's qkv projection). On the batched path with conv rows
+/// (a Mamba layer), `y` is not written: [`ssm_gate`] must follow with the same [`Wide`] and finishes the rows.
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_in(
     stream: &Arc<CudaStream>,
@@ -841,6 +996,11 @@ pub fn ssm_supported(d: &SsmDims) -> bool {
 /// One token's SSM update for every (sequence, head), dt already softplus'd and clamped by [`gemv_in`]:
 /// `s ← exp(dt·A)·s + dt·x⊗B`, `y = s·C + D·x`, `yg = y·SiLU(z)`, and each head's `Σ yg²` into `part`
 /// (`[batch, heads]`). `state` is `[batch, H, P, N]`, f32 or bf16.
+///
+/// With `wide` (the batched path, right after the in_proj [`gemv_in`] on the same `Wide`) when that in_proj left its
+/// rows unfinished (fused launches, [`Sched::fuse_wide`]), `proj` is not read: the kernel finishes the in_proj rows
+/// it needs from the GEMM's products (conv windows, dt), and the sequence's last CTA also writes out_proj's split
+/// input, so the [`gemv_out`] that follows launches its GEMM alone.
 #[allow(clippy::too_many_arguments)]
 pub fn ssm_gate(
     stream: &Arc<CudaStream>,
@@ -852,6 +1012,7 @@ pub fn ssm_gate(
     yg: &mut CudaSlice<f32>,
     part: &mut CudaSlice<f32>,
     d: SsmDims,
+    wide: Option<WideSsm<'_, '_>>,
 ) -> Result<()> {
     if d.batch == 0 || d.heads == 0 {
         return Ok(());
@@ -866,13 +1027,17 @@ pub fn ssm_gate(
     let row_need = (d.xbc_off + inner + 2 * d.groups * d.state)
         .max(d.dt_off + d.heads)
         .max(inner);
-    check_rows(
-        "ssm in_proj output",
-        proj.len(),
-        d.batch,
-        d.ld_proj,
-        row_need,
-    )?;
+    // The fused kernel when gemv_in left its in_proj to this update (the batched path, fused launches on).
+    let wide = wide.filter(|w| w.wide.raw_in.is_some());
+    if wide.is_none() {
+        check_rows(
+            "ssm in_proj output",
+            proj.len(),
+            d.batch,
+            d.ld_proj,
+            row_need,
+        )?;
+    }
     check_rows("ssm A", a.len(), 1, d.heads, d.heads)?;
     if let Some(v) = d_skip {
         check_rows("ssm D", v.len(), 1, d.heads, d.heads)?;
@@ -897,27 +1062,96 @@ pub fn ssm_gate(
         groups: d.groups as i32,
         head_dim: d.head_dim as i32,
     };
-    check_align("ssm in_proj output", args.proj, 16)?;
     let (kind, align) = match state {
         StateBuf::F32(_) => ("", 16),
         StateBuf::Bf16(_) => ("bf16_", 8),
     };
     check_align("ssm state", args.state, align)?;
+    let grid = ((d.heads as u32, d.batch as u32), 4 * d.head_dim as u32, 0);
+    if let Some(w) = wide {
+        let mut extra = ssm_wide_args(s, &d, w, row_need)?;
+        let name = format!("ssm_wide_{kind}n{}", d.state);
+        let f = function(stream.context(), &DECODE, &name, 0)?;
+        let mut params = [
+            (&mut args as *mut SsmArgs).cast::<c_void>(),
+            (&mut extra as *mut SsmWide).cast::<c_void>(),
+        ];
+        // SAFETY: as below for A, D, the state, yg and the head sums; `ssm_wide_args` checked the GEMM's products
+        // (2·batch rows of the in_proj rows, which cover x|B|C, z and dt), the conv windows, weights and biases,
+        // the counters and out_proj's split input and norm weight; both blocks are laid out as the kernel's C
+        // structs.
+        return unsafe { launch(stream, &f, grid, &mut params, sched.pdl) };
+    }
+    check_align("ssm in_proj output", args.proj, 16)?;
     let name = format!("ssm_gate_{kind}n{}", d.state);
     let f = function(stream.context(), &DECODE, &name, 0)?;
     let mut params = [(&mut args as *mut SsmArgs).cast::<c_void>()];
     // SAFETY: every buffer was checked above to hold what the kernel reads or writes for `batch` sequences and
     // `heads` heads (x, B, C, z and dt within the in_proj rows, 16-byte aligned for its float4 loads; the state
     // contiguous); `args` is laid out as the kernel's C struct.
-    unsafe {
-        launch(
-            stream,
-            &f,
-            ((d.heads as u32, d.batch as u32), 4 * d.head_dim as u32, 0),
-            &mut params,
-            sched.pdl,
-        )
+    unsafe { launch(stream, &f, grid, &mut params, sched.pdl) }
+}
+
+/// Checks the batched path's buffers for [`ssm_gate`] and takes the in_proj arguments `gemv_in` left in `w.wide`;
+/// records that out_proj's split is written.
+fn ssm_wide_args(
+    s: &CudaStream,
+    d: &SsmDims,
+    w: WideSsm<'_, '_>,
+    row_need: usize,
+) -> Result<SsmWide> {
+    let WideSsm { wide, norm_w, eps } = w;
+    let Some(a) = wide.raw_in.take() else {
+        return Err(invalid(
+            "ssm_gate on the batched path: no in_proj GEMM to finish (gemv_in with the conv rows comes first)"
+                .into(),
+        ));
+    };
+    let inner = d.heads * d.head_dim;
+    let conv = (a.conv_hi - a.conv_lo) as usize;
+    if a.wide_batch as usize != d.batch
+        || a.conv_lo as usize != d.xbc_off
+        || conv != inner + 2 * d.groups * d.state
+        || a.dt_lo as usize != d.dt_off
+        || (a.rows as usize) < row_need
+        || !inner.is_multiple_of(d.groups)
+    {
+        return Err(invalid(format!(
+            "ssm_gate on the batched path: the in_proj left by gemv_in (batch {}, conv rows {}..{}, dt from {}, {} \
+             rows) does not match the update's sizes (batch {}, x|B|C at {} with {} channels, dt at {})",
+            a.wide_batch,
+            a.conv_lo,
+            a.conv_hi,
+            a.dt_lo,
+            a.rows,
+            d.batch,
+            d.xbc_off,
+            inner + 2 * d.groups * d.state,
+            d.dt_off
+        )));
     }
+    check_rows("batched x̂", wide.x2.len(), 2 * d.batch, inner, inner)?;
+    check_rows("gated norm weight", norm_w.len(), 1, inner, inner)?;
+    check_rows("sequence counters", wide.count.len(), 1, d.batch, d.batch)?;
+    wide.out_ready = Some((d.batch, inner));
+    Ok(SsmWide {
+        p2: a.wide,
+        bias: a.bias,
+        window: a.window,
+        conv_w: a.conv_w,
+        conv_b: a.conv_b,
+        dt_bias: a.dt_bias,
+        count: wide.count.device_ptr_mut(s).0,
+        x2: wide.x2.device_ptr_mut(s).0,
+        norm_w: norm_w.device_ptr(s).0,
+        rows: a.rows as i64,
+        batch: a.wide_batch,
+        k: a.k,
+        conv: conv as i32,
+        dt_min: a.dt_min,
+        dt_max: a.dt_max,
+        eps,
+    })
 }
 
 /// `resid[b, :cols] = table[ids[b], :cols]` as f32. The ids must be below the table's `rows` (the caller checks them).
@@ -1069,6 +1303,7 @@ mod tests {
             prefetch_iters: 1,
             tma: false,
             sms: 132,
+            fuse_wide: true,
         };
         assert_eq!(s.gemv_grid(10576), 528);
         assert_eq!(s.gemv_grid(100), 13);
