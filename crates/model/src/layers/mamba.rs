@@ -36,6 +36,8 @@ pub struct Mamba2Mixer {
     pub chunk_size: usize,
     pub eps: f64,
     pub dt_limit: (f32, f32),
+    /// `A = −exp(A_log)` in f32 for the inference chain, computed once (A_log is not an autograd variable there).
+    a_inference: std::sync::OnceLock<Tensor>,
 }
 
 impl Mamba2Mixer {
@@ -60,6 +62,7 @@ impl Mamba2Mixer {
             chunk_size: m.chunk_size,
             eps: cfg.norm_eps,
             dt_limit: cfg.dt_limit(),
+            a_inference: std::sync::OnceLock::new(),
         })
     }
 
@@ -214,9 +217,17 @@ impl Mamba2Mixer {
         ))
     }
 
-    /// `A = −exp(A_log)` [H], f32.
+    /// `A = −exp(A_log)` [H], f32 (computed once when A_log is not an autograd variable).
     fn a(&self) -> Result<Tensor> {
-        Ok(self.a_log.to_dtype(DType::F32)?.exp()?.neg()?)
+        let compute = || -> Result<Tensor> { Ok(self.a_log.to_dtype(DType::F32)?.exp()?.neg()?) };
+        if self.a_log.track_op() {
+            return compute();
+        }
+        if let Some(a) = self.a_inference.get() {
+            return Ok(a.clone());
+        }
+        let a = compute()?;
+        Ok(self.a_inference.get_or_init(|| a).clone())
     }
 
     /// The inference chain in_proj → conv + SiLU → SSD → gated norm → out_proj on `x` [B,T,D], from the conv

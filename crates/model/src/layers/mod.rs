@@ -95,9 +95,20 @@ impl Linear {
 /// RMSNorm in f32: `w ⊙ x / sqrt(mean(x²) + eps)`, returned in the weight's dtype. Uses candle's fused kernel,
 /// or plain differentiable ops when an input is an autograd variable.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let tracked = x.track_op() || weight.track_op();
+    if !tracked && x.device().is_cuda() && x.dtype() == weight.dtype() && x.dtype() != DType::F32 {
+        // candle's CUDA kernel reads bf16/f16 as f32 and computes exactly as for f32 input (scale·x·w in f32, the
+        // same reduction order), rounding once when it stores: the conversions to f32 and back below would give
+        // the same bits with two more passes over x. (Its CPU kernel divides in the storage type instead.)
+        return Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            weight,
+            eps as f32,
+        )?);
+    }
     let xf = x.to_dtype(DType::F32)?;
     let wf = weight.to_dtype(DType::F32)?;
-    let y = if x.track_op() || weight.track_op() {
+    let y = if tracked {
         let ms = xf.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
         xf.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&wf)?
     } else {
