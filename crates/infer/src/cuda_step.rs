@@ -349,8 +349,8 @@ impl CudaStep {
         }
     }
 
-    /// Runs the batched path (more than 8 sequences, bf16 weights) with its fused launches (the default) or each
-    /// step of it as its own kernel; the results are the same bits (for comparing the two).
+    /// Runs the batched path (more than 8 sequences, bf16 weights) with its fused launches or each step of it as its
+    /// own kernel (the default; `COIL_DECODE_FUSE=1` changes it); the results are the same bits.
     pub fn set_fuse_wide(&mut self, on: bool) {
         self.sched.fuse_wide = on;
         if let Some(b) = &mut self.batch {

@@ -88,7 +88,8 @@ pub struct Sched {
     /// Streaming multiprocessors of the device.
     pub sms: u32,
     /// The batched path's fused launches (a layer's residual add with the next split, a Mamba layer's in_proj
-    /// finish and out_proj split inside the SSM update: [`Wide`]); off runs each as its own kernel.
+    /// finish and out_proj split inside the SSM update: [`Wide`]); off runs each as its own kernel. Off by default
+    /// until they have run on a GPU (`notes/decode.md`): `COIL_DECODE_FUSE=1` turns them on.
     pub fuse_wide: bool,
 }
 
@@ -103,8 +104,8 @@ impl Sched {
     /// The measured defaults for the device of `stream` (`notes/decode.md`): plain launches of the lane-streaming
     /// GEMVs, 4 CTAs per SM, no L2 prefetch; on the H100 each alternative measured slower or the same.
     /// `COIL_DECODE_PDL=1`, `COIL_DECODE_TMA=1`, `COIL_DECODE_CTAS=N` and `COIL_DECODE_PREFETCH=N` select them, for
-    /// measuring (PDL and the bulk-copy GEMVs need compute capability 9.0); `COIL_DECODE_FUSE=0` runs the batched
-    /// path's launches unfused.
+    /// measuring (PDL and the bulk-copy GEMVs need compute capability 9.0); `COIL_DECODE_FUSE=1` fuses the batched
+    /// path's launches.
     pub fn for_stream(stream: &Arc<CudaStream>) -> Result<Self> {
         let ctx = stream.context();
         let (major, _) = ctx.compute_capability()?;
@@ -121,7 +122,7 @@ impl Sched {
             },
             tma: hopper && env("COIL_DECODE_TMA") == Some(1),
             sms: sms.max(1) as u32,
-            fuse_wide: env("COIL_DECODE_FUSE") != Some(0),
+            fuse_wide: env("COIL_DECODE_FUSE") == Some(1),
         })
     }
 
