@@ -606,16 +606,27 @@ impl<'a> Wide<'a> {
 
     /// Launches the pending finish, if any (the residual stream is complete after it).
     pub fn flush(&mut self, stream: &Arc<CudaStream>, sched: &Sched) -> Result<()> {
-        let Some(mut a) = self.pending.take() else {
-            return Ok(());
-        };
-        let f = function(stream.context(), &DECODE, "wide_finish_plain", 0)?;
-        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
-        let grid = ((a.rows as u32).div_ceil(256), a.wide_batch as u32);
-        // SAFETY: `a` was checked by the launcher that left it pending: p2 holds 2·batch rows of `rows`, y `batch`
-        // rows; neither buffer was released or resized since (both are borrowed by `self`).
-        unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) }
+        match self.pending.take() {
+            // `a` was checked by the launcher that left it pending; p2 and y are still borrowed by `self`.
+            Some(a) => launch_finish(stream, sched, "wide_finish_plain", a),
+            None => Ok(()),
+        }
     }
+}
+
+/// Launches a batched finish kernel (`wide_finish_in`, or `wide_finish_plain` for out and plain) over `a`, whose
+/// `wide` is the GEMM's products; grid (ceil(rows / 256), batch).
+fn launch_finish(
+    stream: &Arc<CudaStream>,
+    sched: &Sched,
+    name: &str,
+    mut a: GemvArgs,
+) -> Result<()> {
+    let f = function(stream.context(), &DECODE, name, 0)?;
+    let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
+    let grid = ((a.rows as u32).div_ceil(256), a.wide_batch as u32);
+    // SAFETY: the launcher checked `a`: p2 holds 2·batch rows of `rows`, y and the epilogue's buffers `batch` rows.
+    unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) }
 }
 
 /// Runs `a` (arguments checked by the caller) on the batched path.
@@ -669,35 +680,28 @@ fn launch_wide(
     if mode == "out" && ready == Some((d.batch, d.cols)) {
         // ssm_gate wrote this split already.
         wide.flush(stream, sched)?;
-    } else if fuse {
-        let mut prev = wide.pending.take().expect("checked above");
-        let f = function(stream.context(), &DECODE, "wide_add_split_in", 0)?;
-        let mut params = [
-            (&mut prev as *mut GemvArgs).cast::<c_void>(),
-            (&mut a as *mut GemvArgs).cast::<c_void>(),
-        ];
-        // SAFETY: `prev` was checked by its launcher (p2 holds 2·batch rows of its `rows`, its y `batch` rows);
-        // its y is this GEMV's x (same stride, `cols` = its `rows`), checked by the caller to hold `batch` rows of
-        // `cols`; x2 holds 2·batch rows of `cols` (checked above).
-        unsafe {
-            launch(
-                stream,
-                &f,
-                ((d.batch as u32, 1), 256, 0),
-                &mut params,
-                sched.pdl,
-            )?
-        };
     } else {
-        wide.flush(stream, sched)?;
-        let split = match mode {
-            "in" => "wide_split_in",
-            "out" => "wide_split_out",
+        let mut prev = if fuse {
+            wide.pending.take()
+        } else {
+            wide.flush(stream, sched)?;
+            None
+        };
+        let split = match (&prev, mode) {
+            (Some(_), _) => "wide_add_split_in",
+            (None, "in") => "wide_split_in",
+            (None, "out") => "wide_split_out",
             _ => "wide_split_plain",
         };
         let f = function(stream.context(), &DECODE, split, 0)?;
-        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
-        // SAFETY: x holds `batch` rows of `cols` (checked by the caller), x2 2·batch rows of `cols` (checked above).
+        let mut params: Vec<*mut c_void> = prev
+            .iter_mut()
+            .map(|p| (p as *mut GemvArgs).cast())
+            .collect();
+        params.push((&mut a as *mut GemvArgs).cast());
+        // SAFETY: x holds `batch` rows of `cols` (checked by the caller), x2 2·batch rows of `cols` (checked above);
+        // `prev` (wide_add_split_in's first argument) was checked by its launcher (p2 holds 2·batch rows of its
+        // `rows`, its y `batch` rows) and its y is this GEMV's x (same stride, `cols` = its `rows`).
         unsafe {
             launch(
                 stream,
@@ -736,35 +740,22 @@ fn launch_wide(
         .map_err(blas_err)?;
     }
     a.wide = p2;
-    if !sched.fuse_wide {
-        let finish = if mode == "in" {
-            "wide_finish_in"
-        } else {
-            "wide_finish_plain"
-        };
-        let f = function(stream.context(), &DECODE, finish, 0)?;
-        let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
-        let grid = (d.rows.div_ceil(256) as u32, d.batch as u32);
-        // SAFETY: p2 holds 2·batch rows of `rows`, y and the epilogue's buffers `batch` rows (checked by the
-        // caller).
-        return unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) };
-    }
-    if mode == "in" && a.window != 0 {
+    if sched.fuse_wide && mode == "in" && a.window != 0 {
         // A Mamba in_proj: ssm_gate finishes the rows it reads.
         wide.raw_in = Some(a);
         return Ok(());
     }
-    if mode != "in" {
-        // out and plain add into y (wide_finish_out and wide_finish_plain finish a row alike): left for the next
-        // split or a flush.
+    if sched.fuse_wide && mode != "in" {
+        // out and plain add into y: left for the next split or a flush.
         wide.pending = Some(a);
         return Ok(());
     }
-    let f = function(stream.context(), &DECODE, "wide_finish_in", 0)?;
-    let mut params = [(&mut a as *mut GemvArgs).cast::<c_void>()];
-    let grid = (d.rows.div_ceil(256) as u32, d.batch as u32);
-    // SAFETY: p2 holds 2·batch rows of `rows`, y and the epilogue's buffers `batch` rows (checked by the caller).
-    unsafe { launch(stream, &f, (grid, 256, 0), &mut params, sched.pdl) }
+    let finish = if mode == "in" {
+        "wide_finish_in"
+    } else {
+        "wide_finish_plain"
+    };
+    launch_finish(stream, sched, finish, a)
 }
 
 /// The fused in_proj GEMV: `y = W·(RMSNorm(x)·norm_w) (+ bias)` for every sequence, then the conv rows and dt rows
