@@ -25,6 +25,10 @@ pub enum ModelError {
     )]
     NonFinite { name: String, file: String },
 
+    /// A collective of tensor parallelism failed (a rank stopped, or the ranks disagree).
+    #[error("tensor parallelism: {0}")]
+    Comm(#[from] coil_comm::CommError),
+
     #[error("{0} is not supported by Coil")]
     Unsupported(String),
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod hf_config;
 pub mod layers;
 pub mod lm;
+pub mod parallel;
 pub mod params;
 pub mod presets;
 pub mod trace;

@@ -5,6 +5,7 @@ use crate::error::{ModelError, Result};
 use crate::layers::attention::{segment_mask, Attention, KvCache};
 use crate::layers::mamba::{Mamba2Mixer, MambaState};
 use crate::layers::{mlp::Mlp, rms_norm, Linear, ParamMap};
+use crate::parallel::TensorParallel;
 use crate::params::param_specs;
 use crate::trace::Trace;
 use crate::weights::{Loader, WeightSource};
@@ -50,6 +51,9 @@ pub struct Block {
     pub kind: LayerKind,
     pub norm: Tensor,
     pub mixer: Mixer,
+    /// Under tensor parallelism, the bias of the mixer's row-parallel output projection (out_proj, o_proj or
+    /// down_proj), added once after the sum over ranks; `None` otherwise (the projection adds its own).
+    pub out_bias: Option<Tensor>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,8 +65,11 @@ pub struct HybridLm {
     /// `None` when tied to the embeddings.
     pub lm_head: Option<Tensor>,
     pub dtype: DType,
-    /// Every parameter by checkpoint name, in the order of [`param_specs`]: the tensors the fields above hold.
+    /// Every parameter by checkpoint name, in the order of [`param_specs`]: the tensors the fields above hold
+    /// (under tensor parallelism, this rank's slices).
     params: Vec<(String, Tensor)>,
+    /// The tensor-parallel group this model is one rank of (`crate::parallel`); `None`: the whole model here.
+    tp: Option<TensorParallel>,
 }
 
 impl HybridLm {
@@ -73,28 +80,94 @@ impl HybridLm {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::load_parallel(config, src, device, dtype, None)
+    }
+
+    /// [`load`](Self::load) as one rank of a tensor-parallel group: `src` holds the full model, and this rank
+    /// keeps its slice of every parameter (`crate::parallel`). `None` is `load`.
+    pub fn load_parallel(
+        config: &ModelConfig,
+        src: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+        tp: Option<TensorParallel>,
+    ) -> Result<Self> {
         config.validate()?;
         let l = Loader {
             src,
             device: device.clone(),
             dtype,
         };
-        let mut p = ParamMap::read(&l, &param_specs(config)?)?;
+        let p = ParamMap::read(&l, &param_specs(config)?)?;
+        let Some(tp) = tp else {
+            return Self::build(config, config, p, dtype, None);
+        };
+        let local = p
+            .into_ordered()
+            .into_iter()
+            .map(|(n, t)| {
+                let s = tp.shard(&n, config, &t)?;
+                Ok((n, s))
+            })
+            .collect::<Result<BTreeMap<String, Tensor>>>()?;
+        Self::from_local(config, &local, device, dtype, Some(tp))
+    }
+
+    /// The model from this rank's slices (named as the full model's parameters), as [`named_tensors`]
+    /// (Self::named_tensors) returns them.
+    pub fn from_local(
+        config: &ModelConfig,
+        local: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+        tp: Option<TensorParallel>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let cfg = match &tp {
+            Some(tp) => tp.local_config(config)?,
+            None => config.clone(),
+        };
+        let l = Loader {
+            src: local,
+            device: device.clone(),
+            dtype,
+        };
+        let p = ParamMap::read(&l, &param_specs(&cfg)?)?;
+        Self::build(config, &cfg, p, dtype, tp)
+    }
+
+    /// The layers of `local` sizes (the full `config`'s, divided by the TP size under tensor parallelism) from
+    /// the parameters in `p`.
+    fn build(
+        config: &ModelConfig,
+        local: &ModelConfig,
+        mut p: ParamMap,
+        dtype: DType,
+        tp: Option<TensorParallel>,
+    ) -> Result<Self> {
+        let split = tp.as_ref().is_some_and(|t| t.size() > 1);
         let mut blocks = Vec::new();
-        for (i, kind) in config.layers()?.into_iter().enumerate() {
+        for (i, kind) in local.layers()?.into_iter().enumerate() {
             let prefix = format!("backbone.layers.{i}");
             let mixer_prefix = format!("{prefix}.mixer");
-            let mixer = match kind {
-                LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(&mut p, &mixer_prefix, config)?),
+            let mut mixer = match kind {
+                LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(&mut p, &mixer_prefix, local)?),
                 LayerKind::Attention => {
-                    Mixer::Attention(Attention::load(&mut p, &mixer_prefix, config)?)
+                    Mixer::Attention(Attention::load(&mut p, &mixer_prefix, local)?)
                 }
-                LayerKind::Mlp => Mixer::Mlp(Mlp::load(&mut p, &mixer_prefix, config)?),
+                LayerKind::Mlp => Mixer::Mlp(Mlp::load(&mut p, &mixer_prefix, local)?),
+            };
+            let out_bias = match &mut mixer {
+                _ if !split => None,
+                Mixer::Mamba(m) => m.out_proj.bias.take(),
+                Mixer::Attention(a) => a.o_proj.bias.take(),
+                Mixer::Mlp(m) => m.down_proj.bias.take(),
             };
             blocks.push(Block {
                 kind,
                 norm: p.take(&format!("{prefix}.norm.weight"))?,
                 mixer,
+                out_bias,
             });
         }
         let embeddings = p.take("backbone.embeddings.weight")?;
@@ -108,7 +181,13 @@ impl HybridLm {
             lm_head,
             dtype,
             params: p.finish()?,
+            tp,
         })
+    }
+
+    /// The tensor-parallel group this model is one rank of, if any.
+    pub fn tensor_parallel(&self) -> Option<&TensorParallel> {
+        self.tp.as_ref()
     }
 
     /// Loads `dir/config.json` and the weights next to it (HF, sharded HF, or state-spaces layout).
@@ -253,6 +332,47 @@ impl HybridLm {
         ids: &Tensor,
         seq_idx: Option<&Tensor>,
         state: Option<&ModelState>,
+        trace: Option<&mut Trace>,
+        last_only: bool,
+        keep_state: bool,
+    ) -> Result<(Tensor, Option<ModelState>)> {
+        let (logits, state) = self.run_local(ids, seq_idx, state, trace, last_only, keep_state)?;
+        let logits = match &self.tp {
+            Some(tp) => tp.gather_vocab(&logits, self.config.vocab_size)?,
+            None => logits,
+        };
+        Ok((logits, state))
+    }
+
+    /// Per-position cross-entropy `ce [B, T]` (f32, differentiable) of the logits of `ids` [B, T] against
+    /// `targets` (B·T full-vocabulary ids, row-major; typically the next tokens), with `seq_idx` as in
+    /// [`forward_packed`](Self::forward_packed). Under tensor parallelism the cross-entropy is vocab-parallel
+    /// and no rank holds a full row of logits; every rank gets the same values.
+    pub fn token_losses(
+        &self,
+        ids: &Tensor,
+        seq_idx: Option<&Tensor>,
+        targets: &[u32],
+    ) -> Result<Tensor> {
+        let (logits, _) = self.run_local(ids, seq_idx, None, None, false, false)?;
+        let (b, t, v) = logits.dims3()?;
+        let flat = logits.reshape((b * t, v))?;
+        let ce = match &self.tp {
+            Some(tp) if tp.size() > 1 => {
+                tp.cross_entropy(&flat, targets, self.config.vocab_size)?
+            }
+            _ => coil_ops::tensor::row_cross_entropy(&flat, targets)
+                .map_err(|e| ModelError::Input(format!("loss: {e}")))?,
+        };
+        Ok(ce.reshape((b, t))?)
+    }
+
+    /// [`run`](Self::run) with the logits of this rank's vocabulary slice under tensor parallelism.
+    fn run_local(
+        &self,
+        ids: &Tensor,
+        seq_idx: Option<&Tensor>,
+        state: Option<&ModelState>,
         mut trace: Option<&mut Trace>,
         last_only: bool,
         keep_state: bool,
@@ -283,17 +403,32 @@ impl HybridLm {
             self.dtype
         };
         let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
-        let mut r =
-            self.embeddings
-                .index_select(&flat, 0)?
-                .reshape((b, t, self.config.hidden_size))?;
+        let d = self.config.hidden_size;
+        let tp = self.tp.as_ref().filter(|t| t.size() > 1);
+        if tp.is_some_and(|t| t.sequence_parallel()) && keep_state {
+            return Err(ModelError::Unsupported(
+                "sequence parallelism when decoding (it splits training sequences; run inference with \
+                 tensor parallelism alone)"
+                    .into(),
+            ));
+        }
+        let mut r = match tp {
+            None => self.embeddings.index_select(&flat, 0)?.reshape((b, t, d))?,
+            Some(tp) => {
+                let part = tp.embed_local(&self.embeddings, &flat.to_vec1::<u32>()?)?;
+                tp.leave(&part.reshape((b, t, d))?)?
+            }
+        };
         if let Some(tr) = trace.as_deref_mut() {
             tr.record("act.embeddings", &r);
         }
         r = r.to_dtype(resid_dtype)?;
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&r.to_dtype(self.dtype)?, &block.norm, self.config.norm_eps)?;
+            let mut h = rms_norm(&r.to_dtype(self.dtype)?, &block.norm, self.config.norm_eps)?;
+            if let Some(tp) = tp {
+                h = tp.enter(&h)?;
+            }
             let prefix = format!("act.layers.{i}.mixer");
             let prev = state.map(|s| &s.layers[i]);
             let (out, next) = match (&block.mixer, prev) {
@@ -336,6 +471,13 @@ impl HybridLm {
                 }
             };
             layers.push(next);
+            let mut out = match tp {
+                Some(tp) => tp.leave(&out)?,
+                None => out,
+            };
+            if let Some(bias) = &block.out_bias {
+                out = out.broadcast_add(bias)?;
+            }
             if let Some(tr) = trace.as_deref_mut() {
                 tr.record(format!("{prefix}.out"), &out);
             }
@@ -351,9 +493,12 @@ impl HybridLm {
         } else if last_only {
             r = r.narrow(1, t - 1, 1)?;
         }
-        let h = rms_norm(&r.to_dtype(self.dtype)?, &self.norm_f, self.config.norm_eps)?;
+        let mut h = rms_norm(&r.to_dtype(self.dtype)?, &self.norm_f, self.config.norm_eps)?;
         if let Some(tr) = trace {
             tr.record("act.norm_f", &h);
+        }
+        if let Some(tp) = tp {
+            h = tp.enter(&h)?;
         }
         let head = Linear {
             weight: self
@@ -417,7 +562,13 @@ impl HybridLm {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        let model = HybridLm::load(&self.config, &map, self.device(), self.dtype)?;
+        let model = HybridLm::from_local(
+            &self.config,
+            &map,
+            self.device(),
+            self.dtype,
+            self.tp.clone(),
+        )?;
         Ok((model, vars))
     }
 

@@ -19,6 +19,8 @@ pub enum TrainError {
     Invalid(String),
     #[error(transparent)]
     Model(#[from] coil_model::ModelError),
+    #[error("data-parallel exchange: {0}")]
+    Comm(#[from] coil_comm::CommError),
     #[error(transparent)]
     Data(#[from] coil_data::DataError),
     #[error(transparent)]

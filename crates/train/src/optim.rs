@@ -118,10 +118,19 @@ impl AdamW {
     /// (so the extra host memory is one parameter's, not the model's); afterwards every rank holds the same
     /// gradients, so the replicated optimizer steps agree.
     pub fn all_reduce_grads(&mut self, comm: &mut dyn crate::dist::Collective) -> Result<()> {
+        self.all_reduce_grads_where(comm, |_| true)
+    }
+
+    /// [`all_reduce_grads`](Self::all_reduce_grads) of the parameters whose name `pick` accepts.
+    pub fn all_reduce_grads_where(
+        &mut self,
+        comm: &mut dyn crate::dist::Collective,
+        pick: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         if comm.world_size() == 1 {
             return Ok(());
         }
-        for p in &mut self.params {
+        for p in self.params.iter_mut().filter(|p| pick(&p.name)) {
             let mut g = p.grad.flatten_all()?.to_vec1::<f32>()?;
             comm.all_reduce_sum(&mut g)?;
             p.grad = Tensor::from_vec(g, p.grad.shape(), p.grad.device())?;
@@ -142,28 +151,43 @@ impl AdamW {
 
     /// Global L2 norm of the accumulated gradients.
     pub fn grad_norm(&self) -> Result<f64> {
-        let mut sq = 0f64;
+        Ok(self.grad_sq_sums()?.iter().sum::<f64>().sqrt())
+    }
+
+    /// Σ g² of every parameter's accumulated gradient, in parameter order (the parts of the global norm; under
+    /// tensor parallelism the trainer sums the split parameters' parts over the ranks).
+    pub fn grad_sq_sums(&self) -> Result<Vec<f64>> {
+        let mut sq = vec![0f64; self.params.len()];
         // On a GPU the per-tensor sums stay on the device and come back in one transfer.
-        let mut on_device: Vec<Tensor> = vec![];
-        for p in &self.params {
+        let mut on_device: Vec<(usize, Tensor)> = vec![];
+        for (i, p) in self.params.iter().enumerate() {
             if fused::applies(&p.grad) {
-                sq += fused::sum_sq(&p.grad)?;
+                sq[i] = fused::sum_sq(&p.grad)?;
             } else {
-                on_device.push(p.grad.sqr()?.sum_all()?.reshape(1)?);
+                on_device.push((i, p.grad.sqr()?.sum_all()?.reshape(1)?));
             }
         }
         if !on_device.is_empty() {
-            let sums = Tensor::cat(&on_device, 0)?
+            let parts: Vec<&Tensor> = on_device.iter().map(|(_, t)| t).collect();
+            let sums = Tensor::cat(&parts, 0)?
                 .to_dtype(DType::F64)?
                 .to_vec1::<f64>()?;
-            sq += sums.iter().sum::<f64>();
+            for ((i, _), v) in on_device.iter().zip(sums) {
+                sq[*i] = v;
+            }
         }
-        Ok(sq.sqrt())
+        Ok(sq)
     }
 
     /// Clips, then applies one AdamW update with learning rate `lr`; returns the pre-clip gradient norm.
     pub fn step(&mut self, lr: f64) -> Result<f64> {
         let norm = self.grad_norm()?;
+        self.step_with_norm(lr, norm)
+    }
+
+    /// [`step`](Self::step) with the global gradient norm computed by the caller (over the ranks of a split
+    /// model); every rank passes the same norm, so all clip alike.
+    pub fn step_with_norm(&mut self, lr: f64, norm: f64) -> Result<f64> {
         if !norm.is_finite() {
             let bad = self.params.iter().find(|p| {
                 p.grad
@@ -174,7 +198,7 @@ impl AdamW {
             });
             return Err(TrainError::NonFinite(format!(
                 "gradient norm is {norm} (first non-finite gradient: {})",
-                bad.map_or("?", |p| p.name.as_str())
+                bad.map_or("on another tensor-parallel rank", |p| p.name.as_str())
             )));
         }
         let c = &self.config;

@@ -11,6 +11,7 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::LrSchedule;
 use candle_core::{DType, Device, Tensor};
 use coil_data::{Batch, DataCursor, Loader, SampleSource};
+use coil_model::parallel::TensorParallel;
 use coil_model::{HybridLm, ModelConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -123,16 +124,16 @@ pub fn masked_loss(model: &HybridLm, batch: &Batch, device: &Device) -> Result<(
         )?),
         None => None,
     };
-    let logits = model.forward_packed(&tokens, seq_idx.as_ref(), None)?;
-    let v = logits.dim(2)?;
-    // One fused pass per row on the CPU (coil_ops::cross_entropy); composed ops elsewhere.
-    let ce = coil_ops::tensor::row_cross_entropy(&logits.reshape((b * t, v))?, &labels)
-        .map_err(|e| {
-            TrainError::Invalid(format!(
-                "loss: {e} (a label is not a token id of this model)"
-            ))
-        })?
-        .reshape((b, t))?;
+    // One fused pass per row on the CPU (coil_ops::cross_entropy), composed ops elsewhere; vocab-parallel
+    // under tensor parallelism.
+    let ce = model
+        .token_losses(&tokens, seq_idx.as_ref(), &labels)
+        .map_err(|e| match e {
+            coil_model::ModelError::Input(m) => {
+                TrainError::Invalid(format!("{m} (a label is not a token id of this model)"))
+            }
+            other => other.into(),
+        })?;
     let sum = (ce * mask.to_dtype(DType::F32)?)?.sum_all()?;
     Ok((sum, batch.num_loss_tokens() as f64))
 }
@@ -166,9 +167,29 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
     val_data: Option<V>,
     comm: &mut dyn crate::dist::Collective,
 ) -> Result<TrainSummary> {
+    train_parallel(run, train_data, val_data, comm, None)
+}
+
+/// [`train_with`] with the model split over a tensor-parallel group too: `comm` is this rank's data-parallel
+/// group, `tp` its tensor-parallel group (`coil_model::parallel`), or `None` for the whole model on every rank.
+/// The ranks of one TP group take the same data; each holds, optimizes and updates its slices of the
+/// parameters (the global gradient norm summed over the group), and the TP group of data-parallel rank 0
+/// validates together. Checkpoints hold the full model and optimizer state (gathered from the slices), so a
+/// run resumes at any TP size.
+pub fn train_parallel<S: SampleSource, V: SampleSource>(
+    run: &TrainRun,
+    train_data: S,
+    val_data: Option<V>,
+    comm: &mut dyn crate::dist::Collective,
+    tp: Option<TensorParallel>,
+) -> Result<TrainSummary> {
     let tc = &run.trainer;
     let (dp, rank) = (comm.world_size(), comm.rank());
-    let root = rank == 0;
+    let tp = tp.filter(|t| t.size() > 1);
+    // `lead`: the TP group of data-parallel rank 0 (validation, checkpoint gathering); `root`: world rank 0,
+    // which alone writes the run directory.
+    let lead = rank == 0;
+    let root = lead && tp.as_ref().is_none_or(|t| t.rank() == 0);
     if tc.micro_batch_size == 0
         || !tc
             .global_batch_size
@@ -217,8 +238,20 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
                         })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut opt = AdamW::new(run.optim.clone(), masters, dtype)?;
-            opt.load_state(&ck.optimizer, ck.state.step, &dir.display().to_string())?;
+            let mut opt = AdamW::new(run.optim.clone(), shard(&tp, &run.model, masters)?, dtype)?;
+            let moments = match &tp {
+                None => ck.optimizer,
+                Some(tp) => ck
+                    .optimizer
+                    .into_iter()
+                    .map(|(k, t)| {
+                        let name = k.split_once('.').map_or(k.as_str(), |(_, n)| n);
+                        let t = tp.shard(name, &run.model, &t)?;
+                        Ok((k, t))
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            opt.load_state(&moments, ck.state.step, &dir.display().to_string())?;
             (opt, ck.state, Some(*step))
         }
         None => {
@@ -242,7 +275,7 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
                     m.named_tensors()?
                 }
             };
-            let opt = AdamW::new(run.optim.clone(), masters, dtype)?;
+            let opt = AdamW::new(run.optim.clone(), shard(&tp, &run.model, masters)?, dtype)?;
             let state = TrainerState {
                 step: 0,
                 consumed_samples: 0,
@@ -254,14 +287,35 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
         }
     };
 
-    let model = HybridLm::load(&run.model, &opt.compute_tensors(), &run.device, dtype)?;
+    let model = HybridLm::from_local(
+        &run.model,
+        &opt.compute_tensors(),
+        &run.device,
+        dtype,
+        tp.clone(),
+    )?;
     // The evaluation copy reads the same storage without recording a graph.
     let detached: BTreeMap<String, Tensor> = opt
         .compute_tensors()
         .into_iter()
         .map(|(k, v)| (k, v.detach()))
         .collect();
-    let eval_model = HybridLm::load(&run.model, &detached, &run.device, dtype)?;
+    let eval_model = HybridLm::from_local(&run.model, &detached, &run.device, dtype, tp.clone())?;
+    // Which parameters are split over the TP ranks (their norm parts are summed over the group), and which
+    // replicated ones collect gradients from different positions on each rank (sequence parallelism).
+    let mut split = vec![];
+    let mut summed = std::collections::BTreeSet::new();
+    if let Some(tp) = &tp {
+        for p in &opt.params {
+            split.push(
+                coil_model::parallel::shard_rule(&p.name, &run.model, tp.size(), tp.rank())?
+                    .is_some(),
+            );
+            if tp.needs_grad_sum(&p.name, &run.model)? {
+                summed.insert(p.name.clone());
+            }
+        }
+    }
 
     let cursor = DataCursor {
         consumed_samples: state.consumed_samples,
@@ -337,12 +391,31 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
             comm.all_reduce_sum_f64(&mut sums)?;
             [loss_sum, loss_tokens, seen_tokens] = sums;
         }
+        let grad_norm = match &tp {
+            None => opt.grad_norm()?,
+            Some(tp) => {
+                if !summed.is_empty() {
+                    tp.with_comm(|c| {
+                        opt.all_reduce_grads_where(c, |n| summed.contains(n))
+                            .map_err(comm_err)
+                    })?;
+                }
+                let parts = opt.grad_sq_sums()?;
+                let mut sq = [0f64; 2];
+                for (part, is_split) in parts.iter().zip(&split) {
+                    sq[usize::from(*is_split)] += part;
+                }
+                let mut shared = [sq[1]];
+                tp.with_comm(|c| c.all_reduce_sum_f64(&mut shared))?;
+                (sq[0] + shared[0]).sqrt()
+            }
+        };
         let loss = loss_sum / loss_tokens.max(1.0);
         if !loss.is_finite() {
             return Err(diverged(run, step, format!("the training loss is {loss}")));
         }
         let lr = run.schedule.lr_at(state.step);
-        let grad_norm = opt.step(lr).map_err(|e| match e {
+        let grad_norm = opt.step_with_norm(lr, grad_norm).map_err(|e| match e {
             TrainError::NonFinite(m) => diverged(run, step, m),
             other => other,
         })?;
@@ -354,7 +427,7 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
         let tok_s = seen_tokens / dt.max(1e-9);
         summary.losses.push((step, loss));
 
-        let validate = root
+        let validate = lead
             && val_data.is_some()
             && tc.val_check_interval > 0
             && (step % tc.val_check_interval == 0 || step == tc.max_steps);
@@ -392,31 +465,49 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s"));
 
-        let ckpt_now = root
+        let ckpt_now = lead
             && ((tc.val_check_interval > 0 && step % tc.val_check_interval == 0)
                 || step == tc.max_steps);
         if ckpt_now {
             // Only finite weights are saved (a finite loss and gradient can still overflow an update).
+            let mut bad = None;
             for (name, w) in opt.masters() {
                 if !coil_model::all_finite(&w)? {
-                    return Err(diverged(
-                        run,
-                        step,
-                        format!("the update made weight `{name}` non-finite"),
-                    ));
+                    bad = Some(format!("the update made weight `{name}` non-finite"));
+                    break;
                 }
             }
-            let dir = checkpoint::save(
-                &run.run_dir,
-                &run.model,
-                &opt.masters(),
-                &opt.state_tensors(),
-                &state,
-                &run.recipe_toml,
-                &run.tokenizer_files,
-            )?;
-            checkpoint::apply_retention(&run.run_dir, tc.save_top_k, tc.save_last)?;
-            summary.last_checkpoint = Some(dir);
+            if let Some(tp) = &tp {
+                // Every rank of the group stops, or none.
+                let mut flag = [f32::from(u8::from(bad.is_some()))];
+                tp.with_comm(|c| c.all_reduce_max(&mut flag))?;
+                if flag[0] > 0.0 && bad.is_none() {
+                    bad = Some(
+                        "the update made a weight of another tensor-parallel rank non-finite"
+                            .into(),
+                    );
+                }
+            }
+            if let Some(what) = bad {
+                return Err(diverged(run, step, what));
+            }
+            let (masters, moments) = match &tp {
+                None => (opt.masters(), opt.state_tensors()),
+                Some(tp) => gather_full(tp, &run.model, &opt)?,
+            };
+            if root {
+                let dir = checkpoint::save(
+                    &run.run_dir,
+                    &run.model,
+                    &masters,
+                    &moments,
+                    &state,
+                    &run.recipe_toml,
+                    &run.tokenizer_files,
+                )?;
+                checkpoint::apply_retention(&run.run_dir, tc.save_top_k, tc.save_last)?;
+                summary.last_checkpoint = Some(dir);
+            }
         }
     }
     bar.finish_and_clear();
@@ -432,6 +523,50 @@ pub fn train_with<S: SampleSource, V: SampleSource>(
     summary.final_step = state.step;
     summary.tokens_per_s = tokens_total / started.elapsed().as_secs_f64().max(1e-9);
     Ok(summary)
+}
+
+/// This rank's slices of the full `masters` (all of them without tensor parallelism).
+fn shard(
+    tp: &Option<TensorParallel>,
+    model: &ModelConfig,
+    masters: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>> {
+    match tp {
+        None => Ok(masters),
+        Some(tp) => masters
+            .into_iter()
+            .map(|(n, t)| {
+                let s = tp.shard(&n, model, &t)?;
+                Ok((n, s))
+            })
+            .collect(),
+    }
+}
+
+/// The full masters and moments from every TP rank's slices (a collective call of the whole group, in the
+/// optimizer's parameter order).
+#[allow(clippy::type_complexity)]
+fn gather_full(
+    tp: &TensorParallel,
+    model: &ModelConfig,
+    opt: &AdamW,
+) -> Result<(
+    Vec<(String, Tensor)>,
+    std::collections::HashMap<String, Tensor>,
+)> {
+    let mut masters = vec![];
+    let mut moments = std::collections::HashMap::new();
+    for p in &opt.params {
+        masters.push((p.name.clone(), tp.unshard(&p.name, model, &p.master)?));
+        for (key, t) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
+            moments.insert(format!("{key}.{}", p.name), tp.unshard(&p.name, model, t)?);
+        }
+    }
+    Ok((masters, moments))
+}
+
+fn comm_err(e: TrainError) -> coil_comm::CommError {
+    coil_comm::CommError::Invalid(e.to_string())
 }
 
 /// The error that stops a diverged run: what went non-finite at `step`, and which checkpoint a rerun resumes

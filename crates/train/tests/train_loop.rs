@@ -378,3 +378,132 @@ fn cuda_run_tracks_the_cpu_run() {
             .all(|t| t.dtype() == candle_core::DType::F32));
     }
 }
+
+/// Trains `r` on `tp` tensor-parallel ranks × `dp` data-parallel ranks (threads over loopback TCP, TP innermost)
+/// and returns world rank 0's summary after checking every rank logged the same losses.
+fn train_split(r: &TrainRun, tp: usize, dp: usize, sp: bool) -> coil_train::TrainSummary {
+    use coil_model::parallel::TensorParallel;
+    let groups = dist::loopback_layout(tp * dp, tp).unwrap();
+    let summaries: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|(tp_comm, mut dp_comm)| {
+                s.spawn(move || {
+                    let val = (dp_comm.rank() == 0).then(|| corpus(32, 150_000, 8));
+                    let tp = TensorParallel::new(Box::new(tp_comm), sp);
+                    coil_train::train_parallel(r, corpus(32, 0, 200), val, &mut dp_comm, Some(tp))
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, s) in summaries.iter().enumerate() {
+        assert_eq!(
+            s.losses, summaries[0].losses,
+            "rank {rank} logs rank 0's losses"
+        );
+        assert_eq!(
+            s.last_checkpoint.is_some(),
+            rank == 0,
+            "rank {rank} saves iff rank 0"
+        );
+    }
+    summaries.into_iter().next().unwrap()
+}
+
+fn assert_close_losses(got: &[(u64, f64)], want: &[(u64, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for ((step, a), (s2, b)) in got.iter().zip(want) {
+        assert_eq!(step, s2);
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "{what} step {step}: {a} vs {b}"
+        );
+    }
+}
+
+/// A hybrid TP 4 divides: 8 heads in 4 groups, 4 attention heads over 4 KV heads.
+fn tp_run(dir: &std::path::Path, steps: u64) -> TrainRun {
+    let mut r = run(dir, "M*M-", steps, 10, 2e-3);
+    r.trainer.micro_batch_size = 2; // 4 micro-batches per step of 8 in one process, 2 per rank at DP 2
+    r.model.mamba.n_groups = 4;
+    r.model.attention.num_kv_heads = 4;
+    r.model.mamba.proj_bias = true;
+    r.model.mlp.bias = true;
+    r.model.vocab_size = 258; // not a multiple of the TP size: the slices are padded
+    r
+}
+
+#[test]
+fn tensor_parallel_ranks_train_what_one_process_trains() {
+    let steps = 20;
+    let one_dir = tempfile::tempdir().unwrap();
+    let one_run = tp_run(one_dir.path(), steps);
+    let one = train(&one_run, corpus(32, 0, 200), Some(corpus(32, 150_000, 8))).unwrap();
+    let weights = |dir: &std::path::Path| {
+        let ck = checkpoint::list_checkpoints(dir).unwrap();
+        candle_core::safetensors::load(ck.last().unwrap().1.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+    };
+    let want = weights(one_dir.path());
+    for (tp, dp, sp) in [
+        (2, 1, false),
+        (4, 1, false),
+        (2, 1, true),
+        (4, 1, true),
+        (2, 2, false),
+    ] {
+        let what = format!("tp {tp} dp {dp} sp {sp}");
+        let dir = tempfile::tempdir().unwrap();
+        let r = tp_run(dir.path(), steps);
+        let got = train_split(&r, tp, dp, sp);
+        assert_close_losses(&got.losses, &one.losses, &what);
+        assert_close_losses(
+            &got.val_losses,
+            &one.val_losses,
+            &format!("{what} validation"),
+        );
+        // The checkpoint holds the full model, as one process saves it.
+        let w = weights(dir.path());
+        assert_eq!(w.len(), want.len());
+        for (name, t) in &want {
+            let d = max_abs_diff(t, &w[name]);
+            assert!(d < 1e-4, "{what}: {name} differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn checkpoints_resume_at_another_tensor_parallel_size() {
+    let steps = 8;
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = train(
+        &tp_run(full_dir.path(), steps),
+        corpus(32, 0, 200),
+        None::<Bytes>,
+    )
+    .unwrap();
+    // Saved at TP 2, resumed in one process; saved in one process, resumed at TP 2.
+    for (first, second) in [(2, 1), (1, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        // The schedule is the full run's; the first leg stops halfway.
+        let mut r = tp_run(dir.path(), steps);
+        r.trainer.max_steps = steps / 2;
+        r.trainer.val_check_interval = 0;
+        let go = |r: &TrainRun, tp: usize| match tp {
+            1 => train(r, corpus(32, 0, 200), None::<Bytes>).unwrap(),
+            _ => train_split(r, tp, 1, false),
+        };
+        let a = go(&r, first);
+        r.trainer.max_steps = steps;
+        let b = go(&r, second);
+        assert_eq!(b.resumed_from, Some(steps / 2));
+        let joined: Vec<(u64, f64)> = a.losses.iter().chain(&b.losses).cloned().collect();
+        assert_close_losses(
+            &joined,
+            &full.losses,
+            &format!("tp {first} then tp {second}"),
+        );
+    }
+}
