@@ -199,7 +199,7 @@ fn local_executor_ranks_train_data_parallel_like_one_process() {
 }
 
 #[test]
-fn local_executor_refuses_model_parallel_splits() {
+fn local_executor_refuses_pipeline_splits() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let o = coil(&[
         "pretrain",
@@ -208,16 +208,95 @@ fn local_executor_refuses_model_parallel_splits() {
         "--executor",
         "local",
         "parallel.num_gpus_per_node=2",
-        "parallel.tensor_parallelism=2",
+        "parallel.pipeline_parallelism=2",
         "executor.master_port=0",
         &format!("run.dir={}", dir.path().display()),
     ]);
     let (out, err) = text(&o);
     assert!(!o.status.success(), "{out}{err}");
     assert!(
-        err.contains("tensor_parallelism 2") && err.contains("not implemented yet"),
+        err.contains("pipeline_parallelism 2") && err.contains("not implemented yet"),
         "{err}"
     );
+}
+
+#[test]
+fn local_executor_ranks_train_tensor_parallel_like_one_process() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let common = [
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "trainer.global_batch_size=4",
+        "trainer.micro_batch_size=1",
+        "trainer.seq_length=64",
+        "run.sample_tokens=0",
+        // TP 2 splits the Mamba2 groups: the demo has one.
+        "model.mamba.n_groups=2",
+        // NeMo pads the vocabulary to a multiple of 64 x TP (384 at TP 2, 320 at TP 1): the same model for both.
+        "model.vocab_size=384",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let mut args = vec!["pretrain", "--recipe", "demo"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&common);
+        let dir_arg = format!("run.dir={}", dir.path().display());
+        let name_arg = format!("run.name={name}");
+        args.push(&dir_arg);
+        args.push(&name_arg);
+        let o = coil(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{name}: {out}{err}");
+        (out, err)
+    };
+    let (out, err) = run(
+        "tp2dp2",
+        &[
+            "--executor",
+            "local",
+            "parallel.num_gpus_per_node=4",
+            "parallel.tensor_parallelism=2",
+            "parallel.sequence_parallelism=true",
+            "executor.master_port=0",
+        ],
+    );
+    // Megatron's order: ranks 0 and 1 form a TP group, ranks 0 and 2 a DP group.
+    assert!(
+        out.contains(
+            "rank 1: tensor-parallel rank 1 of 2 (ranks [0, 1]), data-parallel rank 0 of 2"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "rank 2: tensor-parallel rank 0 of 2 (ranks [2, 3]), data-parallel rank 1 of 2"
+        ),
+        "{out}"
+    );
+    assert!(
+        err.contains("over 2 data-parallel x 2 tensor-parallel ranks (sequence parallel)"),
+        "{err}"
+    );
+    run("one", &[]);
+    let split = logged_losses(&dir.path().join("tp2dp2"));
+    let one = logged_losses(&dir.path().join("one"));
+    assert_eq!(split.len(), 3);
+    assert_eq!(split.len(), one.len());
+    for ((step, a), (_, b)) in split.iter().zip(&one) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {step}: {a} vs {b}");
+    }
+    // The checkpoint is the whole model: it loads as one.
+    let ck = dir.path().join("tp2dp2/checkpoints/step-3");
+    let w = candle_core::safetensors::load(ck.join("model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let one_w = candle_core::safetensors::load(
+        dir.path().join("one/checkpoints/step-3/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.len(), one_w.len());
+    for (name, t) in &one_w {
+        assert_eq!(w[name].dims(), t.dims(), "{name}");
+    }
 }
 
 #[test]

@@ -130,6 +130,22 @@ impl Recipe {
             key: "model".into(),
             message: e.to_string(),
         })?;
+        coil_model::parallel::local_config(&self.model, p.tensor_parallelism).map_err(|e| {
+            RecipeError::Value {
+                key: "parallel.tensor_parallelism".into(),
+                message: e.to_string(),
+            }
+        })?;
+        if p.sequence_parallelism && !t.seq_length.is_multiple_of(p.tensor_parallelism) {
+            return bad(
+                "parallel.sequence_parallelism",
+                format!(
+                    "splits the sequence over the {} tensor-parallel ranks; trainer.seq_length {} is not a \
+                     multiple of it",
+                    p.tensor_parallelism, t.seq_length
+                ),
+            );
+        }
         coil_model::device::check_spec(&self.run.device).map_err(|e| RecipeError::Value {
             key: "run.device".into(),
             message: e.to_string(),

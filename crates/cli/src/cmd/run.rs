@@ -6,10 +6,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use coil_infer::{generate, Engine, EngineOptions, GenerateParams, SamplingParams};
+use coil_model::parallel::TensorParallel;
 use coil_model::HybridLm;
 use coil_recipes::launch::{rendezvous, run_local, run_slurm, WorkerEnv};
 use coil_recipes::{apply_overrides, from_toml, recipe, to_toml, ExecutorKind, Mode, Recipe};
-use coil_train::dist::{Collective, SingleProcess, TcpCollective};
+use coil_train::dist::{Collective, Layout, SingleProcess, TcpCollective};
 use coil_train::lock::{self, RunLock};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ pub fn run(a: RunArgs, mode: Mode) -> Result<()> {
             if let Some(problem) = direct_world_problem(&r) {
                 bail!("{problem}");
             }
-            locked(&r, || train_here(&r, &mut SingleProcess))
+            locked(&r, || train_here(&r, &mut SingleProcess, None))
         }
         ExecutorKind::Local => locked(&r, || {
             let plan = write_plan(&r)?;
@@ -280,16 +281,13 @@ pub fn run_worker(a: WorkerArgs) -> Result<()> {
     );
     let _ = std::io::stdout().flush();
     let p = &r.parallel;
-    let model_parallel = p.tensor_parallelism * p.pipeline_parallelism * p.context_parallelism;
-    if env.world_size > 1 && model_parallel > 1 {
+    if env.world_size > 1 && p.pipeline_parallelism * p.context_parallelism > 1 {
         bail!(
-            "rank {} of {}: the recipe splits the model (tensor_parallelism {}, pipeline_parallelism {}, \
-             context_parallelism {}), which is not implemented yet; data parallelism is: set \
-             parallel.tensor_parallelism=1 parallel.pipeline_parallelism=1 parallel.context_parallelism=1 to \
-             train a full copy of the model on every rank",
+            "rank {} of {}: the recipe splits the model into pipeline stages or context chunks \
+             (pipeline_parallelism {}, context_parallelism {}), which is not implemented yet; tensor and data \
+             parallelism are: set parallel.pipeline_parallelism=1 parallel.context_parallelism=1",
             env.rank,
             env.world_size,
-            p.tensor_parallelism,
             p.pipeline_parallelism,
             p.context_parallelism
         );
@@ -298,14 +296,35 @@ pub fn run_worker(a: WorkerArgs) -> Result<()> {
     if env.world_size > 1 {
         r.run.device = coil_model::device::for_local_rank(&r.run.device, env.local_rank);
     }
-    let mut comm = TcpCollective::new(env.rank, env.world_size, met.links)?;
-    train_here(&r, &mut comm)
+    let mut world = TcpCollective::new(env.rank, env.world_size, met.links)?;
+    let tp = r.parallel.tensor_parallelism;
+    if tp <= 1 || env.world_size == 1 {
+        return train_here(&r, &mut world, None);
+    }
+    // Megatron's rank order: the TP ranks of one group are consecutive (one node), DP across them.
+    let layout = Layout::new(env.world_size, tp)?;
+    let tp_comm = world.split(&layout.tp_groups())?;
+    let mut dp_comm = world.split(&layout.dp_groups())?;
+    println!(
+        "rank {}: tensor-parallel rank {} of {} (ranks {:?}), data-parallel rank {} of {}",
+        env.rank,
+        tp_comm.rank(),
+        tp,
+        layout.tp_group(env.rank),
+        dp_comm.rank(),
+        layout.dp
+    );
+    let _ = std::io::stdout().flush();
+    let tp = TensorParallel::new(Box::new(tp_comm), r.parallel.sequence_parallelism);
+    train_here(&r, &mut dp_comm, Some(tp))
 }
 
 /// Trains in this process (one rank of `comm`), then rank 0 prints where everything went and, when asked, a
 /// generated sample.
-fn train_here(r: &Recipe, comm: &mut dyn Collective) -> Result<()> {
-    let root = comm.rank() == 0;
+fn train_here(r: &Recipe, comm: &mut dyn Collective, tp: Option<TensorParallel>) -> Result<()> {
+    let tp_rank = tp.as_ref().map_or(0, TensorParallel::rank);
+    let tp_size = tp.as_ref().map_or(1, TensorParallel::size);
+    let root = comm.rank() == 0 && tp_rank == 0;
     let t0 = Instant::now();
     let run = r.train_run(to_toml(r)?)?;
     let tokenizer = r.load_tokenizer()?;
@@ -320,9 +339,18 @@ fn train_here(r: &Recipe, comm: &mut dyn Collective) -> Result<()> {
             r.trainer.max_steps,
             r.trainer.global_batch_size,
             r.trainer.seq_length,
-            match comm.world_size() {
-                1 => String::new(),
-                n => format!(" over {n} data-parallel ranks"),
+            match (comm.world_size(), &tp) {
+                (1, None) => String::new(),
+                (n, None) => format!(" over {n} data-parallel ranks"),
+                (n, Some(tp)) => format!(
+                    " over {n} data-parallel x {} tensor-parallel ranks{}",
+                    tp.size(),
+                    if tp.sequence_parallel() {
+                        " (sequence parallel)"
+                    } else {
+                        ""
+                    }
+                ),
             },
             run.run_dir.display()
         );
@@ -336,11 +364,15 @@ fn train_here(r: &Recipe, comm: &mut dyn Collective) -> Result<()> {
             .context("preparing the tokenizer files that every checkpoint carries")?,
         ..run
     };
-    let summary = coil_train::train_with(&run, data.train, data.validation, comm)?;
+    let summary = coil_train::train_parallel(&run, data.train, data.validation, comm, tp)?;
     let secs = t0.elapsed().as_secs_f64();
     if !root {
+        let tp_part = match &tp_size {
+            1 => String::new(),
+            _ => format!(" (tensor-parallel rank {tp_rank})"),
+        };
         eprintln!(
-            "rank {} done: step {} in {secs:.0} s",
+            "rank {}{tp_part} done: step {} in {secs:.0} s",
             comm.rank(),
             summary.final_step
         );
