@@ -37,6 +37,31 @@ fn recipes_json_contract() {
 }
 
 #[test]
+fn the_56b_recipe_fits_an_80_gb_gpu_split_as_nemo_splits_it() {
+    let o = coil(&["recipe", "show", "nemotronh_56b"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("TP 8 x PP 1 x CP 1") && out.contains("sequence parallel"),
+        "{out}"
+    );
+    assert!(out.contains("TP groups {0..7}, {8..15}"), "{out}");
+    let total = out
+        .lines()
+        .find(|l| l.starts_with("# memory per GPU"))
+        .and_then(|l| l.rsplit_once("total "))
+        .and_then(|(_, t)| t.strip_suffix(" GiB"))
+        .and_then(|t| t.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no total in {out}"));
+    // 80 GB = 74.5 GiB, the distributed optimizer splitting the f32 state over 32 data-parallel ranks.
+    assert!(total < 74.5, "{total} GiB per GPU:\n{out}");
+    assert!(
+        out.contains("split over the 32 data-parallel ranks"),
+        "{out}"
+    );
+}
+
+#[test]
 fn recipe_show_prints_a_recipe_file_with_derived_figures() {
     let o = coil(&[
         "recipe",

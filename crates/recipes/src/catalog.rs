@@ -203,6 +203,7 @@ fn optim_for(mode: Mode) -> Optim {
         adam_eps: 1e-5,
         weight_decay: 0.1,
         clip_grad: 1.0,
+        use_distributed_optimizer: true,
     }
 }
 

@@ -2,8 +2,9 @@
 //! state, activations of one micro-batch), with tensor and pipeline parallelism applied.
 //!
 //! The estimate follows how Coil's trainer holds a run: compute weights in the run's precision, f32 gradient
-//! accumulators, f32 Adam moments, plus f32 master weights under bf16-mixed (no optimizer sharding across data
-//! parallel ranks). Parameters split evenly over TP x PP. Activations count the tensors each layer keeps for
+//! accumulators, f32 Adam moments, plus f32 master weights under bf16-mixed, the moments and masters divided
+//! over the data-parallel ranks with the distributed optimizer (`optim.use_distributed_optimizer`). Parameters
+//! split evenly over TP x PP. Activations count the tensors each layer keeps for
 //! backward at `micro_batch_size x seq_length` tokens (sequence parallelism also splits the residual stream
 //! over TP; attention scores are not stored, as with flash attention), for the layers of one pipeline stage,
 //! plus the f32 logits of the loss. It is an estimate: allocator slack and communication buffers are not in it.
@@ -39,7 +40,12 @@ pub fn estimate(recipe: &Recipe) -> MemoryEstimate {
     };
     let weights = params * act_bytes;
     let gradients = params * 4;
-    let optimizer = params * if act_bytes == 4 { 8 } else { 12 };
+    let dp = if recipe.optim.use_distributed_optimizer {
+        p.data_parallel().max(1) as u64
+    } else {
+        1
+    };
+    let optimizer = (params * if act_bytes == 4 { 8 } else { 12 }).div_ceil(dp);
 
     let m = &recipe.model;
     let tokens = (recipe.trainer.micro_batch_size * recipe.trainer.seq_length) as u64 / cp;

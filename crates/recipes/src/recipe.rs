@@ -156,6 +156,14 @@ pub struct Optim {
     pub adam_eps: f64,
     pub weight_decay: f64,
     pub clip_grad: f64,
+    /// NeMo's distributed optimizer (ZeRO-1): under data parallelism each rank keeps the f32 master weights and
+    /// Adam moments of 1/DP of the model (on, as in NeMo's recipes).
+    #[serde(default = "yes")]
+    pub use_distributed_optimizer: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Checkpoints and resume (NeMo ModelCheckpoint / AutoResume).

@@ -114,6 +114,7 @@ impl Recipe {
                 eps: o.adam_eps,
                 weight_decay: o.weight_decay,
                 clip_grad: o.clip_grad,
+                distributed: o.use_distributed_optimizer,
             },
             // Coil anneals over the run's real length (NeMo's scheduler keeps max_steps = 10).
             schedule: LrSchedule {

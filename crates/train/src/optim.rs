@@ -21,6 +21,15 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 disables).
     pub clip_grad: f64,
+    /// NeMo's distributed optimizer (ZeRO-1) when training data-parallel: each rank keeps the f32 masters and
+    /// moments of its 1/DP of every parameter, the gradients are reduce-scattered and the updated weights
+    /// all-gathered. Off, or with one rank: every rank keeps and updates everything.
+    #[serde(default = "on")]
+    pub distributed: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 impl Default for AdamWConfig {
@@ -31,6 +40,7 @@ impl Default for AdamWConfig {
             eps: 1e-5,
             weight_decay: 0.1,
             clip_grad: 1.0,
+            distributed: true,
         }
     }
 }
@@ -49,9 +59,12 @@ pub struct Param {
     pub master: Tensor,
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
-    /// f32 gradient accumulated over micro-batches.
+    /// f32 gradient accumulated over micro-batches (under the distributed optimizer, between the
+    /// reduce-scatter and the all-gather of a step: this rank's part of the summed gradient).
     pub grad: Tensor,
     pub decay: bool,
+    /// The full accumulator while `grad` holds this rank's part (distributed optimizer, inside a step).
+    full_grad: Option<Tensor>,
 }
 
 pub struct AdamW {
@@ -59,6 +72,9 @@ pub struct AdamW {
     pub params: Vec<Param>,
     /// Optimizer steps taken.
     pub step: u64,
+    /// `(rank, size)` of the data-parallel group the masters and moments are split over
+    /// ([`distribute`](Self::distribute)); `None`: this rank holds them whole.
+    shards: Option<(usize, usize)>,
 }
 
 impl AdamW {
@@ -77,6 +93,7 @@ impl AdamW {
                     master,
                     decay,
                     name,
+                    full_grad: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -84,7 +101,89 @@ impl AdamW {
             config,
             params,
             step: 0,
+            shards: None,
         })
+    }
+
+    /// Keeps only data-parallel rank `rank`'s part of every master and moment (the distributed optimizer):
+    /// the flattened parameter padded with zeros to a multiple of `size`, part `rank` of `size` equal parts.
+    /// Call after [`load_state`](Self::load_state) when resuming.
+    pub fn distribute(&mut self, rank: usize, size: usize) -> Result<()> {
+        if self.shards.is_some() || size <= 1 {
+            return Ok(());
+        }
+        for p in &mut self.params {
+            p.master = part_of(&p.master, rank, size)?;
+            p.exp_avg = part_of(&p.exp_avg, rank, size)?;
+            p.exp_avg_sq = part_of(&p.exp_avg_sq, rank, size)?;
+        }
+        self.shards = Some((rank, size));
+        Ok(())
+    }
+
+    /// True when the masters and moments are split over the data-parallel ranks.
+    pub fn is_distributed(&self) -> bool {
+        self.shards.is_some()
+    }
+
+    /// Distributed optimizer, before the step: sums the accumulated gradients over the data-parallel ranks,
+    /// keeping this rank's part (reduce-scatter); the full accumulators wait for [`gather_params`]
+    /// (Self::gather_params).
+    pub fn reduce_scatter_grads(&mut self, comm: &mut dyn crate::dist::Collective) -> Result<()> {
+        let Some((rank, size)) = self.shards else {
+            return self.all_reduce_grads(comm);
+        };
+        for p in &mut self.params {
+            let padded = padded_flat(&p.grad, size)?.to_vec1::<f32>()?;
+            let mine = comm.reduce_scatter_sum(&padded)?;
+            let part = Tensor::from_vec(mine, padded.len() / size, p.grad.device())?;
+            debug_assert_eq!(part.dim(0)?, p.master.dim(0)?, "rank {rank}");
+            p.full_grad = Some(std::mem::replace(&mut p.grad, part));
+        }
+        Ok(())
+    }
+
+    /// Distributed optimizer, after the step: every rank's updated part of each master, gathered, becomes the
+    /// compute copy; the gradient accumulators are the full ones again.
+    pub fn gather_params(&mut self, comm: &mut dyn crate::dist::Collective) -> Result<()> {
+        if self.shards.is_none() {
+            return Ok(());
+        }
+        for p in &mut self.params {
+            let full = gather_full(&p.master, p.var.as_tensor(), comm)?;
+            p.var.set(&full.to_dtype(p.var.dtype())?)?;
+            if let Some(g) = p.full_grad.take() {
+                p.grad = g;
+            }
+        }
+        Ok(())
+    }
+
+    /// The full masters and moments (as [`masters`](Self::masters) and [`state_tensors`](Self::state_tensors)
+    /// give them undistributed), gathered from every data-parallel rank: a collective call.
+    #[allow(clippy::type_complexity)]
+    pub fn gather_state(
+        &self,
+        comm: &mut dyn crate::dist::Collective,
+    ) -> Result<(Vec<(String, Tensor)>, HashMap<String, Tensor>)> {
+        if self.shards.is_none() {
+            return Ok((self.masters(), self.state_tensors()));
+        }
+        let mut masters = vec![];
+        let mut state = HashMap::new();
+        for p in &self.params {
+            let like = p.var.as_tensor();
+            masters.push((p.name.clone(), gather_full(&p.master, like, comm)?));
+            state.insert(
+                format!("exp_avg.{}", p.name),
+                gather_full(&p.exp_avg, like, comm)?,
+            );
+            state.insert(
+                format!("exp_avg_sq.{}", p.name),
+                gather_full(&p.exp_avg_sq, like, comm)?,
+            );
+        }
+        Ok((masters, state))
     }
 
     /// The compute tensors by name, for building the model.
@@ -233,7 +332,9 @@ impl AdamW {
                     bc2,
                     c.eps,
                 )?;
-                p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+                if self.shards.is_none() {
+                    p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+                }
                 continue;
             }
             let g = if clip < 1.0 {
@@ -250,12 +351,15 @@ impl AdamW {
             let denom = ((p.exp_avg_sq.sqrt()? / bc2.sqrt())? + c.eps)?;
             let update = ((&p.exp_avg / denom)? * (lr / bc1))?;
             p.master = (master - update)?;
-            p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+            if self.shards.is_none() {
+                p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+            }
         }
         Ok(norm)
     }
 
-    /// Moments by name (`exp_avg.<name>`, `exp_avg_sq.<name>`) for checkpoints.
+    /// Moments by name (`exp_avg.<name>`, `exp_avg_sq.<name>`) for checkpoints (this rank's parts under the
+    /// distributed optimizer: use [`gather_state`](Self::gather_state)).
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for p in &self.params {
@@ -302,6 +406,42 @@ impl AdamW {
             .map(|p| (p.name.clone(), p.master.clone()))
             .collect()
     }
+}
+
+/// `t` flattened and padded with zeros to a multiple of `size` elements.
+fn padded_flat(t: &Tensor, size: usize) -> Result<Tensor> {
+    let n = t.elem_count();
+    Ok(t.flatten_all()?
+        .pad_with_zeros(0, 0, n.div_ceil(size) * size - n)?)
+}
+
+/// Part `rank` of `size` of `t` flattened and padded ([`padded_flat`]), contiguous f32.
+fn part_of(t: &Tensor, rank: usize, size: usize) -> Result<Tensor> {
+    let flat = padded_flat(t, size)?;
+    let part = flat.dim(0)? / size;
+    Ok(flat
+        .narrow(0, rank * part, part)?
+        .to_dtype(DType::F32)?
+        .contiguous()?)
+}
+
+/// Every rank's part gathered into a tensor of `like`'s shape (f32).
+fn gather_full(
+    part: &Tensor,
+    like: &Tensor,
+    comm: &mut dyn crate::dist::Collective,
+) -> Result<Tensor> {
+    let all = comm.all_gather(&part.to_vec1::<f32>()?)?;
+    let n = like.elem_count();
+    Ok(
+        Tensor::from_vec(all, all_len(n, comm.world_size()), like.device())?
+            .narrow(0, 0, n)?
+            .reshape(like.shape())?,
+    )
+}
+
+fn all_len(n: usize, size: usize) -> usize {
+    n.div_ceil(size) * size
 }
 
 #[cfg(test)]

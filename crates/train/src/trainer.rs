@@ -287,6 +287,9 @@ pub fn train_parallel<S: SampleSource, V: SampleSource>(
         }
     };
 
+    if run.optim.distributed && dp > 1 {
+        opt.distribute(rank, dp)?;
+    }
     let model = HybridLm::from_local(
         &run.model,
         &opt.compute_tensors(),
@@ -385,31 +388,35 @@ pub fn train_parallel<S: SampleSource, V: SampleSource>(
             loss_sum += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             loss_tokens += count;
         }
+        // Replicated parameters under sequence parallelism: each TP rank saw its own positions.
+        if let (Some(tp), false) = (&tp, summed.is_empty()) {
+            tp.with_comm(|c| {
+                opt.all_reduce_grads_where(c, |n| summed.contains(n))
+                    .map_err(comm_err)
+            })?;
+        }
         if dp > 1 {
-            opt.all_reduce_grads(comm)?;
+            // The distributed optimizer keeps this rank's part of the sum; otherwise every rank gets all of it.
+            opt.reduce_scatter_grads(comm)?;
             let mut sums = [loss_sum, loss_tokens, seen_tokens];
             comm.all_reduce_sum_f64(&mut sums)?;
             [loss_sum, loss_tokens, seen_tokens] = sums;
         }
-        let grad_norm = match &tp {
-            None => opt.grad_norm()?,
-            Some(tp) => {
-                if !summed.is_empty() {
-                    tp.with_comm(|c| {
-                        opt.all_reduce_grads_where(c, |n| summed.contains(n))
-                            .map_err(comm_err)
-                    })?;
-                }
-                let parts = opt.grad_sq_sums()?;
-                let mut sq = [0f64; 2];
-                for (part, is_split) in parts.iter().zip(&split) {
-                    sq[usize::from(*is_split)] += part;
-                }
-                let mut shared = [sq[1]];
-                tp.with_comm(|c| c.all_reduce_sum_f64(&mut shared))?;
-                (sq[0] + shared[0]).sqrt()
-            }
-        };
+        // The global norm: Σ g² of [parameters whole on every TP rank, parameters split over TP], summed over
+        // the DP ranks' parts (distributed optimizer) and the split ones over the TP group.
+        let mut sq = [0f64; 2];
+        for (i, part) in opt.grad_sq_sums()?.iter().enumerate() {
+            sq[usize::from(split.get(i).copied().unwrap_or(false))] += part;
+        }
+        if opt.is_distributed() {
+            comm.all_reduce_sum_f64(&mut sq)?;
+        }
+        if let Some(tp) = &tp {
+            let mut s1 = [sq[1]];
+            tp.with_comm(|c| c.all_reduce_sum_f64(&mut s1))?;
+            sq[1] = s1[0];
+        }
+        let grad_norm = (sq[0] + sq[1]).sqrt();
         let loss = loss_sum / loss_tokens.max(1.0);
         if !loss.is_finite() {
             return Err(diverged(run, step, format!("the training loss is {loss}")));
@@ -419,6 +426,7 @@ pub fn train_parallel<S: SampleSource, V: SampleSource>(
             TrainError::NonFinite(m) => diverged(run, step, m),
             other => other,
         })?;
+        opt.gather_params(comm)?;
         state.step = step;
         state.consumed_samples = loader.cursor().consumed_samples;
         state.train_loss = Some(loss);
@@ -465,7 +473,9 @@ pub fn train_parallel<S: SampleSource, V: SampleSource>(
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s"));
 
-        let ckpt_now = lead
+        // The TP group of DP rank 0 gathers and world rank 0 saves; under the distributed optimizer every DP
+        // rank hands in its part first.
+        let ckpt_now = (lead || opt.is_distributed())
             && ((tc.val_check_interval > 0 && step % tc.val_check_interval == 0)
                 || step == tc.max_steps);
         if ckpt_now {
@@ -477,23 +487,24 @@ pub fn train_parallel<S: SampleSource, V: SampleSource>(
                     break;
                 }
             }
+            // Every rank stops, or none.
+            let mut flag = [f32::from(u8::from(bad.is_some()))];
             if let Some(tp) = &tp {
-                // Every rank of the group stops, or none.
-                let mut flag = [f32::from(u8::from(bad.is_some()))];
                 tp.with_comm(|c| c.all_reduce_max(&mut flag))?;
-                if flag[0] > 0.0 && bad.is_none() {
-                    bad = Some(
-                        "the update made a weight of another tensor-parallel rank non-finite"
-                            .into(),
-                    );
-                }
+            }
+            if opt.is_distributed() {
+                comm.all_reduce_max(&mut flag)?;
+            }
+            if flag[0] > 0.0 && bad.is_none() {
+                bad = Some("the update made a weight of another rank non-finite".into());
             }
             if let Some(what) = bad {
                 return Err(diverged(run, step, what));
             }
+            let (masters, moments) = opt.gather_state(comm)?;
             let (masters, moments) = match &tp {
-                None => (opt.masters(), opt.state_tensors()),
-                Some(tp) => gather_full(tp, &run.model, &opt)?,
+                Some(tp) if lead => unshard_all(tp, &run.model, masters, moments)?,
+                _ => (masters, moments),
             };
             if root {
                 let dir = checkpoint::save(
@@ -546,23 +557,27 @@ fn shard(
 /// The full masters and moments from every TP rank's slices (a collective call of the whole group, in the
 /// optimizer's parameter order).
 #[allow(clippy::type_complexity)]
-fn gather_full(
+fn unshard_all(
     tp: &TensorParallel,
     model: &ModelConfig,
-    opt: &AdamW,
+    masters: Vec<(String, Tensor)>,
+    mut moments: std::collections::HashMap<String, Tensor>,
 ) -> Result<(
     Vec<(String, Tensor)>,
     std::collections::HashMap<String, Tensor>,
 )> {
-    let mut masters = vec![];
-    let mut moments = std::collections::HashMap::new();
-    for p in &opt.params {
-        masters.push((p.name.clone(), tp.unshard(&p.name, model, &p.master)?));
-        for (key, t) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
-            moments.insert(format!("{key}.{}", p.name), tp.unshard(&p.name, model, t)?);
+    let mut full = vec![];
+    for (name, m) in masters {
+        full.push((name.clone(), tp.unshard(&name, model, &m)?));
+        for key in ["exp_avg", "exp_avg_sq"] {
+            let k = format!("{key}.{name}");
+            let t = moments
+                .remove(&k)
+                .ok_or_else(|| TrainError::Invalid(format!("optimizer state lacks `{k}`")))?;
+            moments.insert(k, tp.unshard(&name, model, &t)?);
         }
     }
-    Ok((masters, moments))
+    Ok((full, moments))
 }
 
 fn comm_err(e: TrainError) -> coil_comm::CommError {

@@ -200,10 +200,12 @@ fn data_parallel_ranks_train_what_one_process_trains() {
     };
     let want = weights(&one_ck.last().unwrap().1);
 
-    for world in [2, 4] {
+    // The distributed optimizer (the default) at 2 and 4 ranks; the replicated one at 2.
+    for (world, distributed) in [(2, true), (4, true), (2, false)] {
         let dp_dir = tempfile::tempdir().unwrap();
         let mut dp_run = run(dp_dir.path(), "M*M-", steps, 3, 2e-3);
         dp_run.trainer.micro_batch_size = 2;
+        dp_run.optim.distributed = distributed;
         let group = dist::loopback_group(world).unwrap();
         let summaries: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = group
@@ -484,16 +486,17 @@ fn checkpoints_resume_at_another_tensor_parallel_size() {
         None::<Bytes>,
     )
     .unwrap();
-    // Saved at TP 2, resumed in one process; saved in one process, resumed at TP 2.
-    for (first, second) in [(2, 1), (1, 2)] {
+    // Saved at TP 2, resumed in one process; saved in one process, resumed at TP 2; saved at TP 2 x DP 2 with
+    // the optimizer state split over DP, resumed in one process.
+    for (first, second) in [((2, 1), (1, 1)), ((1, 1), (2, 1)), ((2, 2), (1, 1))] {
         let dir = tempfile::tempdir().unwrap();
         // The schedule is the full run's; the first leg stops halfway.
         let mut r = tp_run(dir.path(), steps);
         r.trainer.max_steps = steps / 2;
         r.trainer.val_check_interval = 0;
-        let go = |r: &TrainRun, tp: usize| match tp {
+        let go = |r: &TrainRun, (tp, dp): (usize, usize)| match tp * dp {
             1 => train(r, corpus(32, 0, 200), None::<Bytes>).unwrap(),
-            _ => train_split(r, tp, 1, false),
+            _ => train_split(r, tp, dp, false),
         };
         let a = go(&r, first);
         r.trainer.max_steps = steps;
@@ -503,7 +506,7 @@ fn checkpoints_resume_at_another_tensor_parallel_size() {
         assert_close_losses(
             &joined,
             &full.losses,
-            &format!("tp {first} then tp {second}"),
+            &format!("(tp, dp) {first:?} then {second:?}"),
         );
     }
 }

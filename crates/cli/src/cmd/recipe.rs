@@ -118,15 +118,30 @@ pub fn render(r: &Recipe) -> Result<String> {
         human_count(num_parameters(r))
     );
     out += &format!(
-        "# layout: {} nodes x {} GPUs = {} ranks; TP {} x PP {} x CP {} -> data parallel {}\n",
+        "# layout: {} nodes x {} GPUs = {} ranks; TP {} x PP {} x CP {} -> data parallel {}{}\n",
         p.num_nodes,
         p.num_gpus_per_node,
         p.world_size(),
         p.tensor_parallelism,
         p.pipeline_parallelism,
         p.context_parallelism,
-        p.data_parallel()
+        p.data_parallel(),
+        if p.sequence_parallelism && p.tensor_parallelism > 1 {
+            "; sequence parallel (norms and residuals split over the TP ranks)"
+        } else {
+            ""
+        }
     );
+    if p.tensor_parallelism > 1 {
+        let tp = p.tensor_parallelism;
+        out += &format!(
+            "# rank order (TP innermost): TP groups {{0..{}}}, {{{}..{}}}, ...; DP groups {{0, {tp}, {}, ...}}, ...\n",
+            tp - 1,
+            tp,
+            2 * tp - 1,
+            2 * tp
+        );
+    }
     out += &format!(
         "# micro-batches per step per rank: {}\n",
         r.trainer.global_batch_size / (r.trainer.micro_batch_size * p.data_parallel()).max(1)
@@ -141,13 +156,11 @@ pub fn render(r: &Recipe) -> Result<String> {
         human_bytes(m.activations),
         human_bytes(m.total)
     );
-    let dp = p.data_parallel().max(1) as u64;
-    if dp > 1 {
+    if r.optim.use_distributed_optimizer && p.data_parallel() > 1 {
         out += &format!(
-            "# with the optimizer state sharded over the {dp} data-parallel ranks (NeMo's distributed optimizer): \
-             optimizer {}, total {}\n",
-            human_bytes(m.optimizer / dp),
-            human_bytes(m.total - m.optimizer + m.optimizer / dp)
+            "# the optimizer state (f32 masters and Adam moments) is split over the {} data-parallel ranks \
+             (distributed optimizer; optim.use_distributed_optimizer=false keeps it whole on every rank)\n",
+            p.data_parallel()
         );
     }
     Ok(out)
