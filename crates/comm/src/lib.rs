@@ -4,15 +4,20 @@
 //!
 //! [`Collective`] is the interface; [`SingleProcess`] is the one-rank case and [`TcpCollective`] runs over TCP
 //! connections (a star around the group's rank 0), so every parallel layout can run, and be tested, on the CPU.
+//! With `--features cuda`, `NcclCollective` runs the same operations through NCCL on GPU memory.
 //! Reductions sum in rank order on the group's rank 0 and send that one result back, so every rank holds
 //! bit-identical values, and a reduce-scatter gives exactly the slice of the all-reduce.
 
 mod error;
 mod layout;
+#[cfg(feature = "cuda")]
+mod nccl;
 mod tcp;
 
 pub use error::{CommError, Result};
 pub use layout::Layout;
+#[cfg(feature = "cuda")]
+pub use nccl::NcclCollective;
 pub use tcp::{loopback_group, loopback_layout, TcpCollective};
 
 /// Element-wise exchanges among the ranks of one group. Every rank of the group calls the same operations in

@@ -19,7 +19,8 @@ pub enum TrainError {
     Invalid(String),
     #[error(transparent)]
     Model(#[from] coil_model::ModelError),
-    #[error("data-parallel exchange: {0}")]
+    /// A collective failed (a rank stopped, or the ranks disagree); its message says which.
+    #[error(transparent)]
     Comm(#[from] coil_comm::CommError),
     #[error(transparent)]
     Data(#[from] coil_data::DataError),
