@@ -154,6 +154,22 @@ fn logged_losses(run_dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// `coil pretrain --recipe demo` with `extra` then `common` arguments, run `name` under `dir`; asserts success and
+/// returns (stdout, stderr).
+fn pretrain_demo(dir: &Path, name: &str, extra: &[&str], common: &[&str]) -> (String, String) {
+    let mut args = vec!["pretrain", "--recipe", "demo"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(common);
+    let dir_arg = format!("run.dir={}", dir.display());
+    let name_arg = format!("run.name={name}");
+    args.push(&dir_arg);
+    args.push(&name_arg);
+    let o = coil(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{name}: {out}{err}");
+    (out, err)
+}
+
 #[test]
 fn local_executor_ranks_train_data_parallel_like_one_process() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -165,19 +181,7 @@ fn local_executor_ranks_train_data_parallel_like_one_process() {
         "trainer.seq_length=64",
         "run.sample_tokens=0",
     ];
-    let run = |name: &str, extra: &[&str]| {
-        let mut args = vec!["pretrain", "--recipe", "demo"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&short);
-        let dir_arg = format!("run.dir={}", dir.path().display());
-        let name_arg = format!("run.name={name}");
-        args.push(&dir_arg);
-        args.push(&name_arg);
-        let o = coil(&args);
-        let (out, err) = text(&o);
-        assert!(o.status.success(), "{name}: {out}{err}");
-        (out, err)
-    };
+    let run = |name: &str, extra: &[&str]| pretrain_demo(dir.path(), name, extra, &short);
     let (out, err) = run(
         "dp3",
         &[
@@ -260,19 +264,7 @@ fn local_executor_ranks_train_tensor_parallel_like_one_process() {
         // NeMo pads the vocabulary to a multiple of 64 x TP (384 at TP 2, 320 at TP 1): the same model for both.
         "model.vocab_size=384",
     ];
-    let run = |name: &str, extra: &[&str]| {
-        let mut args = vec!["pretrain", "--recipe", "demo"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&common);
-        let dir_arg = format!("run.dir={}", dir.path().display());
-        let name_arg = format!("run.name={name}");
-        args.push(&dir_arg);
-        args.push(&name_arg);
-        let o = coil(&args);
-        let (out, err) = text(&o);
-        assert!(o.status.success(), "{name}: {out}{err}");
-        (out, err)
-    };
+    let run = |name: &str, extra: &[&str]| pretrain_demo(dir.path(), name, extra, &common);
     let (out, err) = run(
         "tp2dp2",
         &[
