@@ -6,11 +6,22 @@ use common::{coil, coil_model_io, fixture, text};
 
 #[test]
 fn input_ids_to_output_tokens_equal_hf_greedy() {
+    greedy_tokens_equal_hf(&[]);
+}
+
+/// `coil generate --tp 2`: two ranks, each holding half of every layer's heads and of the vocabulary, give HF's
+/// greedy tokens; rank 0 alone writes the output.
+#[test]
+fn tensor_parallel_generation_gives_hf_greedy_tokens() {
+    greedy_tokens_equal_hf(&["--tp", "2", "--device", "cpu"]);
+}
+
+fn greedy_tokens_equal_hf(more: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gen.safetensors");
     for name in ["nemotron_h_tiny", "mamba2_tiny"] {
         let fx = fixture(name);
-        let flags = [
+        let mut flags = vec![
             "--num-tokens-to-generate",
             "20",
             "--top-k",
@@ -19,6 +30,7 @@ fn input_ids_to_output_tokens_equal_hf_greedy() {
             "0",
             "--ignore-eos",
         ];
+        flags.extend_from_slice(more);
         let ids = fx.join("fixture.safetensors");
         let o = coil_model_io("generate", &fx, "--input-ids", &ids, &out, &flags);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -47,8 +59,13 @@ fn unsupported_and_invalid_flags_fail_with_clear_messages() {
         ids.to_str().unwrap(),
     ];
     let no_cuda = !candle_core::utils::cuda_is_available();
-    let cases: [(&[&str], &str); 7] = [
-        (&["--tp", "2"], "not implemented yet"),
+    let cases: [(&[&str], &str); 8] = [
+        (&["--tp", "0"], "must be at least 1"),
+        // Every rank fails on the split; the launcher names them.
+        (
+            &["--tp", "3", "--device", "cpu"],
+            "must divide the Mamba2 mixer's 8 heads and 2 groups",
+        ),
         (
             &["--ssm-state-dtype", "bf16"],
             "only the fused CUDA decode step stores a bf16 SSM state",

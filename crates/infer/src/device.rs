@@ -174,15 +174,19 @@ impl Stepper {
         batch: usize,
         params: &GenerateParams,
     ) -> Result<Self> {
+        // The fused step reads whole weights: a model split over tensor-parallel ranks steps with its forward.
+        let split = lm.tensor_parallel().is_some_and(|t| t.size() > 1);
         #[cfg(feature = "cuda")]
-        if let Some(mut fused) = crate::cuda_step::CudaStep::new(lm)? {
-            if params.ssm_state == StateDtype::Bf16 {
-                fused.set_state_dtype(DType::BF16)?;
+        if !split {
+            if let Some(mut fused) = crate::cuda_step::CudaStep::new(lm)? {
+                if params.ssm_state == StateDtype::Bf16 {
+                    fused.set_state_dtype(DType::BF16)?;
+                }
+                fused.start(&state, batch, params.max_new_tokens)?;
+                return Ok(Stepper::Fused(Box::new(fused)));
             }
-            fused.start(&state, batch, params.max_new_tokens)?;
-            return Ok(Stepper::Fused(Box::new(fused)));
         }
-        let _ = (lm, batch); // used by the CUDA build only
+        let _ = (batch, split); // used by the CUDA build only
         if params.ssm_state != StateDtype::F32 {
             return Err(InferError::Invalid(format!(
                 "a bf16 SSM state is stored by the fused CUDA decode step only (bf16 or f32 weights of sizes its \

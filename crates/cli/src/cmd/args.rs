@@ -39,6 +39,22 @@ impl ModelDirArgs {
         HybridLm::from_dir(&self.model, device, dtype)
             .with_context(|| format!("--model {}: loading the model", self.model.display()))
     }
+
+    /// Loads this rank's slices of the model for the tensor-parallel group `tp` (the whole model when `None`).
+    pub fn load_split(
+        &self,
+        device: &Device,
+        dtype: DType,
+        tp: Option<coil_model::parallel::TensorParallel>,
+    ) -> Result<HybridLm> {
+        let Some(tp) = tp else {
+            return self.load(device, dtype);
+        };
+        let ctx = || format!("--model {}: loading the model", self.model.display());
+        let config = coil_model::hf_config::read_config(&self.model).with_context(ctx)?;
+        let src = coil_model::weights::open_dir(&self.model).with_context(ctx)?;
+        HybridLm::load_parallel(&config, src.as_ref(), device, dtype, Some(tp)).with_context(ctx)
+    }
 }
 
 /// `--preset NAME [--chunk-size Q]`: a model shape for the benchmarks.

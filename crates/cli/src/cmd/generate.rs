@@ -15,11 +15,15 @@ use coil_infer::{
     generate, DecodeDtClamp, Engine, EngineOptions, GenerateParams, SamplingParams, StopReason,
     WeightDtype,
 };
+use coil_model::parallel::TensorParallel;
 use coil_model::HybridLm;
+use coil_recipes::launch::{rendezvous, WorkerEnv};
+use coil_train::dist::TcpCollective;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum WeightsArg {
@@ -105,7 +109,8 @@ pub struct GenerateArgs {
     /// dt clamp in the decode step.
     #[arg(long, value_enum, default_value = "coil")]
     pub decode_dt: DecodeDtArg,
-    /// Tensor-parallel size (only 1 so far).
+    /// Tensor-parallel size: the model split over this many worker processes (one per GPU with `--device
+    /// cuda`, `cuda:<rank>`), which exchange values over TCP on this machine; rank 0 prints and writes.
     #[arg(long, default_value_t = 1)]
     pub tp: usize,
     /// FP8 inference (not implemented yet).
@@ -128,16 +133,50 @@ impl GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    if a.tp != 1 {
-        bail!(
-            "--tp {}: tensor-parallel generation is not implemented yet (drop --tp or use --tp 1)",
-            a.tp
-        );
+    if a.tp == 0 {
+        bail!("--tp 0: the tensor-parallel size must be at least 1");
     }
     if a.fp8 {
         bail!("--fp8: FP8 inference is not implemented yet; drop --fp8 to decode in f32 or bf16");
     }
-    let device = a.device.open()?;
+    // --tp N: this command starts N copies of itself (torchrun's environment), and each copy is one rank.
+    let (tp, speak) = match (a.tp, WorkerEnv::from_env()?) {
+        (1, _) => (None, true),
+        (n, None) => return launch_ranks(n),
+        (n, Some(env)) => {
+            if env.world_size != n {
+                bail!(
+                    "--tp {n} in a launch of {} ranks (WORLD_SIZE): tensor-parallel generation uses one rank per \
+                     part of the model",
+                    env.world_size
+                );
+            }
+            let met = rendezvous(&env, Duration::from_secs(120))?;
+            let group = TcpCollective::new(env.rank, env.world_size, met.links)?;
+            let speak = env.rank == 0;
+            (
+                Some((TensorParallel::new(Box::new(group), false), env)),
+                speak,
+            )
+        }
+    };
+    let device = match &tp {
+        Some((_, env)) => {
+            let spec = coil_model::device::for_local_rank(&a.device.device, env.local_rank);
+            coil_model::device::select_device(&spec).with_context(|| format!("--device {spec}"))?
+        }
+        None => a.device.open()?,
+    };
+    if tp.is_some()
+        && device.is_cpu()
+        && (!matches!(a.weights, WeightsArg::F32) || matches!(a.decode_dt, DecodeDtArg::Hf))
+    {
+        bail!(
+            "--tp {}: the split model decodes with its own forward (f32 on the CPU, dt clamped as in prefill); \
+             drop --weights bf16 and --decode-dt hf",
+            a.tp
+        );
+    }
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -148,7 +187,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (true, _) | (false, WeightsArg::F32) => DType::F32,
         (false, WeightsArg::Bf16) => DType::BF16,
     };
-    let lm = a.model.load(&device, dtype)?;
+    let lm = a
+        .model
+        .load_split(&device, dtype, tp.as_ref().map(|(t, _)| t.clone()))?;
     let tokenizer = open_tokenizer(&a)?;
     let text_mode = a.input_ids.is_none();
     let prompts = read_prompts(&a, &lm, tokenizer.as_deref())?;
@@ -177,7 +218,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
              use --device cpu for HF's unclamped step"
         );
     }
-    let engine = if on_device {
+    // The CPU engine's fused step holds whole weights: a split model decodes with its forward.
+    let engine = if on_device || tp.is_some() {
         None
     } else {
         Some(make_engine(lm.clone(), &a)?)
@@ -193,7 +235,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
 
     // A single text prompt streams; text is re-decoded as a whole so multi-byte characters come out intact.
-    let stream = text_mode && prompts.len() == 1;
+    let stream = speak && text_mode && prompts.len() == 1;
     let mut streamed: Vec<u32> = Vec::new();
     let mut printed = String::new();
     let mut stdout = std::io::stdout();
@@ -220,6 +262,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     .context("generating")?;
     let secs = t0.elapsed().as_secs_f64();
+    if !speak {
+        return Ok(());
+    }
     if stream {
         if let Some(tok) = tokenizer.as_deref() {
             let text = tok
@@ -253,6 +298,47 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(out) = &a.output {
         write_tokens(out, &results, eos)?;
         eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// `--tp N` from the command line: starts this same command N times on this machine as ranks 0..N (torchrun's
+/// environment, a free rendezvous port), rank 0 with this terminal's output, the others with their errors
+/// only, and waits for all.
+fn launch_ranks(n: usize) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this executable to start the ranks")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let port = coil_recipes::launch::free_port()?;
+    let mut children = vec![];
+    for rank in 0..n {
+        let child = Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(if rank == 0 {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
+        children.push(child);
+    }
+    let mut failed = vec![];
+    for (rank, mut c) in children.into_iter().enumerate() {
+        let status = c
+            .wait()
+            .with_context(|| format!("waiting for rank {rank}"))?;
+        if !status.success() {
+            failed.push(format!("rank {rank} ({status})"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("--tp {n}: {} failed", failed.join(", "));
     }
     Ok(())
 }
