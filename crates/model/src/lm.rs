@@ -93,24 +93,18 @@ impl HybridLm {
         tp: Option<TensorParallel>,
     ) -> Result<Self> {
         config.validate()?;
-        let l = Loader {
-            src,
-            device: device.clone(),
-            dtype,
-        };
-        let p = ParamMap::read(&l, &param_specs(config)?)?;
         let Some(tp) = tp else {
+            let l = Loader {
+                src,
+                device: device.clone(),
+                dtype,
+            };
+            let p = ParamMap::read(&l, &param_specs(config)?)?;
             return Self::build(config, config, p, dtype, None);
         };
-        let local = p
-            .into_ordered()
-            .into_iter()
-            .map(|(n, t)| {
-                let s = tp.shard(&n, config, &t)?;
-                Ok((n, s))
-            })
-            .collect::<Result<BTreeMap<String, Tensor>>>()?;
-        Self::from_local(config, &local, device, dtype, Some(tp))
+        // This rank reads its slices only.
+        let sliced = crate::parallel::Sliced::new(src, config, &tp)?;
+        Self::from_local(config, &sliced, device, dtype, Some(tp.clone()))
     }
 
     /// The model from this rank's slices (named as the full model's parameters), as [`named_tensors`]

@@ -28,8 +28,11 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::params::param_specs;
+use crate::weights::{Loader, WeightSource};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use coil_comm::Collective;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -360,6 +363,93 @@ fn candle(e: ModelError) -> candle_core::Error {
 
 fn to_host(x: &Tensor) -> Result<Vec<f32>> {
     Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The full model's tensors in `src` as one rank's slices, named as the full model's: what
+/// [`crate::HybridLm::from_local`] loads for [`crate::HybridLm::load_parallel`]. Only the slices are read where
+/// the source allows (memory-mapped safetensors), so no rank holds the whole model.
+pub struct Sliced<'a> {
+    src: &'a dyn WeightSource,
+    full: &'a ModelConfig,
+    tp: &'a TensorParallel,
+    /// Checkpoint name → the name in `src` (itself or an alias).
+    names: HashMap<String, String>,
+}
+
+impl<'a> Sliced<'a> {
+    /// Checks that `src` has every tensor of the full model with its full shape (the errors a whole-model load
+    /// gives), reading nothing.
+    pub fn new(
+        src: &'a dyn WeightSource,
+        full: &'a ModelConfig,
+        tp: &'a TensorParallel,
+    ) -> Result<Self> {
+        let probe = Loader {
+            src,
+            device: candle_core::Device::Cpu,
+            dtype: DType::F32,
+        };
+        let mut names = HashMap::new();
+        for spec in param_specs(full)? {
+            names.insert(spec.name.clone(), probe.find(&spec.name, &spec.shape)?);
+        }
+        Ok(Sliced {
+            src,
+            full,
+            tp,
+            names,
+        })
+    }
+
+    fn rule(&self, name: &str) -> Result<Option<Shard>> {
+        shard_rule(name, self.full, self.tp.size, self.tp.rank)
+    }
+}
+
+impl WeightSource for Sliced<'_> {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let mut shape = self.src.shape(self.names.get(name)?)?;
+        if let Ok(Some(s)) = self.rule(name) {
+            shape[s.dim] = s.len;
+        }
+        Some(shape)
+    }
+
+    fn read(&self, name: &str, device: &candle_core::Device) -> Result<Tensor> {
+        let actual = self
+            .names
+            .get(name)
+            .ok_or_else(|| ModelError::Invalid(format!("no tensor {name}")))?;
+        let Some(s) = self.rule(name)? else {
+            return self.src.read(actual, device);
+        };
+        let kept: Vec<Range<usize>> = s.ranges.iter().filter(|r| !r.is_empty()).cloned().collect();
+        let have: usize = kept.iter().map(|r| r.len()).sum();
+        let part = match kept.is_empty() {
+            // A rank past the end of a small vocabulary: all padding (one row read for the dtype).
+            true => self
+                .src
+                .read_part(actual, s.dim, std::slice::from_ref(&(0..1)), device)?
+                .narrow(s.dim, 0, 0)?,
+            false => self.src.read_part(actual, s.dim, &kept, device)?,
+        };
+        if have == s.len {
+            return Ok(part);
+        }
+        let mut pad = part.dims().to_vec();
+        pad[s.dim] = s.len - have;
+        let zeros = Tensor::zeros(pad, part.dtype(), device)?;
+        Ok(if have == 0 {
+            zeros
+        } else {
+            Tensor::cat(&[&part, &zeros], s.dim)?
+        })
+    }
+
+    fn location(&self, name: &str) -> String {
+        self.src
+            .location(self.names.get(name).map_or(name, String::as_str))
+    }
 }
 
 /// The sizes of one rank's layers at TP size `tp`; see [`TensorParallel::local_config`].

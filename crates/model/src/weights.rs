@@ -9,6 +9,7 @@ use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Somewhere tensors can be read from by name.
@@ -17,6 +18,22 @@ pub trait WeightSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// Reads tensor `name` (present, per `shape`).
     fn read(&self, name: &str, device: &Device) -> Result<Tensor>;
+    /// Reads the `ranges` of axis `dim` of tensor `name`, concatenated (a tensor-parallel rank's slice). This
+    /// default reads the whole tensor; memory-mapped safetensors read only the slice's bytes.
+    fn read_part(
+        &self,
+        name: &str,
+        dim: usize,
+        ranges: &[Range<usize>],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let full = self.read(name, device)?;
+        let parts = ranges
+            .iter()
+            .map(|r| full.narrow(dim, r.start, r.len()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, dim)?)
+    }
     /// The file (or description) tensor `name` would come from, for messages.
     fn location(&self, name: &str) -> String;
 }
@@ -108,6 +125,49 @@ impl WeightSource for SafetensorsFiles {
             context: format!("{}: reading `{name}`", path.display()),
             error: e,
         })
+    }
+    fn read_part(
+        &self,
+        name: &str,
+        dim: usize,
+        ranges: &[Range<usize>],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let i = *self
+            .routing
+            .get(name)
+            .ok_or_else(|| ModelError::Invalid(format!("no tensor {name}")))?;
+        let (path, st) = &self.files[i];
+        let ctx = |e: candle_core::Error| ModelError::Tensor {
+            context: format!("{}: reading part of `{name}`", path.display()),
+            error: e,
+        };
+        let view = st.get(name).map_err(ctx)?;
+        let dtype = DType::try_from(view.dtype()).map_err(ctx)?;
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        let el = dtype.size_in_bytes();
+        // Bytes of one index of `dim` within one index of the axes before it, and how many such blocks.
+        let inner: usize = shape.iter().skip(dim + 1).product::<usize>() * el;
+        let outer: usize = shape.iter().take(dim).product();
+        let along = shape.get(dim).copied().unwrap_or(0);
+        if ranges.iter().any(|r| r.end > along) || data.len() != outer * along * inner {
+            return Err(ModelError::Invalid(format!(
+                "{}: `{name}` of shape {shape:?} has no part {ranges:?} along axis {dim}",
+                path.display()
+            )));
+        }
+        let kept: usize = ranges.iter().map(|r| r.len()).sum();
+        let mut bytes = Vec::with_capacity(outer * kept * inner);
+        for o in 0..outer {
+            let block = &data[o * along * inner..(o + 1) * along * inner];
+            for r in ranges {
+                bytes.extend_from_slice(&block[r.start * inner..r.end * inner]);
+            }
+        }
+        let mut out_shape = shape;
+        out_shape[dim] = kept;
+        Tensor::from_raw_buffer(&bytes, dtype, &out_shape, device).map_err(ctx)
     }
     fn location(&self, name: &str) -> String {
         match self.routing.get(name) {
@@ -210,6 +270,21 @@ impl Loader<'_> {
     /// Tensor `name` (or an alias) with exactly `shape` and only finite values; errors name the tensor, the file
     /// and both shapes.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let actual = self.find(name, shape)?;
+        let t = self.src.read(&actual, &self.device)?;
+        // Checked as stored: a value that overflows only in a narrower load dtype is not the file's fault.
+        if !crate::lm::all_finite(&t)? {
+            return Err(ModelError::NonFinite {
+                name: actual.clone(),
+                file: self.src.location(&actual),
+            });
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// The name tensor `name` has in the source (itself or an alias), once its shape is checked to be `shape`;
+    /// reads nothing.
+    pub fn find(&self, name: &str, shape: &[usize]) -> Result<String> {
         let found = std::iter::once(name.to_string())
             .chain(aliases(name))
             .find_map(|n| self.src.shape(&n).map(|s| (n, s)));
@@ -228,14 +303,6 @@ impl Loader<'_> {
                 expected: shape.to_vec(),
             });
         }
-        let t = self.src.read(&actual, &self.device)?;
-        // Checked as stored: a value that overflows only in a narrower load dtype is not the file's fault.
-        if !crate::lm::all_finite(&t)? {
-            return Err(ModelError::NonFinite {
-                name: actual.clone(),
-                file: self.src.location(&actual),
-            });
-        }
-        Ok(t.to_dtype(self.dtype)?)
+        Ok(actual)
     }
 }

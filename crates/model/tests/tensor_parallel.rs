@@ -314,3 +314,38 @@ fn greedy_tokens_are_the_unsplit_models() {
     assert_eq!(greedy(&full, &cfg, 2, 6), want);
     assert_eq!(greedy(&full, &cfg, 4, 6), want);
 }
+
+/// A rank reading its slices straight from a safetensors file (only their bytes) gets what slicing the loaded
+/// tensors gives, padding rows included.
+#[test]
+fn slices_read_from_safetensors_equal_slices_of_the_loaded_model() {
+    let cfg = config("M*-M");
+    let full = model(&cfg);
+    let params: BTreeMap<String, Tensor> = full.named_tensors().unwrap().into_iter().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.safetensors");
+    let as_map: std::collections::HashMap<String, Tensor> = params.clone().into_iter().collect();
+    candle_core::safetensors::save(&as_map, &file).unwrap();
+    let st = coil_model::weights::SafetensorsFiles::open(&[file]).unwrap();
+    for tp in [2, 4] {
+        for comm in coil_comm::loopback_group(tp).unwrap() {
+            let rank = coil_comm::Collective::rank(&comm);
+            let par = TensorParallel::new(Box::new(comm), false);
+            let load = |src: &dyn coil_model::weights::WeightSource| {
+                HybridLm::load_parallel(&cfg, src, &Device::Cpu, DType::F32, Some(par.clone()))
+                    .unwrap()
+                    .named_tensors()
+                    .unwrap()
+            };
+            let (a, b) = (load(&st), load(&params));
+            assert_eq!(a.len(), b.len());
+            for ((n, x), (_, y)) in a.iter().zip(&b) {
+                let (x, y) = (
+                    x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                assert_eq!(x, y, "{n} at tp {tp} rank {rank}");
+            }
+        }
+    }
+}

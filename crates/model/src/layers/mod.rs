@@ -48,11 +48,6 @@ impl ParamMap {
         self.untaken.remove(name)
     }
 
-    /// Every parameter as read, in table order, whether taken or not.
-    pub fn into_ordered(self) -> Vec<(String, Tensor)> {
-        self.ordered
-    }
-
     /// Every parameter in table order, once the layers have taken them all.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
         match self.untaken.keys().next() {
