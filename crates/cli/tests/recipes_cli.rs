@@ -259,10 +259,12 @@ fn local_executor_ranks_train_tensor_parallel_like_one_process() {
         "trainer.micro_batch_size=1",
         "trainer.seq_length=64",
         "run.sample_tokens=0",
-        // TP 2 splits the Mamba2 groups: the demo has one.
-        "model.mamba.n_groups=2",
-        // NeMo pads the vocabulary to a multiple of 64 x TP (384 at TP 2, 320 at TP 1): the same model for both.
-        "model.vocab_size=384",
+        // TP 4 splits the Mamba2 groups and the KV heads: the demo has one group and two KV heads.
+        "model.mamba.n_groups=4",
+        "model.attention.num_kv_heads=4",
+        // NeMo pads the vocabulary to a multiple of 64 x TP (384 at TP 2, 512 at TP 4, 320 at TP 1): one model
+        // for all.
+        "model.vocab_size=512",
     ];
     let run = |name: &str, extra: &[&str]| pretrain_demo(dir.path(), name, extra, &common);
     let (out, err) = run(
@@ -293,13 +295,33 @@ fn local_executor_ranks_train_tensor_parallel_like_one_process() {
         err.contains("over 2 data-parallel x 2 tensor-parallel ranks (sequence parallel)"),
         "{err}"
     );
+    // And 4 processes as one TP group, without sequence parallelism.
+    let (_, err) = run(
+        "tp4",
+        &[
+            "--executor",
+            "local",
+            "parallel.num_gpus_per_node=4",
+            "parallel.tensor_parallelism=4",
+            "executor.master_port=0",
+        ],
+    );
+    assert!(
+        err.contains("over 1 data-parallel x 4 tensor-parallel ranks,"),
+        "{err}"
+    );
     run("one", &[]);
-    let split = logged_losses(&dir.path().join("tp2dp2"));
     let one = logged_losses(&dir.path().join("one"));
-    assert_eq!(split.len(), 3);
-    assert_eq!(split.len(), one.len());
-    for ((step, a), (_, b)) in split.iter().zip(&one) {
-        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {step}: {a} vs {b}");
+    for name in ["tp2dp2", "tp4"] {
+        let split = logged_losses(&dir.path().join(name));
+        assert_eq!(split.len(), 3);
+        assert_eq!(split.len(), one.len());
+        for ((step, a), (_, b)) in split.iter().zip(&one) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs(),
+                "{name} step {step}: {a} vs {b}"
+            );
+        }
     }
     // The checkpoint is the whole model: it loads as one.
     let ck = dir.path().join("tp2dp2/checkpoints/step-3");
