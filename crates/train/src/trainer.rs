@@ -216,8 +216,22 @@ pub fn train_parallel<S: SampleSource, V: SampleSource>(
         Some((step, dir)) => {
             let ck = checkpoint::load(dir, &run.device)?;
             if ck.config != run.model {
+                let only_vocab = ModelConfig {
+                    vocab_size: run.model.vocab_size,
+                    ..ck.config.clone()
+                } == run.model;
+                let hint = if only_vocab {
+                    // NeMo pads the vocabulary to a multiple of make_vocab_size_divisible_by x TP.
+                    format!(
+                        ": only the vocabulary differs ({} rows there, {} here, padded for another tensor-parallel \
+                         size?); set model.vocab_size={} to resume from it",
+                        ck.config.vocab_size, run.model.vocab_size, ck.config.vocab_size
+                    )
+                } else {
+                    "; use a new run name or the same model settings".into()
+                };
                 return Err(TrainError::Checkpoint(format!(
-                    "{}: its model config differs from this run's; use a new run name or the same model settings",
+                    "{}: its model config differs from this run's{hint}",
                     dir.display()
                 )));
             }

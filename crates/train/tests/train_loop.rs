@@ -512,3 +512,21 @@ fn bf16_mixed_tensor_parallel_tracks_one_process() {
         .values()
         .all(|t| t.dtype() == candle_core::DType::F32));
 }
+
+#[test]
+fn a_checkpoint_padded_for_another_tp_size_names_the_vocabulary_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = tp_run(dir.path(), 2);
+    r.trainer.val_check_interval = 0;
+    train(&r, corpus(32, 0, 200), None::<Bytes>).unwrap();
+    r.trainer.max_steps = 3;
+    r.model.vocab_size = 320; // as if the recipe padded for another TP size
+    let e = train(&r, corpus(32, 0, 200), None::<Bytes>)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("only the vocabulary differs (258 rows there, 320 here")
+            && e.contains("set model.vocab_size=258"),
+        "{e}"
+    );
+}
