@@ -197,17 +197,6 @@ impl TensorParallel {
         hook(x, &y, "coil-tp-sum", |g| Ok(g.clone()))
     }
 
-    /// This rank's sequence positions of `x` [B, T, ..]: `T / TP` consecutive ones (the identity without sequence
-    /// parallelism). No gradient flows back through it beyond the kept positions.
-    pub fn split_seq(&self, x: &Tensor) -> Result<Tensor> {
-        if !self.sequence_parallel || self.size == 1 {
-            return Ok(x.clone());
-        }
-        let t = x.dim(1)?;
-        let part = self.seq_part(t)?;
-        Ok(x.narrow(1, self.rank * part, part)?)
-    }
-
     fn seq_part(&self, t: usize) -> Result<usize> {
         if !t.is_multiple_of(self.size) {
             return Err(ModelError::Input(format!(

@@ -23,6 +23,4 @@ pub mod trainer;
 pub use error::{Result, TrainError};
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::LrSchedule;
-pub use trainer::{
-    train, train_parallel, train_with, Precision, Start, TrainRun, TrainSummary, TrainerConfig,
-};
+pub use trainer::{train, train_parallel, Precision, Start, TrainRun, TrainSummary, TrainerConfig};

@@ -432,16 +432,10 @@ fn gather_full(
     comm: &mut dyn crate::dist::Collective,
 ) -> Result<Tensor> {
     let all = comm.all_gather(&part.to_vec1::<f32>()?)?;
-    let n = like.elem_count();
-    Ok(
-        Tensor::from_vec(all, all_len(n, comm.world_size()), like.device())?
-            .narrow(0, 0, n)?
-            .reshape(like.shape())?,
-    )
-}
-
-fn all_len(n: usize, size: usize) -> usize {
-    n.div_ceil(size) * size
+    let len = all.len();
+    Ok(Tensor::from_vec(all, len, like.device())?
+        .narrow(0, 0, like.elem_count())?
+        .reshape(like.shape())?)
 }
 
 #[cfg(test)]

@@ -154,28 +154,24 @@ pub fn train<S: SampleSource, V: SampleSource>(
     train_data: S,
     val_data: Option<V>,
 ) -> Result<TrainSummary> {
-    train_with(run, train_data, val_data, &mut crate::dist::SingleProcess)
+    train_parallel(
+        run,
+        train_data,
+        val_data,
+        &mut crate::dist::SingleProcess,
+        None,
+    )
 }
 
-/// [`train`] as one rank of a data-parallel group: every rank runs this with the same run and data. Each
-/// takes its slice of every global batch (Megatron's sampler), the gradients and loss sums are summed over the
-/// ranks before each optimizer step, and the replicated steps keep every rank's weights identical. Rank 0 alone
-/// writes the run directory (recipe, metrics, TensorBoard, checkpoints, plot) and runs validation.
-pub fn train_with<S: SampleSource, V: SampleSource>(
-    run: &TrainRun,
-    train_data: S,
-    val_data: Option<V>,
-    comm: &mut dyn crate::dist::Collective,
-) -> Result<TrainSummary> {
-    train_parallel(run, train_data, val_data, comm, None)
-}
-
-/// [`train_with`] with the model split over a tensor-parallel group too: `comm` is this rank's data-parallel
-/// group, `tp` its tensor-parallel group (`coil_model::parallel`), or `None` for the whole model on every rank.
-/// The ranks of one TP group take the same data; each holds, optimizes and updates its slices of the
-/// parameters (the global gradient norm summed over the group), and the TP group of data-parallel rank 0
-/// validates together. Checkpoints hold the full model and optimizer state (gathered from the slices), so a
-/// run resumes at any TP size.
+/// [`train`] as one rank of a run split over processes: `comm` is this rank's data-parallel group, `tp` its
+/// tensor-parallel group (`coil_model::parallel`), or `None` for the whole model on every rank. Every rank runs
+/// this with the same run and data. Each data-parallel rank takes its slice of every global batch (Megatron's
+/// sampler), and the gradients and loss sums are summed over the data-parallel ranks before each optimizer step
+/// (reduce-scattered under the distributed optimizer). The ranks of one TP group take the same data; each holds,
+/// optimizes and updates its slices of the parameters (the global gradient norm summed over the group), and the
+/// TP group of data-parallel rank 0 validates together. World rank 0 alone writes the run directory (recipe,
+/// metrics, TensorBoard, checkpoints, plot). Checkpoints hold the full model and optimizer state (gathered from
+/// the slices), so a run resumes at any layout.
 pub fn train_parallel<S: SampleSource, V: SampleSource>(
     run: &TrainRun,
     train_data: S,
