@@ -21,8 +21,10 @@ import sys
 
 def rows(path):
     with open(path, newline="") as f:
-        lines = [line for line in f if not line.startswith("==")]
-    return csv.DictReader(lines)
+        lines = f.readlines()
+    # The profiled program's own output comes before ncu's CSV; the CSV starts at its header line.
+    start = next((i for i, line in enumerate(lines) if line.startswith('"ID",')), len(lines))
+    return csv.DictReader(line for line in lines[start:] if not line.startswith("=="))
 
 
 def short(name):

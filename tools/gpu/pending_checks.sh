@@ -9,9 +9,10 @@
 #   3. The harness's generate part (tools/gpu/bench.sh, product defaults, mamba_ssm in the same run).
 #   4. ncu per-kernel times of the fused 2.7B batch-64 prefill + decode (tools/gpu/ncu_summary.py reads them).
 #   5. The attention lab (check, and memcheck on the guard cases: head_dim 16 among them).
-# Needs (see tools/gpu/README.md): gpu-bin/coil.xz, gpu-bin/tests/{infer_cuda_step,model_cuda,model_ragged}.xz
+# Needs (see tools/gpu/README.md): gpu-bin/coil.xz, gpu-bin/tests/{infer_cuda_step,model_cuda,model_ragged,comm_nccl}.xz
 # (the cuda_step, cuda and ragged_prefill test binaries of `cargo test --release --features cuda -p coil-infer
-# -p coil-model --no-run`), gpu-bin/attn_lab.xz (crates/kernels/dev/attn_lab.cu, see its header), gpu-peer/.
+# -p coil-model --no-run`; the nccl test binary of
+# `cargo test --release --features cuda -p coil-comm --no-run`), gpu-bin/attn_lab.xz (crates/kernels/dev/attn_lab.cu, see its header), gpu-peer/.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 OUT="${OUT:-pending-out}"
@@ -37,6 +38,16 @@ if have 80 && [[ -x "$B/model_cuda" ]]; then
    timeout 30 "$B/model_ragged" --ignored --test-threads 1 > "$OUT/tests_model_ragged.log" 2>&1
    echo "rc=$?" >> "$OUT/tests_model_ragged.log")
   grep -E "test result|FAILED|panicked|rc=" "$OUT/tests_model_cuda.log" "$OUT/tests_model_ragged.log" | head
+fi
+if have 30 && [[ -x "$B/comm_nccl" ]]; then
+  # cudarc opens libnccl.so (or .so.<CUDA major>); torch's wheel ships libnccl.so.2: link it under that name.
+  L=$(find / -name 'libnccl.so*' -not -path '/proc/*' 2>/dev/null | head -n 1)
+  if [[ -n "$L" ]]; then mkdir -p "$B/nccl" && ln -sf "$L" "$B/nccl/libnccl.so"; fi
+  echo "$(el) 1b. NCCL, a group of one ($L)"
+  LD_LIBRARY_PATH="$B/nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 25 "$B/comm_nccl" --ignored \
+    > "$OUT/tests_comm_nccl.log" 2>&1
+  echo "rc=$?" >> "$OUT/tests_comm_nccl.log"
+  grep -E "test result|FAILED|panicked|rc=" "$OUT/tests_comm_nccl.log" | head
 fi
 for preset in mamba2_2_7b nemotronh_4b; do
   for fuse in 0 1; do

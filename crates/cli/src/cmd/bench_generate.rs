@@ -195,6 +195,27 @@ pub fn run(a: GenerateBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Opens (`true`) or closes the profiled range around the timed runs, so that a profiler started with
+/// `--profile-from-start off` (ncu) or `--capture-range=cudaProfilerApi` (nsys) sees those kernels alone, not the
+/// weights' initialisation or the warm-up. Without a profiler attached this does nothing.
+fn profiler_range(on: bool) {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        // SAFETY: plain driver calls on the thread's current context; an error (no context) only means nothing
+        // is profiled.
+        let _ = unsafe {
+            if on {
+                sys::cuProfilerStart()
+            } else {
+                sys::cuProfilerStop()
+            }
+        };
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = on;
+}
+
 /// Copy bandwidth of `dev` in bytes/s (read + write of a 1 GiB buffer, best of 5).
 fn device_bandwidth(dev: &Device) -> Result<f64> {
     let n = 1usize << 28;
@@ -342,11 +363,13 @@ fn run_on_device(a: &GenerateBenchArgs, cfg: &coil_model::ModelConfig, dev: &Dev
                 run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
                 let mut runs = Vec::with_capacity(a.iters);
                 let mut state_bytes = 0;
+                profiler_range(true);
                 for _ in 0..a.iters {
                     let (t, sb) = run_once_on_device(&lm, fused.as_mut(), &ids, a.new_tokens)?;
                     state_bytes = sb;
                     runs.push(t);
                 }
+                profiler_range(false);
                 runs.sort_by(|x, y| {
                     (x.prefill_s + x.decode_s).total_cmp(&(y.prefill_s + y.decode_s))
                 });
