@@ -44,27 +44,41 @@ def main(argv=None):
     ap.add_argument("--from", dest="lo", type=int, default=None, help="first launch ID kept")
     ap.add_argument("--to", dest="hi", type=int, default=None, help="last launch ID kept")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument(
+        "--split-at",
+        default=None,
+        help="report the launches before the first one of this kernel (e.g. embed_bf16: the prefill of "
+        "`bench generate`) and from it on (the decode steps) apart",
+    )
     a = ap.parse_args(argv)
-    total = collections.Counter()
-    count = collections.Counter()
-    seen = 0
+    launches = []
     for r in rows(a.csv):
         if r.get("Metric Name") != "gpu__time_duration.sum":
             continue
         i = int(r["ID"])
         if (a.lo is not None and i < a.lo) or (a.hi is not None and i > a.hi):
             continue
-        ns = float(r["Metric Value"].replace(",", ""))
-        k = short(r["Kernel Name"])
+        launches.append((short(r["Kernel Name"]), float(r["Metric Value"].replace(",", ""))))
+    if not launches:
+        sys.exit(f"{a.csv}: no gpu__time_duration.sum rows in the range")
+    parts = [("all", launches)]
+    if a.split_at:
+        cut = next((i for i, (k, _) in enumerate(launches) if k == a.split_at), len(launches))
+        parts = [(f"before {a.split_at}", launches[:cut]), (f"from {a.split_at} on", launches[cut:])]
+    for title, part in parts:
+        report(title, part, a.top)
+
+
+def report(title, launches, top):
+    total = collections.Counter()
+    count = collections.Counter()
+    for k, ns in launches:
         total[k] += ns
         count[k] += 1
-        seen += 1
-    if not seen:
-        sys.exit(f"{a.csv}: no gpu__time_duration.sum rows in the range")
-    grand = sum(total.values())
-    print(f"{seen} launches, {grand / 1e3:.1f} us in all (each kernel timed alone)")
+    grand = sum(total.values()) or 1.0
+    print(f"== {title}: {len(launches)} launches, {grand / 1e3:.1f} us in all (each kernel timed alone)")
     print(f"{'kernel':60} {'launches':>8} {'total us':>11} {'mean us':>9} {'share':>6}")
-    for k, ns in total.most_common(a.top):
+    for k, ns in total.most_common(top):
         print(f"{k[:60]:60} {count[k]:8d} {ns / 1e3:11.1f} {ns / 1e3 / count[k]:9.2f} {ns / grand:6.1%}")
 
 

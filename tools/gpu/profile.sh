@@ -21,7 +21,7 @@ for c in ${CASES:-mamba2_2_7b:64 nemotronh_4b:64 mamba2_2_7b:1}; do
   timeout 240 ncu --profile-from-start off --clock-control none --cache-control none \
     --metrics gpu__time_duration.sum --csv --print-units base "$B/coil" "${args[@]}" > "$W/ncu_$tag.csv" 2> "$W/ncu_$tag.err"
   echo "rc=$?" >> "$W/ncu_$tag.err"
-  python3 tools/gpu/ncu_summary.py "$W/ncu_$tag.csv" --top 30 2>&1 | tee "$W/ncu_$tag.txt"
+  python3 tools/gpu/ncu_summary.py "$W/ncu_$tag.csv" --top 25 --split-at embed_bf16 2>&1 | tee "$W/ncu_$tag.txt"
   if command -v nsys > /dev/null; then
     echo "== nsys $tag"
     timeout 120 nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop -t cuda -o "$W/nsys_$tag" \
