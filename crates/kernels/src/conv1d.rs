@@ -1,7 +1,7 @@
 //! Launcher of the prefill's causal conv1d + SiLU (`cuda/conv1d.cu`): a whole sequence per call, x read in place
-//! with its row strides (the in_proj output's layout), the output `[B, T, C]` f32.
+//! with its row strides (the in_proj output's layout), the output `[B, T, C]` in x's element type (f32 or bf16).
 
-use crate::module::{function, KernelError, Result, CONV1D};
+use crate::module::{function, Act, KernelError, Result, CONV1D};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
@@ -26,13 +26,14 @@ fn invalid(what: String) -> KernelError {
 }
 
 /// `out[b, t, c] = SiLU(Σ_j w[c, j]·x[b, t − (K−1) + j, c] + bias[c])`, history `[B, C, K−1]` before t = 0 (or 0).
-pub fn conv1d_silu(
+/// Computed in f32; a bf16 output is rounded to nearest once.
+pub fn conv1d_silu<T: Act>(
     stream: &Arc<CudaStream>,
-    x: &CudaView<'_, f32>,
+    x: &CudaView<'_, T>,
     history: Option<&CudaView<'_, f32>>,
     w: &CudaView<'_, f32>,
     bias: Option<&CudaView<'_, f32>>,
-    out: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
     d: Conv1dDims,
 ) -> Result<()> {
     let Conv1dDims {
@@ -46,17 +47,12 @@ pub fn conv1d_silu(
     if batch == 0 || seqlen == 0 || channels == 0 {
         return Ok(());
     }
-    let name = match k {
-        1 => "conv1d_silu_k1",
-        2 => "conv1d_silu_k2",
-        3 => "conv1d_silu_k3",
-        4 => "conv1d_silu_k4",
-        _ => {
-            return Err(KernelError::Unsupported(format!(
-                "conv1d: no kernel for a width of {k}"
-            )))
-        }
-    };
+    if !(1..=4).contains(&k) {
+        return Err(KernelError::Unsupported(format!(
+            "conv1d: no kernel for a width of {k}"
+        )));
+    }
+    let name = format!("conv1d_silu{}_k{k}", T::SUFFIX);
     // The last element x touches, and every other buffer's extent.
     let x_need = (batch - 1) * ld_b + (seqlen - 1) * ld_t + channels;
     if channels > ld_t || x_need > x.len() {
@@ -85,7 +81,7 @@ pub fn conv1d_silu(
     let b_ptr = b_g.as_ref().map_or(0, |(p, _)| *p);
     let (o_ptr, _go) = out.device_ptr_mut(s);
     let (ld_b, ld_t) = (ld_b as i64, ld_t as i64);
-    let f = function(stream.context(), &CONV1D, name, 0)?;
+    let f = function(stream.context(), &CONV1D, &name, 0)?;
     let cfg = LaunchConfig {
         grid_dim: (
             channels.div_ceil(128) as u32,

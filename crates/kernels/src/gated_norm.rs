@@ -1,20 +1,21 @@
 //! Launcher of the prefill's gated RMSNorm (`cuda/gated_norm.cu`): `rows` positions, y and z read with their row
-//! strides (z in the in_proj output's layout), the output `[rows, width]` f32.
+//! strides (z in the in_proj output's layout), the output `[rows, width]` in their element type (f32 or bf16).
 
-use crate::module::{function, KernelError, Result, GATED_NORM};
+use crate::module::{function, Act, KernelError, Result, GATED_NORM};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use std::sync::Arc;
 
 /// `out = w·(v / sqrt(mean_group(v²) + eps))` with `v = y·SiLU(z)`, per row and group of `width / groups` channels.
+/// Computed in f32; a bf16 output is rounded to nearest once.
 #[allow(clippy::too_many_arguments)]
-pub fn gated_rmsnorm(
+pub fn gated_rmsnorm<T: Act>(
     stream: &Arc<CudaStream>,
-    (y, ld_y): (&CudaView<'_, f32>, usize),
-    (z, ld_z): (&CudaView<'_, f32>, usize),
+    (y, ld_y): (&CudaView<'_, T>, usize),
+    (z, ld_z): (&CudaView<'_, T>, usize),
     w: &CudaView<'_, f32>,
-    out: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
     rows: usize,
     groups: usize,
     eps: f32,
@@ -47,7 +48,8 @@ pub fn gated_rmsnorm(
     let (w_ptr, _gw) = w.device_ptr(s);
     let (o_ptr, _go) = out.device_ptr_mut(s);
     let (ld_y, ld_z) = (ld_y as i64, ld_z as i64);
-    let f = function(stream.context(), &GATED_NORM, "gated_rmsnorm_rows", 0)?;
+    let name = format!("gated_rmsnorm_rows{}", T::SUFFIX);
+    let f = function(stream.context(), &GATED_NORM, &name, 0)?;
     let cfg = LaunchConfig {
         grid_dim: (rows_u, groups as u32, 1),
         block_dim: (256, 1, 1),

@@ -26,4 +26,4 @@ mod module;
 #[cfg(feature = "cuda")]
 pub mod ssd_fwd;
 #[cfg(feature = "cuda")]
-pub use module::{keep_freed_memory, KernelError, Result};
+pub use module::{keep_freed_memory, Act, KernelError, Result};

@@ -28,6 +28,18 @@ pub enum KernelError {
 
 pub type Result<T> = std::result::Result<T, KernelError>;
 
+/// The element type of the activations a prefill kernel reads and writes (its arithmetic is f32 either way):
+/// f32, or bf16 for a bf16 layer, whose in_proj output is read as it is. `SUFFIX` picks the kernel instance.
+pub trait Act: candle_core::cuda_backend::cudarc::driver::DeviceRepr + Copy {
+    const SUFFIX: &'static str;
+}
+impl Act for f32 {
+    const SUFFIX: &'static str = "";
+}
+impl Act for half::bf16 {
+    const SUFFIX: &'static str = "_bf16";
+}
+
 /// The cubins of one kernel source: for compute capability 8.x (absent for Hopper-only sources) and 9.0.
 pub(crate) struct Cubins {
     name: &'static str,

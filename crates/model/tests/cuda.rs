@@ -126,3 +126,81 @@ fn greedy_generation_matches_hf_on_cuda() {
         assert_eq!(got, want, "{name}: greedy tokens on cuda");
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_prefill_chain_gives_the_f32_chains_bits_and_tracks_the_cpu() {
+    // Mamba2-130M's layer sizes (head_dim 64, state 128: the fused SSD kernel runs), bf16 weights. On the GPU the
+    // chain runs twice: with f32 activations between the kernels (cast to bf16 for the SSD and out_proj), and
+    // with bf16 ones (`COIL_PREFILL_BF16`: conv and gated norm read and write bf16, computing in f32 and rounding
+    // once where the casts round): the same bits, logits and both decode states. Both track the CPU (f32
+    // activations). After a prompt, then continuing from that state by 2 tokens (shorter than the conv window)
+    // and by 7.
+    let mut cfg = coil_model::presets::preset("mamba2_130m").unwrap().config;
+    cfg.pattern = "MM".into();
+    cfg.vocab_size = 1024;
+    let params = coil_model::params::init_params(&cfg, 5, &Device::Cpu, DType::BF16).unwrap();
+    let gpu_lm = coil_model::HybridLm::load(&cfg, &params, &gpu(), DType::BF16).unwrap();
+    let cpu_lm = coil_model::HybridLm::load(&cfg, &params, &Device::Cpu, DType::BF16).unwrap();
+    type Run = (Tensor, coil_model::ModelState);
+    let mut states: [Option<coil_model::ModelState>; 3] = [None, None, None];
+    let mamba = |st: &coil_model::ModelState| -> Vec<(Tensor, Tensor)> {
+        st.layers
+            .iter()
+            .map(|l| match l {
+                coil_model::LayerState::Mamba(m) => (m.conv.clone(), m.ssm.clone()),
+                _ => panic!("not a Mamba state"),
+            })
+            .collect()
+    };
+    for (part, len) in [("prompt", 33usize), ("+2", 2), ("+7", 7)] {
+        let ids: Vec<u32> = (0..2 * len as u32)
+            .map(|i| (len as u32 + 37 * i) % 1024)
+            .collect();
+        let run = |lm: &coil_model::HybridLm, st: &Option<coil_model::ModelState>| -> Run {
+            let t = Tensor::from_vec(ids.clone(), (2, len), lm.device()).unwrap();
+            lm.forward_with_state(&t, st.as_ref(), None, false).unwrap()
+        };
+        coil_ops::tensor::set_prefill_bf16(false);
+        let (l32, s32) = run(&gpu_lm, &states[0]);
+        coil_ops::tensor::set_prefill_bf16(true);
+        let (l16, s16) = run(&gpu_lm, &states[1]);
+        coil_ops::tensor::set_prefill_bf16(false);
+        let (lc, sc) = run(&cpu_lm, &states[2]);
+        let bits = coil_testutil::max_abs_diff(&l16, &l32);
+        let rel = coil_testutil::rel_l2(&l16, &lc) as f32;
+        eprintln!(
+            "{part}: logits bf16 chain - f32 chain {bits:e}, relative L2 gap to the CPU {rel:.2e}"
+        );
+        assert_eq!(bits, 0.0, "{part}: the two GPU chains' logits differ");
+        assert!(rel <= 2e-2, "{part}: logits {rel}");
+        for (i, (((c16, m16), (c32, m32)), (cc, mc))) in mamba(&s16)
+            .into_iter()
+            .zip(mamba(&s32))
+            .zip(mamba(&sc))
+            .enumerate()
+        {
+            assert_eq!(
+                (c16.dtype(), m16.dtype()),
+                (DType::F32, DType::F32),
+                "state dtypes"
+            );
+            let same = coil_testutil::max_abs_diff(&c16, &c32)
+                .max(coil_testutil::max_abs_diff(&m16, &m32));
+            let (conv, ssm) = (
+                coil_testutil::rel_l2(&c16, &cc) as f32,
+                coil_testutil::rel_l2(&m16, &mc) as f32,
+            );
+            eprintln!("{part}: layer {i} states bf16 - f32 chain {same:e}; gap to the CPU conv {conv:.2e}, SSM {ssm:.2e}");
+            assert_eq!(
+                same, 0.0,
+                "{part}: layer {i}: the two GPU chains' states differ"
+            );
+            assert!(
+                conv <= 1e-2 && ssm <= 2e-2,
+                "{part}: layer {i}: {conv} {ssm}"
+            );
+        }
+        states = [Some(s32), Some(s16), Some(sc)];
+    }
+}

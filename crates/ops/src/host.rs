@@ -4,6 +4,16 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor};
 
+/// The dtype an elementwise prefill op (conv1d, gated RMSNorm) returns for an input of `dtype`: bf16 stays bf16
+/// (computed in f32, rounded once at the end), anything else is f32.
+pub(crate) fn act_dtype(dtype: DType) -> DType {
+    if dtype == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
 /// `t` as a host `Vec<f32>` (any float dtype); an error naming `op` on a device without a CPU kernel's data.
 pub(crate) fn host_f32(t: &Tensor, op: &str) -> Result<Vec<f32>> {
     if !matches!(t.device(), Device::Cpu) {

@@ -8,7 +8,9 @@ pub use crate::dt::dt_softplus;
 pub use crate::gated_rmsnorm::gated_rmsnorm;
 pub use crate::mixer_core::{mixer_core, mixer_core_packed, pack_mixer_params};
 pub use crate::packing::seq_idx_host;
-pub use crate::ssd::{ssd, ssd_layer, ssd_packed, LayerSsd};
+pub use crate::ssd::{
+    prefill_bf16, set_prefill_bf16, ssd, ssd_input_dtype, ssd_layer, ssd_packed, LayerSsd,
+};
 
 /// The composed twins (candle tensor ops, differentiable through autograd) of the entry points, for
 /// benchmarks and comparisons.

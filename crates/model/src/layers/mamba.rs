@@ -165,12 +165,19 @@ impl Mamba2Mixer {
         let new_conv = if t >= k {
             pass.xbc_raw.narrow(1, t - k, k)?.transpose(1, 2)?
         } else {
-            Tensor::cat(&[&history, &pass.xbc_raw.transpose(1, 2)?], 2)?.narrow(2, t - 1, k)?
+            Tensor::cat(
+                &[
+                    &history,
+                    &pass.xbc_raw.to_dtype(DType::F32)?.transpose(1, 2)?,
+                ],
+                2,
+            )?
+            .narrow(2, t - 1, k)?
         };
         Ok((
             pass.out,
             MambaState {
-                conv: new_conv.contiguous()?,
+                conv: new_conv.to_dtype(DType::F32)?.contiguous()?,
                 ssm: pass.ssm,
             },
         ))
@@ -195,7 +202,8 @@ impl Mamba2Mixer {
         let pass = self.pass(x, None, None, Some(&seq_idx), &mut None, "")?;
         let inner = self.dims.d_inner();
         let gn = self.dims.groups * self.dims.state;
-        let row = |t: &Tensor| t.squeeze(0);
+        // The states are kept in f32 whatever the chain's activation dtype.
+        let row = |t: &Tensor| t.squeeze(0)?.to_dtype(DType::F32);
         let dt = ops::dt_softplus(&row(&pass.dt_raw)?, &self.dt_bias, self.dt_limit)?;
         let ssm = segment_ssm_states(
             &row(&pass.xbc.narrow(2, 0, inner)?)?,
@@ -250,9 +258,21 @@ impl Mamba2Mixer {
             ..
         } = self.dims;
         let (inner, conv, gn) = (self.dims.d_inner(), self.dims.conv_dim(), groups * n);
-        let zxbcdt = self.in_proj.forward(x)?.to_dtype(DType::F32)?;
+        // The chain's activations: bf16 where the SSD kernel takes bf16 x, B and C (a bf16 layer on a GPU: the conv
+        // reads in_proj's output as it is and writes the SSD's input, the gated norm reads z and y and writes
+        // out_proj's input, each computing in f32 and rounding once, which is where the f32 chain rounds too),
+        // f32 everywhere else.
+        let act = ops::ssd_input_dtype(
+            self.in_proj.weight.dtype(),
+            x.device(),
+            heads,
+            self.dims.head_dim,
+            groups,
+            n,
+        );
+        let zxbcdt = self.in_proj.forward(x)?.to_dtype(act)?;
         if let Some(tr) = trace.as_deref_mut() {
-            tr.record(format!("{prefix}.in_proj"), &zxbcdt);
+            tr.record(format!("{prefix}.in_proj"), &zxbcdt.to_dtype(DType::F32)?);
         }
         let z = zxbcdt.narrow(2, 0, inner)?;
         let xbc_raw = zxbcdt.narrow(2, inner, conv)?;
@@ -288,7 +308,7 @@ impl Mamba2Mixer {
         }
         let g = ops::gated_rmsnorm(&y, &z, &self.norm_weight, groups, self.eps)?;
         if let Some(tr) = trace.as_deref_mut() {
-            tr.record(format!("{prefix}.gated_norm"), &g);
+            tr.record(format!("{prefix}.gated_norm"), &g.to_dtype(DType::F32)?);
         }
         let out = self
             .out_proj
@@ -307,10 +327,11 @@ impl Mamba2Mixer {
 struct Pass {
     /// [B,T,D]
     out: Tensor,
-    /// [B,T,C] f32: the conv input (in_proj's xBC columns) and output (after SiLU).
+    /// [B,T,C] in the chain's activation dtype (f32, or bf16 for a bf16 layer on a GPU): the conv input
+    /// (in_proj's xBC columns) and output (after SiLU).
     xbc_raw: Tensor,
     xbc: Tensor,
-    /// [B,T,H] f32, before bias and softplus.
+    /// [B,T,H] in the chain's activation dtype, before bias and softplus.
     dt_raw: Tensor,
     /// [B,H,P,N] f32: the SSD state after the last position (of the last segment when packed).
     ssm: Tensor,

@@ -18,12 +18,13 @@ pub use cpu::{
 };
 pub use reference::causal_conv1d_silu_reference;
 
-use crate::host::{expect_shape, host_f32};
+use crate::host::{act_dtype, expect_shape, host_f32};
 use crate::packing::{seq_idx_host, Segments};
 use candle_core::{bail, Device, Result, Tensor};
 
 /// Causal depthwise conv + SiLU on tensors: `x` [B,T,C], `w` [C,K] (or [C,1,K]), `bias` [C], `history`
-/// [B,C,K−1] → [B,T,C], f32.
+/// [B,C,K−1] → [B,T,C], computed in f32 on every device: bf16 for a bf16 `x` (rounded once at the end: a bf16
+/// layer's in_proj output is read as it is on the GPU), f32 otherwise.
 pub fn causal_conv1d_silu(
     x: &Tensor,
     w: &Tensor,
@@ -56,12 +57,13 @@ pub fn causal_conv1d_silu_packed(
     let seq_idx = seq_idx
         .map(|s| seq_idx_host(s, batch, seqlen))
         .transpose()?;
-    match x.device() {
+    let out = match x.device() {
         Device::Cpu => cpu_fwd(x, w, bias, history, seq_idx.as_deref()),
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => cuda_fwd(x, w, bias, history, seq_idx),
         _ => composed_fwd(x, w, bias, history, seq_idx),
-    }
+    }?;
+    out.to_dtype(act_dtype(x.dtype()))
 }
 
 /// The CPU path: [`cpu::causal_conv1d_silu`] on host copies.
@@ -90,8 +92,9 @@ fn cpu_fwd(
     Tensor::from_vec(out, (batch, seqlen, ch), x.device())
 }
 
-/// The CUDA path: the kernel of `coil_kernels::conv1d` (x read in place with its row strides), or the composed
-/// twin for packed rows and widths it has no kernel for.
+/// The CUDA path: the kernel of `coil_kernels::conv1d` (x read in place with its row strides; bf16 x read and
+/// the output written in bf16, f32 otherwise), or the composed twin for packed rows and widths it has no kernel
+/// for.
 #[cfg(feature = "cuda")]
 fn cuda_fwd(
     x: &Tensor,
@@ -100,25 +103,44 @@ fn cuda_fwd(
     history: Option<&Tensor>,
     seq_idx: Option<Vec<i32>>,
 ) -> Result<Tensor> {
-    use crate::cuda_tensors::{f32_contiguous, f32_rows, view, wrap};
+    use crate::cuda_tensors::{f32_contiguous, rows_in};
+    let k = *w.dims().last().unwrap_or(&0);
+    if seq_idx.is_some() || !(1..=4).contains(&k) || x.elem_count() == 0 {
+        return composed_fwd(x, w, bias, history, seq_idx);
+    }
+    let act = act_dtype(x.dtype());
+    let x = rows_in(x, act)?;
+    let w = f32_contiguous(w)?;
+    let bias = bias.map(f32_contiguous).transpose()?;
+    let history = history.map(f32_contiguous).transpose()?;
+    let args = (&x, &w, bias.as_ref(), history.as_ref());
+    if act == candle_core::DType::BF16 {
+        cuda_launch::<half::bf16>(args)
+    } else {
+        cuda_launch::<f32>(args)
+    }
+}
+
+/// [`cuda_fwd`]'s launch with activations of type `T`: `x` with its last dimension contiguous, the rest f32 and
+/// contiguous.
+#[cfg(feature = "cuda")]
+fn cuda_launch<
+    T: coil_kernels::Act + candle_core::cuda_backend::CudaDType + candle_core::WithDType,
+>(
+    (x, w, bias, history): (&Tensor, &Tensor, Option<&Tensor>, Option<&Tensor>),
+) -> Result<Tensor> {
+    use crate::cuda_tensors::{view, wrap};
     use coil_kernels::conv1d::{conv1d_silu, Conv1dDims};
     let (batch, seqlen, ch) = x.dims3()?;
     let k = *w.dims().last().unwrap_or(&0);
     let Device::Cuda(dev) = x.device() else {
         bail!("conv1d: not a CUDA tensor");
     };
-    if seq_idx.is_some() || !(1..=4).contains(&k) || x.elem_count() == 0 {
-        return composed_fwd(x, w, bias, history, seq_idx);
-    }
-    let x = f32_rows(x)?;
     let (ld_b, ld_t) = (x.stride()[0], x.stride()[1]);
-    let w = f32_contiguous(w)?;
-    let bias = bias.map(f32_contiguous).transpose()?;
-    let history = history.map(f32_contiguous).transpose()?;
     let stream = dev.cuda_stream();
     // SAFETY: the kernel writes every one of the B·T·C elements before anything reads them.
     let mut out =
-        unsafe { stream.alloc::<f32>(batch * seqlen * ch) }.map_err(candle_core::Error::wrap)?;
+        unsafe { stream.alloc::<T>(batch * seqlen * ch) }.map_err(candle_core::Error::wrap)?;
     let dims = Conv1dDims {
         batch,
         seqlen,
@@ -129,21 +151,21 @@ fn cuda_fwd(
     };
     let (sx, lx) = x.storage_and_layout();
     let (sw, lw) = w.storage_and_layout();
-    let sh = history.as_ref().map(|h| h.storage_and_layout());
-    let sb = bias.as_ref().map(|b| b.storage_and_layout());
+    let sh = history.map(|h| h.storage_and_layout());
+    let sb = bias.map(|b| b.storage_and_layout());
     let hv = sh
         .as_ref()
-        .map(|(s, l)| view(s, l, "conv1d history"))
+        .map(|(s, l)| view::<f32>(s, l, "conv1d history"))
         .transpose()?;
     let bv = sb
         .as_ref()
-        .map(|(s, l)| view(s, l, "conv1d bias"))
+        .map(|(s, l)| view::<f32>(s, l, "conv1d bias"))
         .transpose()?;
     conv1d_silu(
         &stream,
-        &view(&sx, lx, "conv1d x")?,
+        &view::<T>(&sx, lx, "conv1d x")?,
         hv.as_ref(),
-        &view(&sw, lw, "conv1d weight")?,
+        &view::<f32>(&sw, lw, "conv1d weight")?,
         bv.as_ref(),
         &mut out,
         dims,

@@ -205,6 +205,21 @@ fn run_case(case: &Case, seed: u64, dev: &Device, dtype: DType) -> Vec<CaseResul
         scaled_err(&y, &want),
         DEVICE_FWD.of(y.dtype()),
     );
+    // A bf16 x gives a bf16 output: the f32 computation rounded once, the same bits as the f32 path on the same
+    // values followed by a cast (on a GPU: the kernel's bf16 instance against its f32 one).
+    if dtype == DType::BF16 {
+        let y32 = conv1d::causal_conv1d_silu_packed(
+            &xv.as_tensor().to_dtype(DType::F32).expect("f32 x"),
+            wv.as_tensor(),
+            bv.as_ref().map(Var::as_tensor),
+            hv.as_ref().map(Var::as_tensor),
+            seq_t.as_ref(),
+        )
+        .and_then(|y| y.to_dtype(DType::BF16))
+        .expect("conv1d entry point in f32");
+        assert_eq!(y.dtype(), DType::BF16, "{name}: output dtype");
+        check("op bf16 = op f32 rounded", max_abs_diff(&y, &y32), 0.0);
+    }
     res
 }
 

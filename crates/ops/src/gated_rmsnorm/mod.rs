@@ -12,10 +12,12 @@ pub mod reference;
 pub use cpu::{gated_rmsnorm_backward, gated_rmsnorm_backward_into, gated_rmsnorm_into};
 pub use reference::gated_rmsnorm_reference;
 
-use crate::host::host_f32;
+use crate::host::{act_dtype, host_f32};
 use candle_core::{bail, Device, Result, Tensor};
 
-/// Group-wise gated RMSNorm on tensors: `y`, `z` [..., I], `w` [I] → [..., I], f32.
+/// Group-wise gated RMSNorm on tensors: `y`, `z` [..., I], `w` [I] → [..., I], computed in f32 on every device:
+/// bf16 for a bf16 `y` (rounded once at the end: on the GPU a bf16 layer's y and z are read as they are), f32
+/// otherwise.
 pub fn gated_rmsnorm(
     y: &Tensor,
     z: &Tensor,
@@ -37,12 +39,13 @@ pub fn gated_rmsnorm(
             y.dims()
         );
     }
-    match y.device() {
+    let out = match y.device() {
         Device::Cpu => cpu_fwd(y, z, w, groups, eps),
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => cuda_fwd(y, z, w, groups, eps),
         _ => composed::gated_rmsnorm(y, z, w, groups, eps),
-    }
+    }?;
+    out.to_dtype(act_dtype(y.dtype()))
 }
 
 /// The CPU path: [`cpu::gated_rmsnorm`] on host copies.
@@ -59,21 +62,42 @@ fn cpu_fwd(y: &Tensor, z: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Resul
 }
 
 /// The CUDA path: the kernel of `coil_kernels::gated_norm`, y and z read in place when their rows are evenly
-/// strided (z is a narrow of the in_proj output).
+/// strided (z is a narrow of the in_proj output); in bf16 when both are bf16 (a bf16 layer's SSD and in_proj
+/// outputs), else in f32.
 #[cfg(feature = "cuda")]
 fn cuda_fwd(y: &Tensor, z: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
-    use crate::cuda_tensors::{f32_contiguous, f32_rows, view, wrap};
+    let width = w.elem_count();
+    if y.elem_count() / width.max(1) == 0 {
+        return composed::gated_rmsnorm(y, z, w, groups, eps);
+    }
+    use candle_core::DType;
+    if y.dtype() == DType::BF16 && z.dtype() == DType::BF16 {
+        cuda_launch::<half::bf16>(y, z, w, groups, eps)
+    } else {
+        cuda_launch::<f32>(y, z, w, groups, eps)
+    }
+}
+
+/// [`cuda_fwd`]'s launch with activations of type `T` (y and z converted to it when they are not).
+#[cfg(feature = "cuda")]
+fn cuda_launch<
+    T: coil_kernels::Act + candle_core::cuda_backend::CudaDType + candle_core::WithDType,
+>(
+    y: &Tensor,
+    z: &Tensor,
+    w: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    use crate::cuda_tensors::{f32_contiguous, rows_in, view, wrap};
     let Device::Cuda(dev) = y.device() else {
         bail!("gated_rmsnorm: not a CUDA tensor");
     };
     let width = w.elem_count();
-    let rows = y.elem_count() / width.max(1);
-    if rows == 0 {
-        return composed::gated_rmsnorm(y, z, w, groups, eps);
-    }
+    let rows = y.elem_count() / width;
     // Rows of a tensor [.., width] are `ld` apart when every leading dimension's stride follows from the next.
     let row_stride = |t: &Tensor| -> Result<(Tensor, usize)> {
-        let t = f32_rows(t)?;
+        let t = rows_in(t, T::DTYPE)?;
         let (d, s) = (t.dims().to_vec(), t.stride().to_vec());
         let n = d.len();
         let even = n < 2 || (0..n - 2).all(|i| d[i] <= 1 || s[i] == s[i + 1] * d[i + 1]);
@@ -90,7 +114,7 @@ fn cuda_fwd(y: &Tensor, z: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Resu
     let w = f32_contiguous(w)?;
     let stream = dev.cuda_stream();
     // SAFETY: the kernel writes every one of the rows·width elements before anything reads them.
-    let mut out = unsafe { stream.alloc::<f32>(rows * width) }.map_err(candle_core::Error::wrap)?;
+    let mut out = unsafe { stream.alloc::<T>(rows * width) }.map_err(candle_core::Error::wrap)?;
     let ((sy, ly), (sz, lz), (sw, lw)) = (
         y.storage_and_layout(),
         z.storage_and_layout(),
@@ -98,9 +122,9 @@ fn cuda_fwd(y: &Tensor, z: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Resu
     );
     coil_kernels::gated_norm::gated_rmsnorm(
         &stream,
-        (&view(&sy, ly, "gated_rmsnorm y")?, ld_y),
-        (&view(&sz, lz, "gated_rmsnorm z")?, ld_z),
-        &view(&sw, lw, "gated_rmsnorm weight")?,
+        (&view::<T>(&sy, ly, "gated_rmsnorm y")?, ld_y),
+        (&view::<T>(&sz, lz, "gated_rmsnorm z")?, ld_z),
+        &view::<f32>(&sw, lw, "gated_rmsnorm weight")?,
         &mut out,
         rows,
         groups,

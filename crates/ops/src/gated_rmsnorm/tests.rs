@@ -3,7 +3,7 @@
 //! the CPU kernels' outputs NaN-poisoned first. Run on the CPU here, and on a CUDA GPU by `tests/cuda.rs`, which
 //! includes this file.
 
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use coil_ops::gated_rmsnorm::{self, composed, cpu};
 use coil_testutil::{
     assert_all_ok, central_differences, fd_err, max_abs_diff, narrow, poisoned, rounded,
@@ -125,6 +125,24 @@ pub fn run(dev: &Device, dtype: DType) -> Vec<CaseResult> {
             scaled_err(&out, &want),
             DEVICE_FWD.of(out.dtype()),
         );
+        // A bf16 y gives a bf16 output: the f32 computation rounded once, the same bits as the f32 path on the
+        // same values followed by a cast (on a GPU: the kernel's bf16 instance against its f32 one), also with z a
+        // column range of a wider tensor (as the in_proj output's z is).
+        if dtype == DType::BF16 {
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).expect("f32");
+            let wide = Tensor::cat(&[zv.as_tensor(), yv.as_tensor()], 1).expect("cat");
+            let z_view = wide.narrow(1, 0, width).expect("narrow");
+            let op = |y: &Tensor, z: &Tensor| {
+                gated_rmsnorm::gated_rmsnorm(y, z, wv.as_tensor(), groups, EPS)
+                    .expect("entry point")
+            };
+            let got = op(yv.as_tensor(), &z_view);
+            assert_eq!(got.dtype(), DType::BF16, "{name}: output dtype");
+            let want32 = op(&f32(yv.as_tensor()), &f32(zv.as_tensor()))
+                .to_dtype(DType::BF16)
+                .expect("bf16");
+            check("op bf16 = op f32 rounded", max_abs_diff(&got, &want32), 0.0);
+        }
     }
     res
 }

@@ -375,6 +375,61 @@ pub struct LayerSsd<'a> {
     pub dtype: DType,
 }
 
+/// Whether a bf16 layer's inference chain on a GPU keeps its activations in bf16 ([`ssd_input_dtype`]). Off by
+/// default until it has run on a GPU (written 2026-12-07 without one; `crates/kernels/notes/decode.md`):
+/// `COIL_PREFILL_BF16=1` or [`set_prefill_bf16`] turns it on. Both give the same bits by construction (each kernel
+/// computes in f32 and rounds once where the f32 chain's casts round), which the CUDA tests check.
+pub fn prefill_bf16() -> bool {
+    use std::sync::atomic::Ordering;
+    match PREFILL_BF16.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("COIL_PREFILL_BF16").is_ok_and(|v| v.trim() == "1");
+            PREFILL_BF16.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// Sets [`prefill_bf16`] for this process (for measuring and tests).
+pub fn set_prefill_bf16(on: bool) {
+    PREFILL_BF16.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// 0: not read from the environment yet; 1: off; 2: on.
+static PREFILL_BF16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The dtype in which [`ssd_layer`] wants x, B and C for a layer of `dtype` on `device` with these sizes: bf16
+/// where the fused GPU kernel takes them (a bf16 layer on a GPU with a kernel for its head and state sizes; it
+/// would round f32 inputs to bf16 first) and [`prefill_bf16`] is on, f32 everywhere else. A prefill produces
+/// them in this dtype directly, so nothing is converted twice.
+pub fn ssd_input_dtype(
+    dtype: DType,
+    device: &Device,
+    heads: usize,
+    head_dim: usize,
+    groups: usize,
+    state: usize,
+) -> DType {
+    #[cfg(feature = "cuda")]
+    if dtype == DType::BF16
+        && matches!(device, Device::Cuda(_))
+        && prefill_bf16()
+        && coil_kernels::ssd_fwd::supports(&coil_kernels::ssd_fwd::SsdDims {
+            batch: 1,
+            seqlen: 1,
+            heads,
+            head_dim,
+            groups,
+            state,
+        })
+    {
+        return DType::BF16;
+    }
+    let _ = (dtype, device, heads, head_dim, groups, state);
+    DType::F32
+}
+
 /// [`LayerSsd`] → `(y [B,T,H·P], final_state [B,H,P,N] f32)`. A bf16 layer on a GPU gets the fused kernel (one
 /// launch) and a bf16 y; elsewhere y is f32 from [`ssd_packed`] after [`crate::dt::dt_softplus`].
 pub fn ssd_layer(l: &LayerSsd) -> Result<(Tensor, Tensor)> {
@@ -426,10 +481,12 @@ pub fn ssd_layer(l: &LayerSsd) -> Result<(Tensor, Tensor)> {
             return Ok((y.reshape((batch, seqlen, hp))?, fin));
         }
     }
-    let x = l.x.reshape((batch, seqlen, l.heads, head_dim))?;
-    let b = l.b.reshape((batch, seqlen, l.groups, state))?;
-    let c = l.c.reshape((batch, seqlen, l.groups, state))?;
-    let dt = crate::dt::dt_softplus(l.dt_raw, l.dt_bias, l.dt_limit)?;
+    // The f32 chain (inputs that came in bf16 for a kernel that then could not run are widened).
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let x = f32(l.x)?.reshape((batch, seqlen, l.heads, head_dim))?;
+    let b = f32(l.b)?.reshape((batch, seqlen, l.groups, state))?;
+    let c = f32(l.c)?.reshape((batch, seqlen, l.groups, state))?;
+    let dt = crate::dt::dt_softplus(&f32(l.dt_raw)?, l.dt_bias, l.dt_limit)?;
     let seq_idx = l
         .seq_idx
         .map(|ids| Tensor::from_slice(ids, (batch, seqlen), &Device::Cpu))
