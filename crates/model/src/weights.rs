@@ -57,6 +57,15 @@ pub struct SafetensorsFiles {
 }
 
 impl SafetensorsFiles {
+    /// The file that holds tensor `name`, and its mapping.
+    fn holding(&self, name: &str) -> Result<&(PathBuf, MmapedSafetensors)> {
+        let i = *self
+            .routing
+            .get(name)
+            .ok_or_else(|| ModelError::Invalid(format!("no tensor {name}")))?;
+        Ok(&self.files[i])
+    }
+
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         let mut routing = HashMap::new();
@@ -116,11 +125,7 @@ impl WeightSource for SafetensorsFiles {
         st.get(name).ok().map(|v| v.shape().to_vec())
     }
     fn read(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let i = *self
-            .routing
-            .get(name)
-            .ok_or_else(|| ModelError::Invalid(format!("no tensor {name}")))?;
-        let (path, st) = &self.files[i];
+        let (path, st) = self.holding(name)?;
         st.load(name, device).map_err(|e| ModelError::Tensor {
             context: format!("{}: reading `{name}`", path.display()),
             error: e,
@@ -133,11 +138,7 @@ impl WeightSource for SafetensorsFiles {
         ranges: &[Range<usize>],
         device: &Device,
     ) -> Result<Tensor> {
-        let i = *self
-            .routing
-            .get(name)
-            .ok_or_else(|| ModelError::Invalid(format!("no tensor {name}")))?;
-        let (path, st) = &self.files[i];
+        let (path, st) = self.holding(name)?;
         let ctx = |e: candle_core::Error| ModelError::Tensor {
             context: format!("{}: reading part of `{name}`", path.display()),
             error: e,
