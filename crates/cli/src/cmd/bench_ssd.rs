@@ -3,8 +3,10 @@
 //! `--dtype`, dt_bias, A and D in f32, dt = softplus(dt + dt_bias), zero initial state.
 //!
 //! The forward is what a layer's prefill runs (`coil_ops::tensor::ssd_layer`: the fused kernel on a GPU in bf16);
-//! forward+backward runs the differentiable path
-//! (`coil_ops::tensor::composed`) and backpropagates a random output gradient to x, dt, dt_bias, A, B, C and D.
+//! forward+backward is what training runs: on the CPU the chunked kernels of `coil_ops::ssd` (the forward, then
+//! the backward from a random output gradient, as the fused mixer core of a training step calls them, dt already
+//! through its softplus); on a GPU the differentiable path (`coil_ops::tensor::composed`), backpropagating a random
+//! output gradient to x, dt, dt_bias, A, B, C and D.
 //! On CUDA each run is timed with CUDA events on candle's stream; elsewhere with the host clock.
 
 use super::args::DeviceArgs;
@@ -150,6 +152,11 @@ pub fn run(a: SsdBenchArgs) -> Result<()> {
 
     let fwd_bwd_ms = if a.forward_only {
         None
+    } else if dev.is_cpu() {
+        Some(cpu_kernels_fwd_bwd_ms(
+            &a,
+            [&x, &dt_raw, &dt_bias, &a_neg, &bm, &cm, &d],
+        )?)
     } else {
         let vars: Vec<Var> = [&x, &dt_raw, &dt_bias, &a_neg, &bm, &cm, &d]
             .iter()
@@ -185,4 +192,48 @@ pub fn run(a: SsdBenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The CPU's forward+backward: the chunked SSD kernels on host slices, as the training step's mixer core runs them.
+fn cpu_kernels_fwd_bwd_ms(a: &SsdBenchArgs, t: [&Tensor; 7]) -> Result<f64> {
+    use coil_ops::ssd::{
+        ssd_chunked_backward_into, ssd_chunked_into, SsdDims, SsdGrads, SsdInputs,
+    };
+    let host = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let [x, dt_raw, dt_bias, a_neg, bm, cm, d] = t;
+    let no_limit = (0.0, f32::INFINITY);
+    let dt = host(&composed::dt_softplus(dt_raw, dt_bias, no_limit)?)?;
+    let (x, a_neg, bm, cm, d) = (host(x)?, host(a_neg)?, host(bm)?, host(cm)?, host(d)?);
+    let dims = SsdDims {
+        batch: a.batch,
+        seqlen: a.seqlen,
+        heads: a.heads,
+        head_dim: a.head_dim,
+        groups: a.groups,
+        state: a.state,
+    };
+    let inp = SsdInputs {
+        x: &x,
+        dt: &dt,
+        a: &a_neg,
+        b: &bm,
+        c: &cm,
+        d: &d,
+        initial_state: None,
+        seq_idx: None,
+    };
+    let dy = host(&Tensor::rand(-1f32, 1f32, dims.x_len(), &Device::Cpu)?)?;
+    let mut out = coil_ops::ssd::SsdOutput {
+        y: vec![0.0; dims.x_len()],
+        final_state: vec![0.0; dims.state_len()],
+    };
+    let mut grads = SsdGrads::zeros(dims);
+    median_ms(&Device::Cpu, a.warmup, a.iters, &mut || {
+        ssd_chunked_into(dims, inp, a.chunk, &mut out);
+        ssd_chunked_backward_into(dims, inp, a.chunk, &dy, None, &mut grads);
+        std::hint::black_box((&out, &grads));
+        Ok(())
+    })
 }
