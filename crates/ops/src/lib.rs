@@ -38,6 +38,7 @@ pub mod mixer_core;
 pub mod packing;
 pub mod ssd;
 pub mod tensor;
+mod vexp;
 
 pub use mixer_core::{
     mixer_core, mixer_core_backward, mixer_core_forward, mixer_core_packed, pack_mixer_params,

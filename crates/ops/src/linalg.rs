@@ -41,23 +41,35 @@ impl<'a> Mat<'a> {
 
 /// `dst[m, n] = alpha * dst + a[m, k] · b[k, n]` with `dst` row-major contiguous; `alpha = None` overwrites.
 pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, alpha: Option<f32>) {
+    matmul_rs(dst, b.cols, a, b, alpha)
+}
+
+/// [`matmul`] into a row-major `dst` whose rows are `dst_rs` elements apart (`dst_rs ≥ n`): a block of a larger
+/// matrix.
+pub fn matmul_rs(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, alpha: Option<f32>) {
     a.check();
     b.check();
     assert_eq!(a.cols, b.rows, "matmul inner dimensions");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert!(dst.len() >= m * n, "matmul destination too small");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(dst_rs >= n, "matmul destination row stride below its width");
+    assert!(
+        dst.len() >= (m - 1) * dst_rs + n,
+        "matmul destination too small"
+    );
     if k == 0 {
-        match alpha {
-            None => dst[..m * n].fill(0.0),
-            Some(s) => dst[..m * n].iter_mut().for_each(|v| *v *= s),
+        for row in dst.chunks_mut(dst_rs).take(m) {
+            match alpha {
+                None => row[..n].fill(0.0),
+                Some(s) => row[..n].iter_mut().for_each(|v| *v *= s),
+            }
         }
         return;
     }
-    // SAFETY: every view was bounds-checked above, `dst` holds m*n elements, and the views do not alias `dst`
-    // (it is borrowed mutably while they are shared borrows).
+    // SAFETY: every view was bounds-checked above, `dst` holds its m rows of n elements `dst_rs` apart, and the
+    // views do not alias `dst` (it is borrowed mutably while they are shared borrows).
     unsafe {
         gemm::gemm(
             m,
@@ -65,7 +77,7 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, alpha: Option<f32>) {
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             alpha.is_some(),
             a.data.as_ptr(),
             a.cs as isize,
@@ -111,6 +123,13 @@ mod tests {
         );
         for i in 0..6 {
             assert!((acc[i] - (2.0 + want[i])).abs() < 1e-5);
+        }
+        // The same product into the left 3x2 block of a 3x5 matrix: the other columns stay untouched.
+        let mut wide = [7f32; 15];
+        matmul_rs(&mut wide, 5, Mat::rows(&a, 3, 4), Mat::rows(&b, 4, 2), None);
+        for i in 0..3 {
+            assert_eq!(wide[i * 5..i * 5 + 2], want[i * 2..i * 2 + 2]);
+            assert_eq!(wide[i * 5 + 2..i * 5 + 5], [7.0; 3]);
         }
     }
 }

@@ -273,7 +273,10 @@ fn training_again_writes_the_committed_checkpoints() {
             "{}: retrained weights differ by at most {worst:.2e}",
             case.name
         );
-        assert!(worst <= 1e-6, "{}: {worst:e}", case.name);
+        // Three steps of training carry a kernel's last-bit changes into the weights (a vectorised exp moved
+        // them by up to 1.2e-6 here); a real change in the math moves them by orders of magnitude more, and the
+        // logits are checked against transformers' below either way.
+        assert!(worst <= 5e-6, "{}: {worst:e}", case.name);
         // The fresh checkpoint against transformers' logits, and its tokenizer against AutoTokenizer's.
         let (ids, hf) = reference(case);
         let diff = max_abs(&coil_logits(&ckpt, &ids), &hf);

@@ -3,7 +3,12 @@
 //! f64).
 
 use crate::packing::segments_or_single;
+use crate::vexp;
+pub use crate::vexp::{silu, silu_grad};
 use rayon::prelude::*;
+
+/// Elements per rayon task of the elementwise passes.
+const ELEMWISE_CHUNK: usize = 1 << 14;
 
 /// `x` [B,T,C], `w` [C,K], `bias` [C], `history` [B,C,K−1], `seq_idx` [B,T] → [B,T,C].
 pub fn causal_conv1d_silu(
@@ -44,7 +49,8 @@ pub fn causal_conv1d_silu_into(
     let seg = checked_segments(x, (batch, seqlen, ch), w, k, bias, history, seq_idx);
     assert_eq!(out.len(), x.len(), "conv1d: output length");
     conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg, out);
-    out.par_iter_mut().for_each(|v| *v = silu(*v));
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .for_each(vexp::silu_in_place);
 }
 
 /// The conv before the SiLU into `out`: `bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]` ([B,T,C]).
@@ -169,9 +175,9 @@ pub fn causal_conv1d_silu_backward_into(
     );
     let mut dpre = vec![0f32; x.len()];
     conv_pre(x, (batch, seqlen, ch), w, k, bias, history, &seg, &mut dpre);
-    dpre.par_iter_mut()
-        .zip(dout.par_iter())
-        .for_each(|(p, &g)| *p = g * silu_grad(*p));
+    dpre.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(dout.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(p, g)| vexp::silu_grad_times(p, g));
     let wt = transpose_weight(w, ch, k);
 
     // dx[b, s] = Σ_k w[:, k] ⊙ dpre[b, s + K − 1 − k] (terms past the end vanish).
@@ -278,17 +284,4 @@ fn checked_segments(
         assert_eq!(s.len(), batch * seqlen, "conv1d: seq_idx length");
     }
     segments_or_single(seq_idx, batch, seqlen)
-}
-
-/// `x·σ(x)`.
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// `d silu / dx = σ(x)·(1 + x·(1 − σ(x)))`.
-#[inline]
-pub fn silu_grad(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + (-x).exp());
-    s * (1.0 + x * (1.0 - s))
 }

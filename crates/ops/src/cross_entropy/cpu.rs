@@ -1,6 +1,7 @@
 //! The fast CPU per-row cross-entropy on f32 slices: one read of the logits forward (a max and an exp-sum per
 //! row), one backward, rayon over rows, nothing of the logits' size allocated but the gradient itself.
 
+use crate::vexp;
 use rayon::prelude::*;
 
 /// `max + log Σ exp(x − max)` of one row.
@@ -9,8 +10,7 @@ pub fn row_lse(row: &[f32]) -> f32 {
     if !m.is_finite() {
         return m;
     }
-    let s: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-    m + s.ln()
+    m + vexp::sum_exp_shifted(row, m).ln()
 }
 
 fn check(logits: &[f32], vocab: usize, targets: &[u32]) {
@@ -54,10 +54,7 @@ pub fn row_cross_entropy_backward_into(
         .zip(logits.par_chunks(vocab))
         .zip(targets.par_iter().zip(g.par_iter()))
         .for_each(|((o, row), (&t, &gi))| {
-            let lse = row_lse(row);
-            for (ov, &xv) in o.iter_mut().zip(row) {
-                *ov = gi * (xv - lse).exp();
-            }
+            vexp::exp_shifted(o, row, row_lse(row), gi);
             o[t as usize] -= gi;
         });
 }

@@ -45,8 +45,9 @@
 //! order (and the result) does not depend on the number of threads.
 
 use super::{check_grads_in, SsdDims, SsdGrads, SsdInputs, SsdOutput};
-use crate::linalg::{matmul, Mat};
+use crate::linalg::{matmul, matmul_rs, Mat};
 use crate::packing::segments_or_single;
+use crate::vexp;
 use rayon::prelude::*;
 
 /// The chunked forward: y [B,T,H,P] with the D skip and the final state [B,H,P,N].
@@ -61,14 +62,34 @@ pub fn ssd_chunked(dims: SsdDims, inp: SsdInputs, chunk: usize) -> SsdOutput {
 
 /// [`ssd_chunked`] into `out` (sized for `dims`), every element of which it writes.
 pub fn ssd_chunked_into(dims: SsdDims, inp: SsdInputs, chunk: usize, out: &mut SsdOutput) {
-    inp.check(&dims);
-    assert!(chunk > 0, "ssd: chunk size must be positive");
-    assert_eq!(out.y.len(), dims.x_len(), "ssd: y length");
     assert_eq!(
         out.final_state.len(),
         dims.state_len(),
         "ssd: final state length"
     );
+    forward(dims, inp, chunk, &mut out.y, Some(&mut out.final_state));
+}
+
+/// The chunked forward's y [B,T,H,P] alone, for callers that have no use for the final state (a training step):
+/// the last chunk's state update is skipped.
+pub fn ssd_chunked_y(dims: SsdDims, inp: SsdInputs, chunk: usize) -> Vec<f32> {
+    let mut y = vec![0f32; dims.x_len()];
+    forward(dims, inp, chunk, &mut y, None);
+    y
+}
+
+/// The forward into `y`, and into `final_state` when given (else the last chunk's state update is skipped).
+fn forward(
+    dims: SsdDims,
+    inp: SsdInputs,
+    chunk: usize,
+    out_y: &mut [f32],
+    final_state: Option<&mut [f32]>,
+) {
+    inp.check(&dims);
+    assert!(chunk > 0, "ssd: chunk size must be positive");
+    assert_eq!(out_y.len(), dims.x_len(), "ssd: y length");
+    let want_final = final_state.is_some();
     let SsdDims {
         batch,
         seqlen,
@@ -93,6 +114,8 @@ pub fn ssd_chunked_into(dims: SsdDims, inp: SsdInputs, chunk: usize, out: &mut S
                 Some(init) => init[s_off..s_off + p_dim * n_dim].to_vec(),
                 None => vec![0f32; p_dim * n_dim],
             };
+            // Until the first state update a missing initial state is exactly zero: nothing to read.
+            let mut st_zero = inp.initial_state.is_none();
             let mut y = vec![0f32; seqlen * p_dim];
             let mut acs = vec![0f32; chunk];
             let mut xbar = vec![0f32; chunk * p_dim];
@@ -116,37 +139,41 @@ pub fn ssd_chunked_into(dims: SsdDims, inp: SsdInputs, chunk: usize, out: &mut S
                 }
                 // 1. diagonal block
                 let cbc = &cb[(b * groups + g) * n_chunks + c];
-                for l in 0..len {
-                    let row = &mut m[l * len..(l + 1) * len];
-                    for s in 0..=l {
-                        row[s] = cbc[l * len + s] * exp_if(sg[l] == sg[s], acs[l] - acs[s]);
-                    }
-                    row[l + 1..].fill(0.0);
-                }
+                decay_block(&mut m[..len * len], Some(cbc), &acs[..len], sg);
                 let yc = &mut y[t0 * p_dim..(t0 + len) * p_dim];
-                matmul(
-                    yc,
-                    Mat::rows(&m[..len * len], len, len),
-                    Mat::rows(&xbar[..len * p_dim], len, p_dim),
-                    None,
-                );
+                for rows in row_blocks(len) {
+                    // The rows' entries right of their block's last column are zero: skip them.
+                    let k = rows.end;
+                    matmul(
+                        &mut yc[rows.start * p_dim..k * p_dim],
+                        strided(&m, rows.start * len, rows.len(), k, len),
+                        Mat::rows(&xbar[..k * p_dim], k, p_dim),
+                        None,
+                    );
+                }
                 // 2. state entering the chunk, read through exp(acs_l)·C_l
                 let off = (b * seqlen + t0) * groups * n_dim + g * n_dim;
-                for l in 0..len {
-                    let e = exp_if(sg[l] == seg_in, acs[l]);
-                    let src = &inp.c[off + l * groups * n_dim..][..n_dim];
-                    for (o, &v) in cs[l * n_dim..(l + 1) * n_dim].iter_mut().zip(src) {
-                        *o = e * v;
+                if !st_zero {
+                    for l in 0..len {
+                        let e = exp_if(sg[l] == seg_in, acs[l]);
+                        let src = &inp.c[off + l * groups * n_dim..][..n_dim];
+                        for (o, &v) in cs[l * n_dim..(l + 1) * n_dim].iter_mut().zip(src) {
+                            *o = e * v;
+                        }
                     }
+                    let st_t = Mat::rows(&st, p_dim, n_dim).t();
+                    matmul(
+                        yc,
+                        Mat::rows(&cs[..len * n_dim], len, n_dim),
+                        st_t,
+                        Some(1.0),
+                    );
                 }
-                let st_t = Mat::rows(&st, p_dim, n_dim).t();
-                matmul(
-                    yc,
-                    Mat::rows(&cs[..len * n_dim], len, n_dim),
-                    st_t,
-                    Some(1.0),
-                );
+                if c + 1 == n_chunks && !want_final {
+                    break;
+                }
                 // 3. state passing: H ← exp(acs_last)·H + (w ⊙ x̄)ᵀ · B
+                st_zero = false;
                 let (last, seg_last) = (acs[len - 1], sg[len - 1]);
                 for l in 0..len {
                     let w = exp_if(sg[l] == seg_last, last - acs[l]);
@@ -180,13 +207,75 @@ pub fn ssd_chunked_into(dims: SsdDims, inp: SsdInputs, chunk: usize, out: &mut S
         })
         .collect();
 
+    let mut final_state = final_state;
     for (i, (yh, st)) in per_head.into_iter().enumerate() {
         let (b, h) = (i / heads, i % heads);
         for t in 0..seqlen {
-            out.y[((b * seqlen + t) * heads + h) * p_dim..][..p_dim]
+            out_y[((b * seqlen + t) * heads + h) * p_dim..][..p_dim]
                 .copy_from_slice(&yh[t * p_dim..(t + 1) * p_dim]);
         }
-        out.final_state[i * p_dim * n_dim..(i + 1) * p_dim * n_dim].copy_from_slice(&st);
+        if let Some(fs) = final_state.as_deref_mut() {
+            fs[i * p_dim * n_dim..(i + 1) * p_dim * n_dim].copy_from_slice(&st);
+        }
+    }
+}
+
+/// Rows per block of the lower-triangular products: a block of rows only needs the columns up to its last row.
+const TRI_BLOCK: usize = 64;
+
+/// The row ranges of a lower-triangular `[len, len]` matrix in blocks of [`TRI_BLOCK`].
+fn row_blocks(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..len)
+        .step_by(TRI_BLOCK)
+        .map(move |r0| r0..(r0 + TRI_BLOCK).min(len))
+}
+
+/// One past the last column that the blocked products read in row `l`: the end of its [`row_blocks`] block.
+fn block_end(l: usize, len: usize) -> usize {
+    ((l / TRI_BLOCK + 1) * TRI_BLOCK).min(len)
+}
+
+/// `Σ a_i·b_i` with the products rounded to f32 and summed in f64 over eight fixed lanes (so it vectorises; the
+/// order, and so the result, does not depend on anything but the lengths).
+fn sum_products_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(&x, &y)| (x * y) as f64)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..8 {
+            lanes[k] += (x[k] * y[k]) as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// The chunk's decay matrix `[L, L]` into `out`: `e^{acs_l − acs_s}` for `s ≤ l` in one segment (times
+/// `cb[l, s]` when given), 0 elsewhere up to the end of row `l`'s [`row_blocks`] block (the rest of the row is
+/// never read). Segment ids are non-decreasing, so row `l`'s nonzero entries are one run ending at `l`.
+fn decay_block(out: &mut [f32], cb: Option<&[f32]>, acs: &[f32], sg: &[u32]) {
+    let len = acs.len();
+    let mut start = 0;
+    for l in 0..len {
+        if l > 0 && sg[l] != sg[l - 1] {
+            start = l;
+        }
+        let row = &mut out[l * len..l * len + block_end(l, len)];
+        row[..start].fill(0.0);
+        match cb {
+            Some(cb) => vexp::exp_diff_scaled(
+                &mut row[start..=l],
+                &cb[l * len + start..=l * len + l],
+                acs[l],
+                &acs[start..=l],
+            ),
+            None => vexp::exp_diff(&mut row[start..=l], acs[l], &acs[start..=l]),
+        }
+        row[l + 1..].fill(0.0);
     }
 }
 
@@ -542,106 +631,128 @@ fn backward_task(
             // The chunk's decay from its entering state to its last position (0 across a boundary).
             let pass = exp_if(sg[len - 1] == seg_in, last);
             let dyv = head_view(dy, h, t0, len);
-            let xbar = Mat::rows(&sc.xbar[..len * p_dim], len, p_dim);
             let dacs = &mut sc.dacs[..len];
             dacs.fill(0.0);
 
-            // Diagonal block: M = CB ⊙ decay (lower triangle), Y = M·x̄.
+            // Diagonal block: M = CB ⊙ decay (lower triangle), Y = M·x̄. The products run over row blocks and
+            // skip what lies right of a block's diagonal (zeros of M, or entries of dM that are never read).
+            decay_block(&mut sc.decay[..len * len], None, acs, sg);
             for l in 0..len {
-                for s in 0..=l {
-                    let e = exp_if(sg[l] == sg[s], acs[l] - acs[s]);
-                    sc.decay[l * len + s] = e;
-                    sc.m[l * len + s] = cbc[l * len + s] * e;
+                let row = l * len..l * len + block_end(l, len);
+                let (m_row, e_row) = (&mut sc.m[row.clone()], &sc.decay[row.clone()]);
+                for ((o, &cbv), &e) in m_row.iter_mut().zip(&cbc[row]).zip(e_row) {
+                    *o = cbv * e;
                 }
-                sc.decay[l * len + l + 1..(l + 1) * len].fill(0.0);
-                sc.m[l * len + l + 1..(l + 1) * len].fill(0.0);
             }
-            let m = Mat::rows(&sc.m[..len * len], len, len);
-            matmul(&mut sc.dxbar, m.t(), dyv, None);
-            matmul(&mut sc.dm, dyv, xbar.t(), None);
+            for rows in row_blocks(len) {
+                let (r0, r1) = (rows.start, rows.end);
+                // dx̄[s] = Σ_{l ≥ s} M[l, s]·dy[l] for the block's s.
+                matmul(
+                    &mut sc.dxbar[r0 * p_dim..r1 * p_dim],
+                    strided(&sc.m, r0 * len + r0, len - r0, r1 - r0, len).t(),
+                    head_view(dy, h, t0 + r0, len - r0),
+                    None,
+                );
+                // dM[l, s] = dy_l·x̄_s for the block's l and s < r1.
+                matmul_rs(
+                    &mut sc.dm[r0 * len..],
+                    len,
+                    head_view(dy, h, t0 + r0, r1 - r0),
+                    Mat::rows(&sc.xbar[..r1 * p_dim], r1, p_dim).t(),
+                    None,
+                );
+            }
             for l in 0..len {
                 let row = l * len..l * len + l + 1;
                 let (dm_row, m_row) = (&sc.dm[row.clone()], &sc.m[row.clone()]);
                 let (decay_row, dcb_row) = (&sc.decay[row.clone()], &mut sc.dcb[row]);
-                let mut row_sum = 0f64;
-                for (s, ((&dm, &mv), (&e, o))) in dm_row
-                    .iter()
-                    .zip(m_row)
-                    .zip(decay_row.iter().zip(dcb_row))
-                    .enumerate()
-                {
-                    let r = (dm * mv) as f64;
-                    row_sum += r;
-                    dacs[s] -= r;
+                for ((o, &dm), &e) in dcb_row.iter_mut().zip(dm_row).zip(decay_row) {
                     *o += dm * e;
                 }
-                dacs[l] += row_sum;
+                // R = dM ⊙ M: its row sum goes to dacs_l, its column entries come off dacs_s.
+                for ((d, &dm), &mv) in dacs.iter_mut().zip(dm_row).zip(m_row) {
+                    *d -= (dm * mv) as f64;
+                }
+                dacs[l] += sum_products_f64(dm_row, m_row);
             }
 
-            // State read: Y[l] += e^{acs_l}·H_c·C_l.
-            let hc = Mat::rows(&hin[j][c * pn..(c + 1) * pn], p_dim, n_dim);
-            let zc = &mut sc.u[..len * n_dim];
-            matmul(zc, dyv, hc, None); // row l: H_cᵀ dy_l
-            for l in 0..len {
-                let e = exp_if(sg[l] == seg_in, acs[l]);
-                let crow = &inp.c[(b * seqlen + t0 + l) * gn + g * n_dim..][..n_dim];
-                let zrow = &zc[l * n_dim..(l + 1) * n_dim];
-                let dcrow = &mut dc[(t0 + l) * n_dim..(t0 + l + 1) * n_dim];
-                let mut dot = 0f32;
-                for n in 0..n_dim {
-                    dcrow[n] += e * zrow[n];
-                    dot += zrow[n] * crow[n];
-                }
-                dacs[l] += (e * dot) as f64;
-                for (o, &v) in sc.ec[l * n_dim..(l + 1) * n_dim].iter_mut().zip(crow) {
-                    *o = e * v;
-                }
-            }
-
-            // State passing: the carry (dH_{c+1}) is dS_c; its decay term goes to acs_last.
+            // The state entering the first chunk is exactly zero without an initial state (nothing was read
+            // from it, and the gradient into it is dropped); the carried gradient is exactly zero in the last
+            // chunk without a final-state gradient. Their terms are skipped there.
+            let (state_zero, carry_zero) = (
+                c == 0 && inp.initial_state.is_none(),
+                c + 1 == n_chunks && d_final.is_none(),
+            );
             let carry = &mut hg.dh0;
-            let hcd = &hin[j][c * pn..(c + 1) * pn];
-            let d_last_decay: f64 = carry
-                .iter()
-                .zip(hcd)
-                .map(|(&a, &b)| (a * b) as f64)
-                .sum::<f64>()
-                * pass as f64;
-
-            // Chunk state S_c = Σ_s w_s x̄_s B_sᵀ with w_s = e^{acs_last − acs_s}.
-            let ds = Mat::rows(carry, p_dim, n_dim);
-            let u = &mut sc.u[..len * p_dim];
-            matmul(u, bv, ds.t(), None); // row s: dS_c B_s
-            let mut omega_sum = 0f64;
-            for s in 0..len {
-                let w = exp_if(sg[s] == sg[len - 1], last - acs[s]);
-                let mut dot = 0f32;
-                for p in 0..p_dim {
-                    dot += sc.xbar[s * p_dim + p] * u[s * p_dim + p];
-                    sc.dxbar[s * p_dim + p] += w * u[s * p_dim + p];
+            if !state_zero {
+                // State read: Y[l] += e^{acs_l}·H_c·C_l.
+                let hc = Mat::rows(&hin[j][c * pn..(c + 1) * pn], p_dim, n_dim);
+                let zc = &mut sc.u[..len * n_dim];
+                matmul(zc, dyv, hc, None); // row l: H_cᵀ dy_l
+                for l in 0..len {
+                    let e = exp_if(sg[l] == seg_in, acs[l]);
+                    let crow = &inp.c[(b * seqlen + t0 + l) * gn + g * n_dim..][..n_dim];
+                    let zrow = &zc[l * n_dim..(l + 1) * n_dim];
+                    let dcrow = &mut dc[(t0 + l) * n_dim..(t0 + l + 1) * n_dim];
+                    let mut dot = 0f32;
+                    for n in 0..n_dim {
+                        dcrow[n] += e * zrow[n];
+                        dot += zrow[n] * crow[n];
+                    }
+                    dacs[l] += (e * dot) as f64;
+                    for (o, &v) in sc.ec[l * n_dim..(l + 1) * n_dim].iter_mut().zip(crow) {
+                        *o = e * v;
+                    }
                 }
-                let omega = (w * dot) as f64;
-                dacs[s] -= omega;
-                omega_sum += omega;
-                // Scale x̄ by w for dB below (x̄ is not needed unscaled any more).
-                sc.xbar[s * p_dim..(s + 1) * p_dim]
-                    .iter_mut()
-                    .for_each(|v| *v *= w);
             }
-            dacs[len - 1] += omega_sum + d_last_decay;
-            matmul(
-                &mut db[t0 * n_dim..(t0 + len) * n_dim],
-                Mat::rows(&sc.xbar[..len * p_dim], len, p_dim),
-                ds,
-                Some(1.0),
-            );
-            // carry ← e^{acs_last}·carry + dH_c, dH_c = Σ_l e^{acs_l} dy_l C_lᵀ.
-            matmul(
-                carry,
-                dyv.t(),
-                Mat::rows(&sc.ec[..len * n_dim], len, n_dim),
-                Some(pass),
-            );
+
+            if !carry_zero {
+                // State passing: the carry (dH_{c+1}) is dS_c; its decay term goes to acs_last.
+                let hcd = &hin[j][c * pn..(c + 1) * pn];
+                let d_last_decay: f64 = carry
+                    .iter()
+                    .zip(hcd)
+                    .map(|(&a, &b)| (a * b) as f64)
+                    .sum::<f64>()
+                    * pass as f64;
+
+                // Chunk state S_c = Σ_s w_s x̄_s B_sᵀ with w_s = e^{acs_last − acs_s}.
+                let ds = Mat::rows(carry, p_dim, n_dim);
+                let u = &mut sc.u[..len * p_dim];
+                matmul(u, bv, ds.t(), None); // row s: dS_c B_s
+                let mut omega_sum = 0f64;
+                for s in 0..len {
+                    let w = exp_if(sg[s] == sg[len - 1], last - acs[s]);
+                    let mut dot = 0f32;
+                    for p in 0..p_dim {
+                        dot += sc.xbar[s * p_dim + p] * u[s * p_dim + p];
+                        sc.dxbar[s * p_dim + p] += w * u[s * p_dim + p];
+                    }
+                    let omega = (w * dot) as f64;
+                    dacs[s] -= omega;
+                    omega_sum += omega;
+                    // Scale x̄ by w for dB below (x̄ is not needed unscaled any more).
+                    sc.xbar[s * p_dim..(s + 1) * p_dim]
+                        .iter_mut()
+                        .for_each(|v| *v *= w);
+                }
+                dacs[len - 1] += omega_sum + d_last_decay;
+                matmul(
+                    &mut db[t0 * n_dim..(t0 + len) * n_dim],
+                    Mat::rows(&sc.xbar[..len * p_dim], len, p_dim),
+                    ds,
+                    Some(1.0),
+                );
+            }
+            if !state_zero {
+                // carry ← e^{acs_last}·carry + dH_c, dH_c = Σ_l e^{acs_l} dy_l C_lᵀ.
+                matmul(
+                    carry,
+                    dyv.t(),
+                    Mat::rows(&sc.ec[..len * n_dim], len, n_dim),
+                    Some(pass),
+                );
+            }
 
             // acs = cumsum(a): da is the reverse cumsum; then x̄ = dt·x, a = dt·A and the D skip.
             let mut run = 0f64;

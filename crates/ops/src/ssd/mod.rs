@@ -32,7 +32,8 @@ mod cuda;
 pub mod reference;
 
 pub use cpu::{
-    ssd_chunked, ssd_chunked_backward, ssd_chunked_backward_into, ssd_chunked_into, HEADS_PER_TASK,
+    ssd_chunked, ssd_chunked_backward, ssd_chunked_backward_into, ssd_chunked_into, ssd_chunked_y,
+    HEADS_PER_TASK,
 };
 pub use reference::{ssd_reference, ssd_reference_backward, ssd_step};
 

@@ -53,6 +53,10 @@ pub const CASES: &[Case] = &[
     Case { batch: 2, seqlen: 24, heads: 4, head_dim: 4, groups: 2, state: 8, chunk: 4, init: true, pieces: 4 },
     Case { batch: 1, seqlen: 40, heads: 8, head_dim: 16, groups: 2, state: 32, chunk: 16, init: false, pieces: 2 },
     Case { batch: 2, seqlen: 45, heads: 4, head_dim: 8, groups: 1, state: 8, chunk: 8, init: true, pieces: 7 },
+    // chunks over 64 steps: the CPU's triangular products run in row blocks of 64 (a partial last block, a short
+    // last chunk), packed and not
+    Case { batch: 1, seqlen: 250, heads: 4, head_dim: 8, groups: 2, state: 8, chunk: 150, init: true, pieces: 1 },
+    Case { batch: 2, seqlen: 200, heads: 4, head_dim: 4, groups: 1, state: 8, chunk: 130, init: false, pieces: 5 },
 ];
 
 /// CPU forward against the f64 reference: max |got − want|.
@@ -199,6 +203,8 @@ fn run_case(case: &Case, seed: u64, dev: &Device, dtype: DType) -> Vec<CaseResul
     check("cpu y", max_abs_diff(&got.y, &want.y), CPU_FWD);
     let err = max_abs_diff(&got.final_state, &want.final_state);
     check("cpu final state", err, CPU_FWD);
+    let y_only = cpu::ssd_chunked_y(dims, inp.view(), q);
+    check("cpu y alone = y", max_abs_diff(&y_only, &got.y), 0.0);
     for d_final in [None, Some(inp.d_final.as_slice())] {
         let tag = if d_final.is_some() { "+ d_final" } else { "" };
         let want_g = ssd::ssd_reference_backward(dims, inp.view(), &inp.dy, d_final);
