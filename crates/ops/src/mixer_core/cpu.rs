@@ -1,12 +1,13 @@
 //! The fast CPU mixer core on f32 slices: the CPU kernels of [`crate::conv1d`], [`crate::dt`], [`crate::ssd`]
-//! and [`crate::gated_rmsnorm`] chained, forward and backward. The backward takes only the op's inputs and
-//! recomputes the forward (conv output, dt, the SSD output), so training keeps one tensor per layer.
+//! and [`crate::gated_rmsnorm`] chained, forward and backward. The backward takes the op's inputs and recomputes
+//! the forward (conv output, dt, and the SSD output unless the caller kept it from the forward:
+//! [`mixer_core_forward_keeping_y`], [`mixer_core_backward_with_y`]).
 
 use super::{MixerCoreDims, MixerCoreGrads, MixerParams};
 use crate::conv1d::cpu::{causal_conv1d_silu, causal_conv1d_silu_backward};
 use crate::dt::cpu::{a_from_log, dt_softplus, dt_softplus_backward};
 use crate::gated_rmsnorm::cpu::{gated_rmsnorm_backward, gated_rmsnorm_into};
-use crate::ssd::{ssd_chunked, ssd_chunked_backward, SsdInputs};
+use crate::ssd::{ssd_chunked_backward, ssd_chunked_y, SsdInputs};
 
 /// Everything the forward computes before the norm, kept for the backward.
 struct Activations {
@@ -70,6 +71,8 @@ fn check_inputs(
     p.check(dims);
 }
 
+/// The forward up to the norm's inputs; `ssd_y` is the SSD output when the caller kept it from an earlier
+/// forward over the same inputs (else it is computed).
 fn activations(
     dims: &MixerCoreDims,
     (batch, seqlen): (usize, usize),
@@ -77,6 +80,7 @@ fn activations(
     conv_w: &[f32],
     p: &MixerParams,
     seq_idx: Option<&[i32]>,
+    ssd_y: Option<Vec<f32>>,
 ) -> Activations {
     let (i_dim, ch, gn, w) = (
         dims.inner(),
@@ -107,8 +111,16 @@ fn activations(
         dt_raw,
         y: Vec::new(),
     };
-    let sd = dims.ssd_dims(batch, seqlen);
-    act.y = ssd_chunked(sd, act.ssd_inputs(p, seq_idx), dims.chunk).y;
+    act.y = match ssd_y {
+        Some(y) => {
+            assert_eq!(y.len(), act.x.len(), "mixer core: kept SSD output length");
+            y
+        }
+        None => {
+            let sd = dims.ssd_dims(batch, seqlen);
+            ssd_chunked_y(sd, act.ssd_inputs(p, seq_idx), dims.chunk)
+        }
+    };
     act
 }
 
@@ -142,8 +154,26 @@ pub fn mixer_core_forward_into(
         batch * seqlen * dims.inner(),
         "mixer core: output length"
     );
-    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
+    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx, None);
     gated_rmsnorm_into(&act.y, &act.z, p.norm_w, dims.groups, dims.eps, out);
+}
+
+/// [`mixer_core_forward`] that also returns the SSD output y [B,T,I] (with the D skip), for
+/// [`mixer_core_backward_with_y`]: a training step that keeps it skips the SSD forward in the backward (about a
+/// third of the backward's SSD time) for I floats per position and layer.
+pub fn mixer_core_forward_keeping_y(
+    dims: MixerCoreDims,
+    (batch, seqlen): (usize, usize),
+    zxbcdt: &[f32],
+    conv_w: &[f32],
+    p: MixerParams,
+    seq_idx: Option<&[i32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
+    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx, None);
+    let mut out = vec![0f32; batch * seqlen * dims.inner()];
+    gated_rmsnorm_into(&act.y, &act.z, p.norm_w, dims.groups, dims.eps, &mut out);
+    (out, act.y)
 }
 
 /// The mixer core backward for the upstream gradient `dout` [B,T,I]; recomputes the forward from the inputs
@@ -184,13 +214,67 @@ pub fn mixer_core_backward_into(
     out: &mut MixerCoreGrads,
 ) {
     check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
+    backward_into(
+        dims,
+        (batch, seqlen),
+        zxbcdt,
+        conv_w,
+        p,
+        seq_idx,
+        None,
+        dout,
+        out,
+    );
+}
+
+/// [`mixer_core_backward`] given the SSD output that [`mixer_core_forward_keeping_y`] returned for the same
+/// inputs: the same gradients, bit for bit, without recomputing the SSD forward.
+#[allow(clippy::too_many_arguments)]
+pub fn mixer_core_backward_with_y(
+    dims: MixerCoreDims,
+    (batch, seqlen): (usize, usize),
+    zxbcdt: &[f32],
+    conv_w: &[f32],
+    p: MixerParams,
+    seq_idx: Option<&[i32]>,
+    ssd_y: Vec<f32>,
+    dout: &[f32],
+) -> MixerCoreGrads {
+    let mut out = MixerCoreGrads::zeros(&dims, (batch, seqlen));
+    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
+    backward_into(
+        dims,
+        (batch, seqlen),
+        zxbcdt,
+        conv_w,
+        p,
+        seq_idx,
+        Some(ssd_y),
+        dout,
+        &mut out,
+    );
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_into(
+    dims: MixerCoreDims,
+    (batch, seqlen): (usize, usize),
+    zxbcdt: &[f32],
+    conv_w: &[f32],
+    p: MixerParams,
+    seq_idx: Option<&[i32]>,
+    ssd_y: Option<Vec<f32>>,
+    dout: &[f32],
+    out: &mut MixerCoreGrads,
+) {
     out.check(&dims, (batch, seqlen));
     assert_eq!(
         dout.len(),
         batch * seqlen * dims.inner(),
         "mixer core: dout length"
     );
-    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
+    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx, ssd_y);
     let (i_dim, ch, gn, w) = (
         dims.inner(),
         dims.conv_channels(),

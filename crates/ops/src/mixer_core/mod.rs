@@ -13,7 +13,10 @@
 //! each packed example gets exactly what it would get alone; the other steps are per position.
 //!
 //! Key design decision: the backward takes only the op's inputs and recomputes everything else (conv output,
-//! dt, the SSD output), so a training engine saves nothing but the in_proj output per layer. The per-channel and
+//! dt, the norm's statistics), so a training engine saves little beyond the in_proj output per layer. The one
+//! exception is the SSD output on the CPU: recomputing it was a third of the CPU backward, so when the op is
+//! part of an autograd graph its forward keeps y [B,T,I] until the layer's backward takes it (I floats per
+//! position and layer, about 45% of the in_proj output for Mamba2 shapes). The per-channel and
 //! per-head parameters travel as one packed vector `[conv_bias (C) | dt_bias (H) | A_log (H) | D (H) |
 //! norm_weight (I)]` (see [`MixerParams`], built by [`pack_mixer_params`]), which keeps the candle custom op at
 //! three inputs.
@@ -31,7 +34,8 @@ pub mod cpu;
 pub mod reference;
 
 pub use cpu::{
-    mixer_core_backward, mixer_core_backward_into, mixer_core_forward, mixer_core_forward_into,
+    mixer_core_backward, mixer_core_backward_into, mixer_core_backward_with_y, mixer_core_forward,
+    mixer_core_forward_into, mixer_core_forward_keeping_y,
 };
 pub use reference::mixer_core_reference;
 
@@ -39,6 +43,7 @@ use crate::host::{host_f32, storage_f32};
 use crate::packing::{seq_idx_host, Segments};
 use crate::ssd::SsdDims;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 /// Static sizes and settings of one mixer: `H` heads, `P` head dim, `G` groups, `N` state, `K` conv width, `Q`
 /// chunk, the gated-norm `eps` and the dt clamp `(lo, hi)` (`(0, ∞)` for none).
@@ -219,6 +224,9 @@ struct MixerCoreOp {
     /// The layer computes in bf16: the GPU forward may run the fused bf16 SSD kernel.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     bf16: bool,
+    /// The op is part of an autograd graph on the CPU: its forward keeps the SSD output here for the backward,
+    /// which takes it (so it lives from the forward to this layer's backward only).
+    keep_y: Option<Mutex<Option<Vec<f32>>>>,
 }
 
 /// Checks the three input shapes against `dims`; returns (B, T).
@@ -275,14 +283,16 @@ impl CustomOp3 for MixerCoreOp {
             storage_f32(s2, l2, "mixer core", "conv weight")?,
             storage_f32(s3, l3, "mixer core", "params")?,
         );
-        let out = mixer_core_forward(
-            *dims,
-            (batch, seqlen),
-            zx,
-            w,
-            MixerParams::unpack(dims, p),
-            self.seq_idx.as_deref(),
-        );
+        let (p, seq_idx) = (MixerParams::unpack(dims, p), self.seq_idx.as_deref());
+        let out = match &self.keep_y {
+            Some(slot) => {
+                let (out, y) =
+                    mixer_core_forward_keeping_y(*dims, (batch, seqlen), zx, w, p, seq_idx);
+                *slot.lock().map_err(|_| poisoned())? = Some(y);
+                out
+            }
+            None => mixer_core_forward(*dims, (batch, seqlen), zx, w, p, seq_idx),
+        };
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, seqlen, dims.inner())),
@@ -353,15 +363,17 @@ impl CustomOp3 for MixerCoreOp {
             host_f32(&params.detach(), op)?,
             host_f32(&grad.detach(), op)?,
         );
-        let g = mixer_core_backward(
-            *dims,
-            (batch, seqlen),
-            &zxv,
-            &wv,
-            MixerParams::unpack(dims, &pv),
-            self.seq_idx.as_deref(),
-            &gv,
-        );
+        let kept = match &self.keep_y {
+            Some(slot) => slot.lock().map_err(|_| poisoned())?.take(),
+            None => None,
+        };
+        let (p, seq_idx) = (MixerParams::unpack(dims, &pv), self.seq_idx.as_deref());
+        let g = match kept {
+            Some(y) => {
+                mixer_core_backward_with_y(*dims, (batch, seqlen), &zxv, &wv, p, seq_idx, y, &gv)
+            }
+            None => mixer_core_backward(*dims, (batch, seqlen), &zxv, &wv, p, seq_idx, &gv),
+        };
         let dev = zx.device();
         let d_params = g.packed_params();
         Ok((
@@ -370,6 +382,10 @@ impl CustomOp3 for MixerCoreOp {
             Some(Tensor::from_vec(d_params, params.shape(), dev)?),
         ))
     }
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("mixer core: the kept SSD output's lock is poisoned".into())
 }
 
 impl MixerCoreOp {
@@ -478,6 +494,8 @@ pub fn mixer_core_packed(
             dims,
             seq_idx,
             bf16: zxbcdt.dtype() == DType::BF16,
+            keep_y: (on_cpu && [zxbcdt, conv_w, params].iter().any(|t| t.track_op()))
+                .then(|| Mutex::new(None)),
         },
     )?;
     out.to_dtype(zxbcdt.dtype())

@@ -102,7 +102,8 @@ fn autograd_gradients_match_f64_finite_differences() -> Result<()> {
             worst = worst.max(e);
             assert!(e < 1e-4, "limit {limit:?}: d{name} err {e}");
         }
-        // and exactly what the slice backward gives
+        // and exactly what the slice backward gives: the op kept the SSD output from its forward (it is part of
+        // a graph), the slice backward recomputes it
         let g = case.backward();
         assert_eq!(got[0], g.d_zxbcdt);
         assert_eq!(got[1], g.d_conv_w);
