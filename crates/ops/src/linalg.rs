@@ -1,4 +1,5 @@
-//! A bounds-checked view over the `gemm` crate for the small dense products inside the ops.
+//! A bounds-checked view over the `gemm` crate for the dense products of the CPU kernels: the small ones inside
+//! their rayon tasks, and the large one of [`crate::linear`].
 
 /// A strided, read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -47,6 +48,28 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, alpha: Option<f32>) {
 /// [`matmul`] into a row-major `dst` whose rows are `dst_rs` elements apart (`dst_rs ≥ n`): a block of a larger
 /// matrix.
 pub fn matmul_rs(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, alpha: Option<f32>) {
+    product(dst, dst_rs, a, b, alpha, gemm::Parallelism::None)
+}
+
+/// `dst[m, n] = a[m, k] · b[k, n]` over all of rayon's threads: one large product, not one inside a rayon task.
+pub fn matmul_par(dst: &mut [f32], a: Mat, b: Mat) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    product(dst, b.cols, a, b, None, par)
+}
+
+fn product(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    alpha: Option<f32>,
+    par: gemm::Parallelism,
+) {
     a.check();
     b.check();
     assert_eq!(a.cols, b.rows, "matmul inner dimensions");
@@ -90,7 +113,7 @@ pub fn matmul_rs(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, alpha: Option<f
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }

@@ -6,8 +6,10 @@ pub use crate::conv1d::{causal_conv1d_silu, causal_conv1d_silu_packed};
 pub use crate::cross_entropy::row_cross_entropy;
 pub use crate::dt::dt_softplus;
 pub use crate::gated_rmsnorm::gated_rmsnorm;
+pub use crate::linear::linear;
 pub use crate::mixer_core::{mixer_core, mixer_core_packed, pack_mixer_params};
 pub use crate::packing::seq_idx_host;
+pub use crate::rmsnorm::rms_norm;
 pub use crate::ssd::{
     prefill_bf16, set_prefill_bf16, ssd, ssd_input_dtype, ssd_layer, ssd_packed, LayerSsd,
 };

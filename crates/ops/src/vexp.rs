@@ -8,7 +8,7 @@
 //! normal range (the test below checks it against `f64::exp` on a dense grid); below `MIN_ARG` (where `e^x` is
 //! under the smallest normal f32) it returns 0, and the SSD only ever asks for `x ≤ 0`.
 //!
-//! The slice functions (through `dispatch!`) pick an AVX2+FMA build of the same loop at run time where the CPU has it, so the crate
+//! The slice functions (through `dispatch!`, also used by the other CPU kernels) pick an AVX2+FMA build of the same loop at run time where the CPU has it, so the crate
 //! still runs on any x86-64 (and any other target) with the plain build.
 
 /// Below this `e^x` is under f32's smallest normal (≈1.18e-38); the result is 0 there.
@@ -56,16 +56,16 @@ pub fn exp(x: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Defines `pub fn $name` running `$body` compiled for AVX2+FMA where the CPU has them, else as plain code: the
+/// Defines `$vis fn $name` running `$body` compiled for AVX2+FMA where the CPU has them, else as plain code: the
 /// two builds of one loop.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) -> $ret {
+        $vis fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
             fn body($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
@@ -74,7 +74,7 @@ macro_rules! dispatch {
                 unsafe fn wide($($arg: $ty),*) -> $ret {
                     body($($arg),*)
                 }
-                if has_avx2_fma() {
+                if $crate::vexp::has_avx2_fma() {
                     // SAFETY: the CPU has the features `wide` was compiled for (checked just above).
                     return unsafe { wide($($arg),*) };
                 }
@@ -83,6 +83,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 /// `x·σ(x)`, with [`exp`].
 #[inline(always)]
@@ -99,7 +100,7 @@ pub fn silu_grad(x: f32) -> f32 {
 
 dispatch!(
     /// `out[i] = scale[i]·e^(top − xs[i])`.
-    exp_diff_scaled(out: &mut [f32], scale: &[f32], top: f32, xs: &[f32]) -> () {
+    pub fn exp_diff_scaled(out: &mut [f32], scale: &[f32], top: f32, xs: &[f32]) -> () {
         for ((o, &s), &x) in out.iter_mut().zip(scale).zip(xs) {
             *o = s * exp(top - x);
         }
@@ -108,7 +109,7 @@ dispatch!(
 
 dispatch!(
     /// `out[i] = e^(top − xs[i])`.
-    exp_diff(out: &mut [f32], top: f32, xs: &[f32]) -> () {
+    pub fn exp_diff(out: &mut [f32], top: f32, xs: &[f32]) -> () {
         for (o, &x) in out.iter_mut().zip(xs) {
             *o = exp(top - x);
         }
@@ -117,7 +118,7 @@ dispatch!(
 
 dispatch!(
     /// `out[i] = scale·e^(xs[i] − shift)`.
-    exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, scale: f32) -> () {
+    pub fn exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, scale: f32) -> () {
         for (o, &x) in out.iter_mut().zip(xs) {
             *o = scale * exp(x - shift);
         }
@@ -126,7 +127,7 @@ dispatch!(
 
 dispatch!(
     /// `Σ e^(xs[i] − shift)`, summed in eight f32 lanes in a fixed order.
-    sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
+    pub fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
         let mut lanes = [0f32; 8];
         let chunks = xs.chunks_exact(8);
         let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - shift)).sum();
@@ -141,7 +142,7 @@ dispatch!(
 
 dispatch!(
     /// `v[i] ← silu(v[i])`.
-    silu_in_place(v: &mut [f32]) -> () {
+    pub fn silu_in_place(v: &mut [f32]) -> () {
         for x in v.iter_mut() {
             *x = silu(*x);
         }
@@ -150,7 +151,7 @@ dispatch!(
 
 dispatch!(
     /// `pre[i] ← g[i]·silu'(pre[i])`.
-    silu_grad_times(pre: &mut [f32], g: &[f32]) -> () {
+    pub fn silu_grad_times(pre: &mut [f32], g: &[f32]) -> () {
         for (p, &gv) in pre.iter_mut().zip(g) {
             *p = gv * silu_grad(*p);
         }

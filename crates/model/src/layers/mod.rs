@@ -79,7 +79,7 @@ impl Linear {
         let dims = x.dims();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = coil_ops::tensor::linear(&x.reshape((rows, in_dim))?, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -93,7 +93,7 @@ impl Linear {
 }
 
 /// RMSNorm in f32: `w ⊙ x / sqrt(mean(x²) + eps)`, returned in the weight's dtype. Uses candle's fused kernel,
-/// or plain differentiable ops when an input is an autograd variable.
+/// or Coil's differentiable op when an input is an autograd variable.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let tracked = x.track_op() || weight.track_op();
     if !tracked && x.device().is_cuda() && x.dtype() == weight.dtype() && x.dtype() != DType::F32 {
@@ -109,8 +109,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let xf = x.to_dtype(DType::F32)?;
     let wf = weight.to_dtype(DType::F32)?;
     let y = if tracked {
-        let ms = xf.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        xf.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&wf)?
+        // Coil's op (one node with its own backward on the CPU; the composed ops elsewhere).
+        coil_ops::tensor::rms_norm(&xf.contiguous()?, &wf.contiguous()?, eps)?
     } else {
         candle_nn::ops::rms_norm(&xf.contiguous()?, &wf, eps as f32)?
     };

@@ -1,7 +1,8 @@
 //! The fast CPU gated RMSNorm on f32 slices (rayon over rows), and its gradient [`gated_rmsnorm_backward`] (per
-//! row and group, in f64).
+//! row and group: the group's two sums in f64, the elementwise terms in f32).
 
-use crate::conv1d::{silu, silu_grad};
+use crate::conv1d::silu;
+use crate::vexp;
 use rayon::prelude::*;
 
 /// `y`, `z` [rows, I], `w` [I] → [rows, I]; `groups` must divide I.
@@ -95,35 +96,27 @@ pub fn gated_rmsnorm_backward_into(
         .zip(dz.par_chunks_mut(width))
         .enumerate()
         .fold(
-            || vec![0f64; width],
-            |mut dw, (r, (dyr, dzr))| {
+            || (vec![0f64; width], vec![0f32; 3 * gs]),
+            |(mut dw, mut scratch), (r, (dyr, dzr))| {
                 let span = r * width..(r + 1) * width;
                 let (yr, zr, dr) = (&y[span.clone()], &z[span.clone()], &dout[span]);
                 for g in 0..groups {
                     let ch = g * gs..(g + 1) * gs;
-                    let u: Vec<f64> = ch
-                        .clone()
-                        .map(|j| yr[j] as f64 * silu(zr[j]) as f64)
-                        .collect();
-                    let ms = u.iter().map(|v| v * v).sum::<f64>() / gs as f64;
-                    let inv = 1.0 / (ms + eps as f64).sqrt();
-                    let gu: f64 = ch
-                        .clone()
-                        .zip(&u)
-                        .map(|(j, uj)| w[j] as f64 * dr[j] as f64 * uj)
-                        .sum();
-                    let k = inv * inv * inv * gu / gs as f64;
-                    for (j, &uj) in ch.zip(&u) {
-                        let gj = w[j] as f64 * dr[j] as f64;
-                        dw[j] += dr[j] as f64 * uj * inv;
-                        let du = inv * gj - k * uj;
-                        dyr[j] = (du * silu(zr[j]) as f64) as f32;
-                        dzr[j] = (du * yr[j] as f64 * silu_grad(zr[j]) as f64) as f32;
-                    }
+                    let io = GroupIo {
+                        y: &yr[ch.clone()],
+                        z: &zr[ch.clone()],
+                        w: &w[ch.clone()],
+                        d: &dr[ch.clone()],
+                        dy: &mut dyr[ch.clone()],
+                        dz: &mut dzr[ch.clone()],
+                        dw: &mut dw[ch],
+                    };
+                    group_backward(io, eps, &mut scratch);
                 }
-                dw
+                (dw, scratch)
             },
         )
+        .map(|(dw, _)| dw)
         .reduce(
             || vec![0f64; width],
             |mut a, b| {
@@ -135,3 +128,66 @@ pub fn gated_rmsnorm_backward_into(
         *o = v as f32;
     }
 }
+
+/// One row's group for [`group_backward`]: inputs y, z, w, dout and outputs dy, dz, and the f64 dw accumulator.
+struct GroupIo<'a> {
+    y: &'a [f32],
+    z: &'a [f32],
+    w: &'a [f32],
+    d: &'a [f32],
+    dy: &'a mut [f32],
+    dz: &'a mut [f32],
+    dw: &'a mut [f64],
+}
+
+vexp::dispatch!(
+    /// One row's group: `u = y·silu(z)`, `r = 1/sqrt(mean(u²) + eps)`, `g = w·dout`, `k = r³·(g·u)/|group|`;
+    /// `dy = (r·g − k·u)·silu(z)`, `dz = (r·g − k·u)·y·silu'(z)`, and `dw += dout·u·r`. The two sums are taken in
+    /// f64 over eight fixed lanes; `scratch` holds 3·|group| floats.
+    fn group_backward(io: GroupIo<'_>, eps: f32, scratch: &mut [f32]) -> () {
+        let GroupIo {
+            y,
+            z,
+            w,
+            d,
+            dy,
+            dz,
+            dw,
+        } = io;
+        let n = y.len();
+        let (u, rest) = scratch.split_at_mut(n);
+        let (s, sg) = rest.split_at_mut(n);
+        for j in 0..n {
+            let sig = 1.0 / (1.0 + vexp::exp(-z[j]));
+            s[j] = z[j] * sig;
+            sg[j] = sig * (1.0 + z[j] * (1.0 - sig));
+            u[j] = y[j] * s[j];
+        }
+        let (mut sq, mut gu) = ([0f64; 8], [0f64; 8]);
+        for (uc, (wc, dc)) in u
+            .chunks_exact(8)
+            .zip(w.chunks_exact(8).zip(d.chunks_exact(8)))
+        {
+            for k in 0..8 {
+                let uk = uc[k] as f64;
+                sq[k] += uk * uk;
+                gu[k] += wc[k] as f64 * dc[k] as f64 * uk;
+            }
+        }
+        let (mut sq_t, mut gu_t) = (sq.iter().sum::<f64>(), gu.iter().sum::<f64>());
+        for j in n - n % 8..n {
+            let uj = u[j] as f64;
+            sq_t += uj * uj;
+            gu_t += w[j] as f64 * d[j] as f64 * uj;
+        }
+        let inv = 1.0 / (sq_t / n as f64 + eps as f64).sqrt();
+        let k = inv * inv * inv * gu_t / n as f64;
+        let (inv32, k32) = (inv as f32, k as f32);
+        for j in 0..n {
+            dw[j] += (d[j] * u[j]) as f64 * inv;
+            let du = inv32 * (w[j] * d[j]) - k32 * u[j];
+            dy[j] = du * s[j];
+            dz[j] = du * y[j] * sg[j];
+        }
+    }
+);

@@ -26,6 +26,7 @@ pub const CASES: &[Case] = &[
     Case { rows: 7, width: 32, groups: 4 },
     Case { rows: 1, width: 64, groups: 8 },
     Case { rows: 5, width: 6, groups: 6 },  // groups of one channel
+    Case { rows: 4, width: 40, groups: 2 }, // groups of 20: two 8-lane blocks and a tail
 ];
 
 const EPS: f64 = 1e-5;
