@@ -3,7 +3,9 @@
 //! Owns the SSD (state-space dual) scan ([`ssd`]), the causal depthwise conv1d + SiLU ([`conv1d`]), the dt
 //! parametrisation ([`dt`]), the group-wise gated RMSNorm ([`gated_rmsnorm`]), the whole Mamba2 mixer chain
 //! between in_proj and out_proj as one candle op with a hand-written backward
-//! ([`mixer_core`](mod@mixer_core)), and the per-row cross-entropy over a large vocabulary ([`cross_entropy`]).
+//! ([`mixer_core`](mod@mixer_core)), the per-row cross-entropy over a large vocabulary ([`cross_entropy`]), and
+//! the dense layer ([`linear`]) and RMSNorm ([`rmsnorm`]) as ops whose CPU backward avoids the zero-filled,
+//! strided and per-node gradients candle's autograd would build for their composed forms.
 //! Every op that mixes time steps takes an optional `seq_idx` for packed rows ([`packing`] says what it means).
 //!
 //! Layout rule: one directory per op, each with the same files:
@@ -20,7 +22,8 @@
 //!
 //! CUDA kernels live in `crates/kernels` and are called only from an op's `mod.rs` (its `cuda_fwd`). Shared
 //! pieces: [`packing`] (segments of packed rows), `linalg` (a checked view over `gemm` for the CPU kernels'
-//! small products) and `host` (tensors to host slices and back).
+//! products), `vexp` (a vectorised `exp`, the SiLU and softmax loops built on it, and the run-time choice of the
+//! AVX2 build of such loops) and `host` (tensors to host slices and back).
 //!
 //! Key design decision: the math lives on plain `f32` slices with explicit shapes (see [`ssd::SsdDims`]) and the
 //! device is looked at in one place per op, so model code calls the entry points ([`tensor`] gathers them) and
