@@ -51,15 +51,15 @@ pub fn matmul_rs(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, alpha: Option<f
     product(dst, dst_rs, a, b, alpha, gemm::Parallelism::None)
 }
 
-/// `dst[m, n] = a[m, k] · b[k, n]` over all of rayon's threads: one large product, not one inside a rayon task.
-pub fn matmul_par(dst: &mut [f32], a: Mat, b: Mat) {
+/// [`matmul_rs`] (overwriting) over all of rayon's threads: one large product, not one inside a rayon task.
+pub fn matmul_par(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat) {
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    product(dst, b.cols, a, b, None, par)
+    product(dst, dst_rs, a, b, None, par)
 }
 
 fn product(

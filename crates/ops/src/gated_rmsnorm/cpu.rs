@@ -1,7 +1,6 @@
 //! The fast CPU gated RMSNorm on f32 slices (rayon over rows), and its gradient [`gated_rmsnorm_backward`] (per
 //! row and group: the group's two sums in f64, the elementwise terms in f32).
 
-use crate::conv1d::silu;
 use crate::vexp;
 use rayon::prelude::*;
 
@@ -35,9 +34,7 @@ pub fn gated_rmsnorm_into(
             &y[r * width..(r + 1) * width],
             &z[r * width..(r + 1) * width],
         );
-        for (ov, (&yv, &zv)) in o.iter_mut().zip(yr.iter().zip(zr)) {
-            *ov = yv * silu(zv);
-        }
+        gate(o, yr, zr);
         for g in 0..groups {
             let seg = &mut o[g * gs..(g + 1) * gs];
             let ms = seg.iter().map(|v| v * v).sum::<f32>() / gs as f32;
@@ -128,6 +125,15 @@ pub fn gated_rmsnorm_backward_into(
         *o = v as f32;
     }
 }
+
+vexp::dispatch!(
+    /// `o = y·silu(z)`.
+    fn gate(o: &mut [f32], y: &[f32], z: &[f32]) -> () {
+        for (ov, (&yv, &zv)) in o.iter_mut().zip(y.iter().zip(z)) {
+            *ov = yv * vexp::silu(zv);
+        }
+    }
+);
 
 /// One row's group for [`group_backward`]: inputs y, z, w, dout and outputs dy, dz, and the f64 dw accumulator.
 struct GroupIo<'a> {

@@ -5,8 +5,14 @@ use super::{cpu, linear, reference};
 use candle_core::{DType, Device, Tensor, Var};
 use coil_testutil::{narrow, poisoned, scaled_err, widen, Lcg};
 
-/// (rows, in, out)
-const CASES: &[(usize, usize, usize)] = &[(1, 1, 1), (3, 5, 7), (17, 64, 33), (64, 96, 300)];
+/// (rows, in, out); the last runs in column blocks.
+const CASES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (3, 5, 7),
+    (17, 64, 33),
+    (64, 96, 300),
+    (5, 16, 4500),
+];
 
 #[test]
 fn cpu_kernel_and_autograd_match_the_reference() -> candle_core::Result<()> {
