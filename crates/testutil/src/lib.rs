@@ -150,3 +150,23 @@ pub fn narrow(v: &[f64]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests;
+
+/// The gradients of `Σ out ⊙ dy` (candle autograd) w.r.t. each of `vars`, flattened to f32; `dy` has `out`'s
+/// element count. Panics naming the variable's index when one got no gradient.
+pub fn vjp(
+    out: &Tensor,
+    dy: &[f32],
+    vars: &[&candle_core::Var],
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let dy = Tensor::from_vec(dy.to_vec(), out.shape(), out.device())?.to_dtype(out.dtype())?;
+    let grads = (out * dy)?.sum_all()?.backward()?;
+    vars.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for variable {i}"));
+            g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+        })
+        .collect()
+}

@@ -3,7 +3,7 @@
 
 use super::{cpu, linear, reference};
 use candle_core::{DType, Device, Tensor, Var};
-use coil_testutil::{narrow, poisoned, scaled_err, widen, Lcg};
+use coil_testutil::{narrow, poisoned, scaled_err, vjp, widen, Lcg};
 
 /// (rows, in, out); the last runs in column blocks.
 const CASES: &[(usize, usize, usize)] = &[
@@ -48,12 +48,8 @@ fn cpu_kernel_and_autograd_match_the_reference() -> candle_core::Result<()> {
                 scaled_err(&got, &want) < 1e-6,
                 "{case} fallback {fall_back}"
             );
-            let g = (out * Tensor::from_vec(dy.clone(), (rows, d_out), &dev)?)?
-                .sum_all()?
-                .backward()?;
-            let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
-            let dx = flat(g.get(xv.as_tensor()).expect("dx"))?;
-            let dw = flat(g.get(wv.as_tensor()).expect("dw"))?;
+            let [dx, dw] =
+                <[Vec<f32>; 2]>::try_from(vjp(&out, &dy, &[&xv, &wv])?).expect("two gradients");
             assert!(
                 scaled_err(&dx, &narrow(&want_dx)) < 1e-6,
                 "{case} dx {fall_back}"

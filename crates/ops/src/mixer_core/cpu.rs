@@ -180,32 +180,21 @@ pub fn mixer_core_forward_keeping_y(
 /// (the same `seq_idx` as the forward; it has no gradient).
 pub fn mixer_core_backward(
     dims: MixerCoreDims,
-    (batch, seqlen): (usize, usize),
+    bt: (usize, usize),
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: MixerParams,
     seq_idx: Option<&[i32]>,
     dout: &[f32],
 ) -> MixerCoreGrads {
-    let mut out = MixerCoreGrads::zeros(&dims, (batch, seqlen));
-    mixer_core_backward_into(
-        dims,
-        (batch, seqlen),
-        zxbcdt,
-        conv_w,
-        p,
-        seq_idx,
-        dout,
-        &mut out,
-    );
-    out
+    mixer_core_backward_with_y(dims, bt, zxbcdt, conv_w, p, seq_idx, None, dout)
 }
 
 /// [`mixer_core_backward`] into `out` (sized by [`MixerCoreGrads::zeros`]), every element of which it writes.
 #[allow(clippy::too_many_arguments)]
 pub fn mixer_core_backward_into(
     dims: MixerCoreDims,
-    (batch, seqlen): (usize, usize),
+    bt: (usize, usize),
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: MixerParams,
@@ -213,46 +202,26 @@ pub fn mixer_core_backward_into(
     dout: &[f32],
     out: &mut MixerCoreGrads,
 ) {
-    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
-    backward_into(
-        dims,
-        (batch, seqlen),
-        zxbcdt,
-        conv_w,
-        p,
-        seq_idx,
-        None,
-        dout,
-        out,
-    );
+    check_inputs(&dims, bt, zxbcdt, conv_w, &p, seq_idx);
+    backward_into(dims, bt, zxbcdt, conv_w, p, seq_idx, None, dout, out);
 }
 
-/// [`mixer_core_backward`] given the SSD output that [`mixer_core_forward_keeping_y`] returned for the same
-/// inputs: the same gradients, bit for bit, without recomputing the SSD forward.
+/// [`mixer_core_backward`], given (`Some`) the SSD output that [`mixer_core_forward_keeping_y`] returned for the
+/// same inputs: the same gradients, bit for bit, without recomputing the SSD forward.
 #[allow(clippy::too_many_arguments)]
 pub fn mixer_core_backward_with_y(
     dims: MixerCoreDims,
-    (batch, seqlen): (usize, usize),
+    bt: (usize, usize),
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: MixerParams,
     seq_idx: Option<&[i32]>,
-    ssd_y: Vec<f32>,
+    ssd_y: Option<Vec<f32>>,
     dout: &[f32],
 ) -> MixerCoreGrads {
-    let mut out = MixerCoreGrads::zeros(&dims, (batch, seqlen));
-    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
-    backward_into(
-        dims,
-        (batch, seqlen),
-        zxbcdt,
-        conv_w,
-        p,
-        seq_idx,
-        Some(ssd_y),
-        dout,
-        &mut out,
-    );
+    let mut out = MixerCoreGrads::zeros(&dims, bt);
+    check_inputs(&dims, bt, zxbcdt, conv_w, &p, seq_idx);
+    backward_into(dims, bt, zxbcdt, conv_w, p, seq_idx, ssd_y, dout, &mut out);
     out
 }
 

@@ -368,12 +368,8 @@ impl CustomOp3 for MixerCoreOp {
             None => None,
         };
         let (p, seq_idx) = (MixerParams::unpack(dims, &pv), self.seq_idx.as_deref());
-        let g = match kept {
-            Some(y) => {
-                mixer_core_backward_with_y(*dims, (batch, seqlen), &zxv, &wv, p, seq_idx, y, &gv)
-            }
-            None => mixer_core_backward(*dims, (batch, seqlen), &zxv, &wv, p, seq_idx, &gv),
-        };
+        let g =
+            mixer_core_backward_with_y(*dims, (batch, seqlen), &zxv, &wv, p, seq_idx, kept, &gv);
         let dev = zx.device();
         let d_params = g.packed_params();
         Ok((
