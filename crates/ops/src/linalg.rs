@@ -118,9 +118,34 @@ fn product(
     }
 }
 
+/// `Σ a_i·b_i` with the products and the sum in f64, over eight fixed lanes: it vectorises, and the order (so the
+/// result) depends on nothing but the length.
+pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot_f64: lengths");
+    let mut lanes = [0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = (ac.remainder().iter().zip(bc.remainder()))
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..8 {
+            lanes[k] += x[k] as f64 * y[k] as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_f64_matches_the_plain_sum() {
+        let a: Vec<f32> = (0..21).map(|i| 0.1 * i as f32 - 1.0).collect();
+        let b: Vec<f32> = (0..21).map(|i| 1.5 - 0.07 * i as f32).collect();
+        let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        assert!((dot_f64(&a, &b) - want).abs() < 1e-12);
+    }
 
     #[test]
     fn matmul_matches_loops_with_transposes_and_accumulate() {

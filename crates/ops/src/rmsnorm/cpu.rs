@@ -1,22 +1,8 @@
 //! The CPU RMSNorm on f32 slices: rayon over rows, each row's sums in f64 over eight fixed lanes (the order, and
 //! so the result, does not depend on the number of threads), the elementwise terms in f32.
 
+use crate::linalg::dot_f64;
 use rayon::prelude::*;
-
-/// `Σ a_i·b_i` in f64 over eight lanes.
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = (ac.remainder().iter().zip(bc.remainder()))
-        .map(|(&x, &y)| x as f64 * y as f64)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for k in 0..8 {
-            lanes[k] += x[k] as f64 * y[k] as f64;
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
-}
 
 /// `1/sqrt(mean(x²) + eps)` of one row.
 fn inv_rms(row: &[f32], eps: f32) -> f64 {

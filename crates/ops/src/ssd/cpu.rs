@@ -45,7 +45,7 @@
 //! order (and the result) does not depend on the number of threads.
 
 use super::{check_grads_in, SsdDims, SsdGrads, SsdInputs, SsdOutput};
-use crate::linalg::{matmul, matmul_rs, Mat};
+use crate::linalg::{dot_f64, matmul, matmul_rs, Mat};
 use crate::packing::segments_or_single;
 use crate::vexp;
 use rayon::prelude::*;
@@ -233,25 +233,6 @@ fn row_blocks(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 /// One past the last column that the blocked products read in row `l`: the end of its [`row_blocks`] block.
 fn block_end(l: usize, len: usize) -> usize {
     ((l / TRI_BLOCK + 1) * TRI_BLOCK).min(len)
-}
-
-/// `Σ a_i·b_i` with the products rounded to f32 and summed in f64 over eight fixed lanes (so it vectorises; the
-/// order, and so the result, does not depend on anything but the lengths).
-fn sum_products_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(&x, &y)| (x * y) as f64)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for k in 0..8 {
-            lanes[k] += (x[k] * y[k]) as f64;
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// The chunk's decay matrix `[L, L]` into `out`: `e^{acs_l − acs_s}` for `s ≤ l` in one segment (times
@@ -673,7 +654,7 @@ fn backward_task(
                 for ((d, &dm), &mv) in dacs.iter_mut().zip(dm_row).zip(m_row) {
                     *d -= (dm * mv) as f64;
                 }
-                dacs[l] += sum_products_f64(dm_row, m_row);
+                dacs[l] += dot_f64(dm_row, m_row);
             }
 
             // The state entering the first chunk is exactly zero without an initial state (nothing was read
