@@ -5,7 +5,9 @@
 //! 10-200 MB) every step, so with those defaults the kernel faulted in and zeroed about 4 GB of new pages per
 //! Mamba2-130M step (batch 4 × 256: ~1.06M page faults a step) and flushed TLBs when they were unmapped again.
 //! Serving large blocks from the heap and never trimming it keeps the pages: ~43k faults a step, and the step
-//! ran 1.2-1.35x faster for ~11% more peak resident memory (`coil bench train`, see BENCHMARKS.md).
+//! ran 1.2-1.35x faster for ~11% more peak resident memory (`coil bench train`, see BENCHMARKS.md). "Never" is
+//! a trim threshold of −1: `i32::MAX` (2 GiB) still let a step that freed more than that at the top of the heap
+//! give it back, which cost ~57k faults a step once the step's memory grew past it.
 //!
 //! A user who sets any `glibc.malloc.*` tunable in `GLIBC_TUNABLES` keeps their own settings.
 
@@ -18,7 +20,7 @@ pub fn tune_for_large_tensors() {
             // SAFETY: mallopt only changes malloc's parameters; it is called before any thread starts.
             unsafe {
                 libc::mallopt(libc::M_MMAP_MAX, 0);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
             }
         }
     }
