@@ -141,13 +141,42 @@ pub fn mixer_core_forward(
 /// [`mixer_core_forward`] into `out` [B,T,I], every element of which it writes.
 pub fn mixer_core_forward_into(
     dims: MixerCoreDims,
-    (batch, seqlen): (usize, usize),
+    bt: (usize, usize),
     zxbcdt: &[f32],
     conv_w: &[f32],
     p: MixerParams,
     seq_idx: Option<&[i32]>,
     out: &mut [f32],
 ) {
+    forward_to(dims, bt, zxbcdt, conv_w, p, seq_idx, out);
+}
+
+/// [`mixer_core_forward`] that also returns the SSD output y [B,T,I] (with the D skip), for
+/// [`mixer_core_backward_with_y`]: a training step that keeps it skips the SSD forward in the backward (about a
+/// third of the backward's SSD time) for I floats per position and layer.
+pub fn mixer_core_forward_keeping_y(
+    dims: MixerCoreDims,
+    bt: (usize, usize),
+    zxbcdt: &[f32],
+    conv_w: &[f32],
+    p: MixerParams,
+    seq_idx: Option<&[i32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut out = vec![0f32; bt.0 * bt.1 * dims.inner()];
+    let y = forward_to(dims, bt, zxbcdt, conv_w, p, seq_idx, &mut out);
+    (out, y)
+}
+
+/// The forward into `out` [B,T,I]; returns the SSD output.
+fn forward_to(
+    dims: MixerCoreDims,
+    (batch, seqlen): (usize, usize),
+    zxbcdt: &[f32],
+    conv_w: &[f32],
+    p: MixerParams,
+    seq_idx: Option<&[i32]>,
+    out: &mut [f32],
+) -> Vec<f32> {
     check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
     assert_eq!(
         out.len(),
@@ -156,24 +185,7 @@ pub fn mixer_core_forward_into(
     );
     let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx, None);
     gated_rmsnorm_into(&act.y, &act.z, p.norm_w, dims.groups, dims.eps, out);
-}
-
-/// [`mixer_core_forward`] that also returns the SSD output y [B,T,I] (with the D skip), for
-/// [`mixer_core_backward_with_y`]: a training step that keeps it skips the SSD forward in the backward (about a
-/// third of the backward's SSD time) for I floats per position and layer.
-pub fn mixer_core_forward_keeping_y(
-    dims: MixerCoreDims,
-    (batch, seqlen): (usize, usize),
-    zxbcdt: &[f32],
-    conv_w: &[f32],
-    p: MixerParams,
-    seq_idx: Option<&[i32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    check_inputs(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx);
-    let act = activations(&dims, (batch, seqlen), zxbcdt, conv_w, &p, seq_idx, None);
-    let mut out = vec![0f32; batch * seqlen * dims.inner()];
-    gated_rmsnorm_into(&act.y, &act.z, p.norm_w, dims.groups, dims.eps, &mut out);
-    (out, act.y)
+    act.y
 }
 
 /// The mixer core backward for the upstream gradient `dout` [B,T,I]; recomputes the forward from the inputs

@@ -10,7 +10,7 @@
 pub mod cpu;
 pub mod reference;
 
-use crate::host::storage_f32;
+use crate::host::{host_f32, storage_f32};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D};
 
 struct RmsNorm {
@@ -43,8 +43,8 @@ impl CustomOp2 for RmsNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let host = |t: &Tensor| -> Result<Vec<f32>> { t.detach().flatten_all()?.to_vec1() };
-        let (xv, wv, dyv) = (host(x)?, host(w)?, host(&dy.to_dtype(DType::F32)?)?);
+        let op = "rms norm backward";
+        let (xv, wv, dyv) = (host_f32(x, op)?, host_f32(w, op)?, host_f32(dy, op)?);
         let (mut dx, mut dw) = (vec![0f32; xv.len()], vec![0f32; wv.len()]);
         cpu::rms_norm_backward_into(&xv, &wv, self.eps, &dyv, &mut dx, &mut dw);
         Ok((

@@ -84,7 +84,7 @@ fn forward(
     inp: SsdInputs,
     chunk: usize,
     out_y: &mut [f32],
-    final_state: Option<&mut [f32]>,
+    mut final_state: Option<&mut [f32]>,
 ) {
     inp.check(&dims);
     assert!(chunk > 0, "ssd: chunk size must be positive");
@@ -207,7 +207,6 @@ fn forward(
         })
         .collect();
 
-    let mut final_state = final_state;
     for (i, (yh, st)) in per_head.into_iter().enumerate() {
         let (b, h) = (i / heads, i % heads);
         for t in 0..seqlen {
